@@ -1,0 +1,171 @@
+//! A small blocking client for the admin API, shared by the `sealgate device`
+//! CLI and firmware-sim so the API is spoken in one place.
+
+use serde::{Deserialize, Serialize};
+
+/// The one response that carries a device secret: `add` and `rotate` only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Credentials {
+    pub device_id: String,
+    pub kid: u32,
+    /// The device secret `S`, 64 hex digits. Shown once.
+    pub secret: String,
+    /// A connect token that never expires, ready to use as MQTT password.
+    pub mqtt_password: String,
+}
+
+/// A device as the API shows it (no secret).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceView {
+    pub device_id: String,
+    pub label: String,
+    pub state: String,
+    pub kid: u32,
+    pub previous_kid: Option<u32>,
+    pub previous_kid_valid_until: Option<String>,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+    pub last_seen: Option<String>,
+    pub highest_nonce: u64,
+    pub auto_registered: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceList {
+    pub devices: Vec<DeviceView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BulkCredentials {
+    pub devices: Vec<Credentials>,
+}
+
+/// Error body of every non-2xx answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{status} {}: {}", body.error, body.message)]
+    Api { status: u16, body: ApiError },
+    #[error("cannot reach the admin API at {url}: {reason}")]
+    Transport { url: String, reason: String },
+    #[error("unexpected answer from the admin API: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+pub struct AdminClient {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl AdminClient {
+    /// `base` is like `http://127.0.0.1:8080`.
+    pub fn new(base: &str, token: &str) -> AdminClient {
+        AdminClient {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            agent: ureq::AgentBuilder::new()
+                .timeout(std::time::Duration::from_secs(30))
+                .build(),
+        }
+    }
+
+    fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}/api/v1/{}", self.base, path);
+        let req = self
+            .agent
+            .request(method, &url)
+            .set("Authorization", &format!("Bearer {}", self.token));
+        let res = match body {
+            Some(b) => req.send_json(b),
+            None => req.call(),
+        };
+        match res {
+            Ok(r) => r.into_json::<T>().map_err(|e| ClientError::Decode(e.to_string())),
+            Err(ureq::Error::Status(status, r)) => {
+                let body = r.into_json::<ApiError>().unwrap_or(ApiError {
+                    error: "http".into(),
+                    message: format!("HTTP {status}"),
+                });
+                Err(ClientError::Api { status, body })
+            }
+            Err(e) => Err(ClientError::Transport {
+                url,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn add(&self, device_id: &str, label: Option<&str>) -> Result<Credentials, ClientError> {
+        self.call(
+            "POST",
+            "devices",
+            Some(serde_json::json!({ "device_id": device_id, "label": label })),
+        )
+    }
+
+    pub fn add_bulk(&self, prefix: &str, count: u32) -> Result<BulkCredentials, ClientError> {
+        self.call(
+            "POST",
+            "devices/bulk",
+            Some(serde_json::json!({ "prefix": prefix, "count": count })),
+        )
+    }
+
+    pub fn list(&self) -> Result<DeviceList, ClientError> {
+        self.call("GET", "devices", None)
+    }
+
+    pub fn show(&self, device_id: &str) -> Result<DeviceView, ClientError> {
+        self.call("GET", &format!("devices/{}", enc(device_id)), None)
+    }
+
+    pub fn rename(&self, device_id: &str, label: &str) -> Result<DeviceView, ClientError> {
+        self.call(
+            "PATCH",
+            &format!("devices/{}", enc(device_id)),
+            Some(serde_json::json!({ "label": label })),
+        )
+    }
+
+    pub fn revoke(&self, device_id: &str) -> Result<DeviceView, ClientError> {
+        self.call("POST", &format!("devices/{}/revoke", enc(device_id)), None)
+    }
+
+    pub fn rotate(&self, device_id: &str) -> Result<Credentials, ClientError> {
+        self.call("POST", &format!("devices/{}/rotate", enc(device_id)), None)
+    }
+
+    pub fn reset_nonce(&self, device_id: &str) -> Result<DeviceView, ClientError> {
+        self.call("POST", &format!("devices/{}/reset-nonce", enc(device_id)), None)
+    }
+}
+
+/// Device ids may hold `:`; keep path segments unambiguous.
+fn enc(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

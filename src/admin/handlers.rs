@@ -1,0 +1,155 @@
+//! Device registry endpoints. `add` and `rotate` are the only answers that
+//! carry a device secret; nothing can show it again.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::client::{BulkCredentials, Credentials, DeviceList, DeviceView};
+use super::{AdminState, ApiFailure};
+use crate::envelope::{connect_token, normalise_device_id, DeviceKeys};
+use crate::registry::{Device, DeviceState};
+use crate::replay::ReplayStore;
+use crate::{now_ms, rfc3339_ms};
+
+type ApiResult<T> = Result<T, ApiFailure>;
+
+/// Parses a JSON body with a JSON error answer (axum's own is plain text).
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| ApiFailure::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+fn credentials(state: &AdminState, d: &Device) -> Credentials {
+    let secret = state.master.device_secret(&d.device_id, d.kid);
+    let keys = DeviceKeys::from_secret(&secret);
+    Credentials {
+        device_id: d.device_id.clone(),
+        kid: d.kid,
+        secret: hex::encode(secret),
+        mqtt_password: connect_token(&keys, &d.device_id, 0),
+    }
+}
+
+fn view(state: &AdminState, d: Device) -> DeviceView {
+    let summary = ReplayStore::summary(&state.windows, &d.device_id);
+    DeviceView {
+        label: d.label,
+        state: match d.state {
+            DeviceState::Active => "active".into(),
+            DeviceState::Revoked => "revoked".into(),
+        },
+        kid: d.kid,
+        previous_kid: d.previous_kid,
+        previous_kid_valid_until: d.previous_kid_until_ms.map(rfc3339_ms),
+        created_at: rfc3339_ms(d.created_at_ms),
+        revoked_at: d.revoked_at_ms.map(rfc3339_ms),
+        last_seen: summary.filter(|s| s.last_seen_ms > 0).map(|s| rfc3339_ms(s.last_seen_ms)),
+        highest_nonce: summary.map_or(0, |s| s.highest_nonce),
+        auto_registered: d.auto_registered,
+        device_id: d.device_id,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddBody {
+    device_id: String,
+    #[serde(default)]
+    label: Option<String>,
+}
+
+pub async fn add(State(state): State<Arc<AdminState>>, raw: Bytes) -> ApiResult<(StatusCode, Json<Credentials>)> {
+    let b: AddBody = body(&raw)?;
+    let d = state.registry.add(&b.device_id, b.label, now_ms())?;
+    tracing::info!(device_id = %d.device_id, "Device registered.");
+    Ok((StatusCode::CREATED, Json(credentials(&state, &d))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkBody {
+    prefix: String,
+    count: u32,
+}
+
+const MAX_BULK: u32 = 100_000;
+
+pub async fn add_bulk(State(state): State<Arc<AdminState>>, raw: Bytes) -> ApiResult<(StatusCode, Json<BulkCredentials>)> {
+    let b: BulkBody = body(&raw)?;
+    if b.count == 0 || b.count > MAX_BULK {
+        return Err(ApiFailure::BadRequest(format!("count must be between 1 and {MAX_BULK}")));
+    }
+    let width = b.count.to_string().len().max(4);
+    let ids: Vec<String> = (1..=b.count).map(|i| format!("{}{i:0width$}", b.prefix)).collect();
+    let reg = state.registry.clone();
+    let created = tokio::task::spawn_blocking(move || reg.add_many(&ids, now_ms()))
+        .await
+        .map_err(|_| ApiFailure::Unavailable)??;
+    tracing::info!(count = created.len(), prefix = %b.prefix, "Devices registered in bulk.");
+    let devices = created.iter().map(|d| credentials(&state, d)).collect();
+    Ok((StatusCode::CREATED, Json(BulkCredentials { devices })))
+}
+
+pub async fn list(State(state): State<Arc<AdminState>>) -> Json<DeviceList> {
+    let devices = state.registry.list().into_iter().map(|d| view(&state, d)).collect();
+    Json(DeviceList { devices })
+}
+
+fn lookup(state: &AdminState, raw: &str) -> ApiResult<Device> {
+    let id = normalise_device_id(raw).map_err(|m| ApiFailure::BadRequest(format!("invalid device id: {m}")))?;
+    state.registry.get(&id).ok_or(ApiFailure::NotFound("no such device"))
+}
+
+pub async fn show(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> ApiResult<Json<DeviceView>> {
+    let d = lookup(&state, &id)?;
+    Ok(Json(view(&state, d)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameBody {
+    label: String,
+}
+
+pub async fn rename(State(state): State<Arc<AdminState>>, Path(id): Path<String>, raw: Bytes) -> ApiResult<Json<DeviceView>> {
+    let b: RenameBody = body(&raw)?;
+    lookup(&state, &id)?;
+    let d = state.registry.rename(&id, b.label)?;
+    Ok(Json(view(&state, d)))
+}
+
+pub async fn revoke(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> ApiResult<Json<DeviceView>> {
+    lookup(&state, &id)?;
+    let d = state.registry.revoke(&id, now_ms())?;
+    tracing::warn!(device_id = %d.device_id, "Device revoked.");
+    Ok(Json(view(&state, d)))
+}
+
+pub async fn rotate(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> ApiResult<Json<Credentials>> {
+    lookup(&state, &id)?;
+    let d = state.registry.rotate(&id, now_ms(), state.rotation_grace_ms)?;
+    tracing::info!(device_id = %d.device_id, kid = d.kid, "Device key rotated.");
+    Ok(Json(credentials(&state, &d)))
+}
+
+pub async fn reset_nonce(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> ApiResult<Json<DeviceView>> {
+    let d = lookup(&state, &id)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state
+        .verifier
+        .send(crate::verifier::Input::ResetWindow(d.device_id.clone(), tx))
+        .await
+        .map_err(|_| ApiFailure::Unavailable)?;
+    match rx.await {
+        Ok(Ok(())) => {
+            tracing::warn!(device_id = %d.device_id, "Nonce window reset.");
+            Ok(Json(view(&state, d)))
+        }
+        _ => Err(ApiFailure::Unavailable),
+    }
+}

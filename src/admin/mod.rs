@@ -1,0 +1,99 @@
+//! Admin HTTP API (`/api/v1/devices`, bearer token), health, readiness and
+//! metrics endpoints, and the client the CLI and firmware-sim use.
+
+pub mod client;
+mod error;
+mod handlers;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::envelope::MasterKey;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::verifier::Input;
+pub use error::ApiFailure;
+
+/// What the handlers share.
+pub struct AdminState {
+    pub registry: Registry,
+    pub master: MasterKey,
+    pub metrics: Arc<Metrics>,
+    /// False once the replay store failed: `/readyz` answers 503.
+    pub store_ok: Arc<AtomicBool>,
+    pub stopping: CancellationToken,
+    /// Read-only view of the persisted windows, for `show` and `list`.
+    pub windows: sled::Tree,
+    /// Window resets go through the verifier so they are ordered with messages.
+    pub verifier: mpsc::Sender<Input>,
+    /// SHA-256 of the admin token: compared in constant time, any length.
+    pub token_digest: [u8; 32],
+    pub rotation_grace_ms: u64,
+}
+
+pub fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The whole HTTP surface. Testable without a socket.
+pub fn router(state: Arc<AdminState>) -> Router {
+    let api = Router::new()
+        .route("/devices", post(handlers::add).get(handlers::list))
+        .route("/devices/bulk", post(handlers::add_bulk))
+        .route("/devices/:id", get(handlers::show).patch(handlers::rename))
+        .route("/devices/:id/revoke", post(handlers::revoke))
+        .route("/devices/:id/rotate", post(handlers::rotate))
+        .route("/devices/:id/reset-nonce", post(handlers::reset_nonce))
+        .fallback(|| async { ApiFailure::NotFound("no such endpoint") })
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| digest(t.trim()));
+    match presented {
+        Some(d) if bool::from(d.ct_eq(&state.token_digest)) => next.run(req).await,
+        _ => ApiFailure::Unauthorized.into_response(),
+    }
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    if state.stopping.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response()
+    } else if !state.store_ok.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let (active, revoked) = state.registry.count_by_state();
+    state.metrics.set_devices(active, revoked);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,250 @@
+//! Wires the stages together and owns startup and shutdown order.
+//!
+//! Startup: data dir, secrets, sled, registry, router, verifier thread,
+//! listeners. Shutdown (SIGTERM, Ctrl-C): stop accepting and reading, let the
+//! verifier drain its queue (commit, publish, acknowledge), let connections
+//! hand over what the router still holds, flush sled, return.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::envelope::MasterKey;
+use crate::front_door::{self, auth::Authenticator, Context};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::replay::ReplayStore;
+use crate::republish::Republisher;
+use crate::verifier::{check::Checker, Input, Verifier};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("data directory {path}: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error("{what} file {path}: {reason}")]
+    Secret { what: &'static str, path: String, reason: String },
+    #[error("database in {path} cannot be opened: {reason}")]
+    Database { path: String, reason: String },
+    #[error("cannot listen on {addr} ({what}): {reason}")]
+    Listen { what: &'static str, addr: SocketAddr, reason: String },
+    #[error("router: {0}")]
+    Router(String),
+}
+
+/// Reads a hex secret from `path`, or creates one of `len` random bytes
+/// there, readable by the owner only.
+fn load_or_create_secret(path: &Path, len: usize, what: &'static str) -> Result<String, AppError> {
+    let err = |reason: String| AppError::Secret {
+        what,
+        path: path.display().to_string(),
+        reason,
+    };
+    if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        return Ok(text.trim().to_owned());
+    }
+    let mut bytes = vec![0u8; len];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let hex = hex::encode(bytes);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
+    f.write_all(hex.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| err(e.to_string()))?;
+    tracing::info!(path = %path.display(), "Created {what} file (mode 0600). Back it up with the data directory.");
+    Ok(hex)
+}
+
+/// The secrets a gateway runs with.
+pub struct Secrets {
+    pub master: MasterKey,
+    pub admin_token: String,
+}
+
+pub fn load_secrets(config: &Config) -> Result<Secrets, AppError> {
+    let dir = &config.data_dir;
+    let master_hex = match &config.master_key_hex {
+        Some(h) => h.clone(),
+        None => load_or_create_secret(&dir.join("master.key"), 32, "master key")?,
+    };
+    let master = MasterKey::from_hex(&master_hex).ok_or_else(|| AppError::Secret {
+        what: "master key",
+        path: dir.join("master.key").display().to_string(),
+        reason: "does not hold 64 hex digits".into(),
+    })?;
+    let admin_token = match &config.admin_token {
+        Some(t) => t.clone(),
+        None => load_or_create_secret(&dir.join("admin.token"), 24, "admin token")?,
+    };
+    Ok(Secrets { master, admin_token })
+}
+
+/// Path of the admin token file in a data directory (the CLI reads it).
+pub fn admin_token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.token")
+}
+
+/// Runs the gateway until `shutdown` resolves, then drains and returns.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AppError> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| AppError::DataDir {
+        path: config.data_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let secrets = load_secrets(&config)?;
+    let db_path = config.data_dir.join("db");
+    let db_err = |e: sled::Error| AppError::Database {
+        path: db_path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let db = sled::Config::new()
+        .path(&db_path)
+        .flush_every_ms(None)
+        .open()
+        .map_err(db_err)?;
+    let registry = Registry::open(&db).map_err(|e| AppError::Database {
+        path: db_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let store = ReplayStore::open(&db, config.verifier.window).map_err(|e| AppError::Database {
+        path: db_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let windows = db.open_tree(ReplayStore::TREE).map_err(db_err)?;
+    let metrics = Arc::new(Metrics::new());
+    let store_ok = Arc::new(AtomicBool::new(true));
+
+    let broker = Broker::start(&config.router);
+    let (verifier_link, verifier_rx_link, _) = {
+        let b = broker.clone();
+        tokio::task::spawn_blocking(move || b.link("sealgate.verifier", true))
+            .await
+            .map_err(|e| AppError::Router(e.to_string()))?
+            .map_err(|e| AppError::Router(e.to_string()))?
+    };
+
+    let (verifier_tx, verifier_rx) = mpsc::channel::<Input>(config.verifier.queue);
+    let verifier = Verifier {
+        checker: Checker::new(
+            secrets.master.clone(),
+            registry.clone(),
+            config.topics.sealed.clone(),
+            config.verifier.auto_register,
+            config.verifier.allow_unsealed,
+            metrics.clone(),
+        ),
+        store,
+        out: Republisher::new(verifier_link, config.topics.clone()),
+        metrics: metrics.clone(),
+        store_ok: store_ok.clone(),
+        max_batch: config.verifier.max_batch,
+        passthrough: config.verifier.passthrough,
+    };
+    let verifier_done = CancellationToken::new();
+    let verifier_thread = {
+        let done = verifier_done.clone();
+        std::thread::Builder::new()
+            .name("verifier".into())
+            .spawn(move || {
+                // Held so the router keeps our link; the verifier only publishes.
+                let _link_rx = verifier_rx_link;
+                verifier.run(verifier_rx);
+                done.cancel();
+            })
+            .map_err(|e| AppError::Router(e.to_string()))?
+    };
+
+    let listen = |what, addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|e| AppError::Listen {
+            what,
+            addr,
+            reason: e.to_string(),
+        })
+    };
+    let mqtt = listen("mqtt", config.mqtt.listen).await?;
+    let http = listen("http", config.http.listen).await?;
+    let mqtt_addr = mqtt.local_addr().map_err(|e| AppError::Router(e.to_string()))?;
+    let http_addr = http.local_addr().map_err(|e| AppError::Router(e.to_string()))?;
+
+    let stop = CancellationToken::new();
+    let ctx = Arc::new(Context {
+        config: config.clone(),
+        auth: Authenticator::new(
+            secrets.master.clone(),
+            registry.clone(),
+            &config.users,
+            !config.mqtt.refuse_tokens_without_expiry,
+            config.verifier.auto_register,
+        ),
+        broker,
+        verifier: verifier_tx.clone(),
+        metrics: metrics.clone(),
+        stop: stop.clone(),
+        verifier_done: verifier_done.clone(),
+    });
+    let tracker = TaskTracker::new();
+    let front = tokio::spawn(front_door::serve(mqtt, ctx, tracker.clone()));
+
+    let admin_state = Arc::new(AdminState {
+        registry,
+        master: secrets.master,
+        metrics,
+        store_ok,
+        stopping: stop.clone(),
+        windows,
+        verifier: verifier_tx.clone(),
+        token_digest: admin::digest(&secrets.admin_token),
+        rotation_grace_ms: config.keys.rotation_grace_secs.saturating_mul(1000),
+    });
+    let admin_stop = CancellationToken::new();
+    let admin_task = {
+        let admin_stop = admin_stop.clone();
+        let app = admin::router(admin_state);
+        tokio::spawn(async move {
+            let _ = axum::serve(http, app)
+                .with_graceful_shutdown(async move { admin_stop.cancelled().await })
+                .await;
+        })
+    };
+    tracing::info!(
+        mqtt = %mqtt_addr,
+        http = %http_addr,
+        data_dir = %config.data_dir.display(),
+        "sealgate ready."
+    );
+
+    shutdown.await;
+    tracing::info!("Shutting down: draining queued messages.");
+    stop.cancel();
+    let _ = front.await;
+    // Every connection has stopped reading; what is queued gets verified,
+    // committed, published and acknowledged.
+    let _ = verifier_tx.send(Input::Close).await;
+    drop(verifier_tx);
+    let _ = tokio::task::spawn_blocking(move || verifier_thread.join()).await;
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(15), tracker.wait()).await.is_err() {
+        tracing::warn!("Some connections did not close in time.");
+    }
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    if let Err(e) = db.flush_async().await {
+        tracing::error!(error = %e, "Final database flush failed.");
+    }
+    tracing::info!("sealgate stopped.");
+    Ok(())
+}

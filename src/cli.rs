@@ -1,0 +1,83 @@
+//! Command line: `sealgate [run]`, `generate-config`, and `device ...`, which
+//! talks to a running gateway's admin API.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "sealgate", version, about = "Sealed-telemetry MQTT gateway")]
+pub struct Cli {
+    /// Configuration file (overrides the embedded broker.toml key by key).
+    #[arg(long, global = true, env = "SEALGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Print the default configuration (the embedded broker.toml).
+    GenerateConfig,
+    /// Manage devices through the running gateway's admin API.
+    Device(DeviceArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeviceArgs {
+    /// Admin API base URL.
+    #[arg(long, env = "SEALGATE_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
+    pub admin_url: String,
+    /// Admin token; defaults to the token file in the data directory.
+    #[arg(long, env = "SEALGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    #[command(subcommand)]
+    pub action: DeviceAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceAction {
+    /// Register a device; prints its secret once.
+    Add {
+        id: String,
+        #[arg(long)]
+        label: Option<String>,
+        /// Print {"device_id","kid","secret","mqtt_password"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List active and revoked devices.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one device.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a device's label.
+    Rename { id: String, label: String },
+    /// Refuse the device from now on.
+    Revoke { id: String },
+    /// New key version; the previous one stays valid for the grace period.
+    Rotate {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget the device's nonce window (after its flash was wiped).
+    ResetNonce { id: String },
+    /// Register PREFIX0001..PREFIXn and write their credentials to FILE (mode 0600).
+    AddBulk {
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}

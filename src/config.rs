@@ -1,0 +1,355 @@
+//! Configuration: serde structs, the embedded default `broker.toml`, and the
+//! `SEALGATE_*` environment overrides. Every error names the key or variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The commented default configuration, compiled in.
+pub const DEFAULT_TOML: &str = include_str!("../broker.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub mqtt: MqttConfig,
+    pub http: HttpConfig,
+    pub topics: Topics,
+    pub verifier: VerifierConfig,
+    pub keys: KeysConfig,
+    pub router: RouterConfig,
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// Only from `SEALGATE_MASTER_KEY`; never read from a file here.
+    #[serde(skip)]
+    pub master_key_hex: Option<String>,
+    /// Only from `SEALGATE_ADMIN_TOKEN`.
+    #[serde(skip)]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub listen: SocketAddr,
+    pub max_packet_bytes: usize,
+    pub connect_timeout_ms: u64,
+    pub refuse_tokens_without_expiry: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    pub sealed: String,
+    pub clean: String,
+    pub events: String,
+    pub unverified: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierConfig {
+    pub window: u32,
+    pub max_batch: usize,
+    pub queue: usize,
+    pub auto_register: bool,
+    pub allow_unsealed: bool,
+    pub passthrough: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    pub rotation_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    pub max_segment_size: usize,
+    pub max_segment_count: usize,
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("config {origin}: {reason}")]
+    Parse { origin: String, reason: String },
+    #[error("environment variable {var}: {reason}")]
+    Env { var: &'static str, reason: String },
+    #[error("config key {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// Reads environment variables; a seam so tests can pass a map.
+pub trait Env {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn get(&self, name: &str) -> Option<String> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+}
+
+/// Merges `overlay` into `base` table by table, so a user file only needs the
+/// keys it changes.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (k, v) in overlay {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn parse_table(text: &str, origin: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        origin: origin.to_owned(),
+        reason: e.message().to_owned(),
+    })
+}
+
+fn parse_bool(var: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError::Env {
+            var,
+            reason: format!("expected true or false, got {v:?}"),
+        }),
+    }
+}
+
+fn parse_addr(var: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.trim().parse().map_err(|_| ConfigError::Env {
+        var,
+        reason: format!("expected HOST:PORT with a literal IP, got {v:?}"),
+    })
+}
+
+/// Parses `name:password[,name:password]`.
+pub fn parse_users(v: &str) -> Result<Vec<User>, ConfigError> {
+    v.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|pair| match pair.split_once(':') {
+            Some((n, p)) if !n.trim().is_empty() && !p.is_empty() => Ok(User {
+                name: n.trim().to_owned(),
+                password: p.to_owned(),
+            }),
+            _ => Err(ConfigError::Env {
+                var: "SEALGATE_USERS",
+                reason: "expected name:password[,name:password] with non-empty names and passwords".into(),
+            }),
+        })
+        .collect()
+}
+
+impl Config {
+    /// The embedded default, then the file named by `SEALGATE_CONFIG` (or
+    /// `path`), then the environment.
+    pub fn load(path: Option<&std::path::Path>, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut table = parse_table(DEFAULT_TOML, "embedded broker.toml")?;
+        let file = path
+            .map(|p| p.to_path_buf())
+            .or_else(|| env.get("SEALGATE_CONFIG").map(PathBuf::from));
+        if let Some(file) = file {
+            let origin = file.display().to_string();
+            let text = std::fs::read_to_string(&file).map_err(|e| ConfigError::Read {
+                path: origin.clone(),
+                reason: e.to_string(),
+            })?;
+            merge(&mut table, parse_table(&text, &origin)?);
+        }
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin: "merged configuration".into(),
+                reason: e.message().to_owned(),
+            })?;
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: &dyn Env) -> Result<(), ConfigError> {
+        if let Some(v) = env.get("SEALGATE_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env.get("SEALGATE_MQTT_LISTEN") {
+            self.mqtt.listen = parse_addr("SEALGATE_MQTT_LISTEN", &v)?;
+        }
+        if let Some(v) = env.get("SEALGATE_HTTP_LISTEN") {
+            self.http.listen = parse_addr("SEALGATE_HTTP_LISTEN", &v)?;
+        }
+        if let Some(v) = env.get("SEALGATE_MASTER_KEY") {
+            if crate::envelope::MasterKey::from_hex(&v).is_none() {
+                return Err(ConfigError::Env {
+                    var: "SEALGATE_MASTER_KEY",
+                    reason: "expected 64 hex digits (32 bytes)".into(),
+                });
+            }
+            self.master_key_hex = Some(v.trim().to_owned());
+        }
+        if let Some(v) = env.get("SEALGATE_ADMIN_TOKEN") {
+            if v.trim().len() < 16 {
+                return Err(ConfigError::Env {
+                    var: "SEALGATE_ADMIN_TOKEN",
+                    reason: "must be at least 16 characters".into(),
+                });
+            }
+            self.admin_token = Some(v.trim().to_owned());
+        }
+        if let Some(v) = env.get("SEALGATE_USERS") {
+            self.users = parse_users(&v)?;
+        }
+        if let Some(v) = env.get("SEALGATE_AUTO_REGISTER") {
+            self.verifier.auto_register = parse_bool("SEALGATE_AUTO_REGISTER", &v)?;
+        }
+        if let Some(v) = env.get("SEALGATE_ALLOW_UNSEALED") {
+            self.verifier.allow_unsealed = parse_bool("SEALGATE_ALLOW_UNSEALED", &v)?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if !(1..=4096).contains(&self.verifier.window) {
+            return invalid("verifier.window", "must be between 1 and 4096");
+        }
+        if self.verifier.max_batch == 0 {
+            return invalid("verifier.max_batch", "must be at least 1");
+        }
+        if self.verifier.queue == 0 {
+            return invalid("verifier.queue", "must be at least 1");
+        }
+        if self.mqtt.max_packet_bytes < 64 {
+            return invalid("mqtt.max_packet_bytes", "must be at least 64");
+        }
+        for (key, prefix) in [
+            ("topics.sealed", &self.topics.sealed),
+            ("topics.clean", &self.topics.clean),
+            ("topics.events", &self.topics.events),
+            ("topics.unverified", &self.topics.unverified),
+        ] {
+            if prefix.is_empty()
+                || prefix.starts_with('/')
+                || prefix.ends_with('/')
+                || prefix.contains(['+', '#'])
+            {
+                return invalid(key, "must be a topic prefix without wildcards or leading/trailing '/'");
+            }
+        }
+        let t = &self.topics;
+        if t.sealed == t.clean || t.sealed == t.events || t.clean == t.events || t.unverified == t.clean {
+            return invalid("topics", "sealed, clean, events and unverified prefixes must differ");
+        }
+        if self.router.max_segment_size < 1024 || self.router.max_segment_count == 0 {
+            return invalid("router", "max_segment_size must be >= 1024 and max_segment_count >= 1");
+        }
+        let mut names: Vec<&str> = self.users.iter().map(|u| u.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return invalid("users", "user names must be unique");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c.mqtt.listen.to_string(), "0.0.0.0:1883");
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.verifier.window, 64);
+        assert!(!c.verifier.auto_register && !c.verifier.allow_unsealed);
+        assert_eq!(c.keys.rotation_grace_secs, 86400);
+    }
+
+    #[test]
+    fn env_overrides() {
+        let env = [
+            ("SEALGATE_DATA_DIR", "/tmp/x"),
+            ("SEALGATE_MQTT_LISTEN", "127.0.0.1:0"),
+            ("SEALGATE_USERS", "dash:pw,ops:a:b"),
+            ("SEALGATE_AUTO_REGISTER", "true"),
+            ("SEALGATE_MASTER_KEY", &"ab".repeat(32)),
+        ];
+        let c = Config::load(None, &env).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.users.len(), 2);
+        assert_eq!(c.users[1].password, "a:b");
+        assert!(c.verifier.auto_register);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, val) in [
+            ("SEALGATE_MQTT_LISTEN", "localhost"),
+            ("SEALGATE_HTTP_LISTEN", "1.2.3.4"),
+            ("SEALGATE_MASTER_KEY", "abc"),
+            ("SEALGATE_ADMIN_TOKEN", "short"),
+            ("SEALGATE_USERS", "nopassword"),
+            ("SEALGATE_AUTO_REGISTER", "maybe"),
+            ("SEALGATE_ALLOW_UNSEALED", "2"),
+        ] {
+            let err = Config::load(None, &[(var, val)]).unwrap_err().to_string();
+            assert!(err.contains(var), "{err}");
+            assert!(!err.contains("abc") || var != "SEALGATE_MASTER_KEY", "echoed a secret: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_file_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[verifier]\nwindow = 0\n").unwrap();
+        let err = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(err.contains("verifier.window"), "{err}");
+        std::fs::write(&p, "[verifier]\nwindwo = 3\n").unwrap();
+        let err = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(err.contains("windwo"), "{err}");
+    }
+}

@@ -1,0 +1,145 @@
+//! Every verdict, security event and metric name, defined once.
+//!
+//! Reasons are the spec's stable names (section 7); they appear in events,
+//! metric labels and log lines exactly as written here. Emitting an event
+//! goes through [`Reject::emit`] so that the log line, the counter and the
+//! published event can never disagree.
+
+use serde::Serialize;
+
+/// Why a sealed message was not delivered to `clean/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    Malformed,
+    TooLarge,
+    UnknownDevice,
+    Revoked,
+    UnknownKid,
+    BadMac,
+    StaleNonce,
+    NonceReuse,
+    Duplicate,
+    DecryptFailed,
+    StoreUnavailable,
+    NotAllowed,
+    RateLimited,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 13] = [
+        RejectReason::Malformed,
+        RejectReason::TooLarge,
+        RejectReason::UnknownDevice,
+        RejectReason::Revoked,
+        RejectReason::UnknownKid,
+        RejectReason::BadMac,
+        RejectReason::StaleNonce,
+        RejectReason::NonceReuse,
+        RejectReason::Duplicate,
+        RejectReason::DecryptFailed,
+        RejectReason::StoreUnavailable,
+        RejectReason::NotAllowed,
+        RejectReason::RateLimited,
+    ];
+
+    /// The spec's stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Malformed => "malformed",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::UnknownDevice => "unknown_device",
+            RejectReason::Revoked => "revoked",
+            RejectReason::UnknownKid => "unknown_kid",
+            RejectReason::BadMac => "bad_mac",
+            RejectReason::StaleNonce => "stale_nonce",
+            RejectReason::NonceReuse => "nonce_reuse",
+            RejectReason::Duplicate => "duplicate",
+            RejectReason::DecryptFailed => "decrypt_failed",
+            RejectReason::StoreUnavailable => "store_unavailable",
+            RejectReason::NotAllowed => "not_allowed",
+            RejectReason::RateLimited => "rate_limited",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<RejectReason> {
+        RejectReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// `duplicate` is a retransmission: counted and dropped, never an event.
+    pub fn publishes_event(self) -> bool {
+        self != RejectReason::Duplicate
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The JSON object published on `sealgate/events/{device}`. It carries what
+/// an operator needs to act and nothing an attacker could use: never the
+/// payload, the MAC, a key or a token.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SecurityEvent {
+    pub at: String,
+    pub device_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    pub reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<u64>,
+}
+
+/// The device id used on the events topic when the id itself is malformed.
+pub const INVALID_DEVICE: &str = "_invalid";
+
+/// Metric names: `sealgate_<name>[_<unit>][_total]`, labels from bounded sets.
+pub mod metric {
+    pub const MESSAGES: &str = "sealgate_messages";
+    pub const REJECTS: &str = "sealgate_rejects";
+    pub const VERIFY_SECONDS: &str = "sealgate_verify_seconds";
+    pub const COMMIT_SECONDS: &str = "sealgate_commit_seconds";
+    pub const DEVICES: &str = "sealgate_devices";
+    pub const CONNECTIONS: &str = "sealgate_connections";
+    pub const CONNECT_REFUSED: &str = "sealgate_connect_refused";
+    pub const AUTO_REGISTERED: &str = "sealgate_auto_registered";
+    pub const BATCH_SIZE: &str = "sealgate_commit_batch_messages";
+}
+
+/// Values of the `result` label on `sealgate_messages_total`.
+pub mod result {
+    pub const ACCEPTED: &str = "accepted";
+    pub const REJECTED: &str = "rejected";
+    pub const DUPLICATE: &str = "duplicate";
+    pub const UNVERIFIED: &str = "unverified";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for r in RejectReason::ALL {
+            assert_eq!(RejectReason::from_name(r.as_str()), Some(r));
+        }
+        assert!(!RejectReason::Duplicate.publishes_event());
+        assert!(RejectReason::BadMac.publishes_event());
+    }
+
+    #[test]
+    fn event_json_has_no_secret_fields() {
+        let e = SecurityEvent {
+            at: "2026-11-22T08:00:00.123Z".into(),
+            device_id: "esp32-a1".into(),
+            stream: Some("telemetry".into()),
+            reason: RejectReason::BadMac.as_str(),
+            nonce: Some(10001),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"at":"2026-11-22T08:00:00.123Z","device_id":"esp32-a1","stream":"telemetry","reason":"bad_mac","nonce":10001}"#
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! CONNECT authentication (spec section 9): devices present a `v1:` token
+//! derived from their key, dashboards a username and password. Anonymous
+//! connections are refused.
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::User;
+use crate::envelope::{normalise_device_id, verify_connect_token, MasterKey};
+use crate::registry::{DeviceState, Registry};
+
+/// Who a connection is, once authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A device, by normalised id.
+    Device(String),
+    /// A subscriber account from `users`.
+    Subscriber(String),
+}
+
+/// Why a CONNECT was refused; the label of `sealgate_connect_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    NoCredentials,
+    BadPassword,
+    UnknownDevice,
+    Revoked,
+    BadToken,
+    ExpiredToken,
+    ClientIdMismatch,
+}
+
+impl Refused {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::NoCredentials => "no_credentials",
+            Refused::BadPassword => "bad_password",
+            Refused::UnknownDevice => "unknown_device",
+            Refused::Revoked => "revoked",
+            Refused::BadToken => "bad_token",
+            Refused::ExpiredToken => "expired_token",
+            Refused::ClientIdMismatch => "client_id_mismatch",
+        }
+    }
+}
+
+pub struct Authenticator {
+    master: MasterKey,
+    registry: Registry,
+    /// Subscriber accounts with SHA-256 of their passwords, so comparison is
+    /// constant time and independent of the password's length.
+    users: Vec<(String, [u8; 32])>,
+    allow_no_expiry: bool,
+    auto_register: bool,
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+impl Authenticator {
+    pub fn new(master: MasterKey, registry: Registry, users: &[User], allow_no_expiry: bool, auto_register: bool) -> Authenticator {
+        Authenticator {
+            master,
+            registry,
+            users: users.iter().map(|u| (u.name.clone(), digest(&u.password))).collect(),
+            allow_no_expiry,
+            auto_register,
+        }
+    }
+
+    /// Decides a CONNECT. Subscriber accounts are matched by username first;
+    /// any other username is taken as a device id.
+    pub fn authenticate(&self, client_id: &str, login: Option<(&str, &str)>, now_s: u64, now_ms: u64) -> Result<Role, Refused> {
+        let Some((username, password)) = login else {
+            return Err(Refused::NoCredentials);
+        };
+        if let Some((name, hash)) = self.users.iter().find(|(n, _)| n == username) {
+            return if bool::from(hash.ct_eq(&digest(password))) {
+                Ok(Role::Subscriber(name.clone()))
+            } else {
+                Err(Refused::BadPassword)
+            };
+        }
+        let device_id = normalise_device_id(username).map_err(|_| Refused::UnknownDevice)?;
+        if normalise_device_id(client_id).ok().as_deref() != Some(device_id.as_str()) {
+            return Err(Refused::ClientIdMismatch);
+        }
+        let kids: Vec<u32> = match self.registry.get(&device_id) {
+            Some(d) if d.state == DeviceState::Revoked => return Err(Refused::Revoked),
+            Some(d) => std::iter::once(d.kid)
+                .chain(d.previous_kid.filter(|_| d.previous_kid_until_ms.is_some_and(|u| now_ms < u)))
+                .collect(),
+            // With auto-register on, a token under the kid 1 key proves the
+            // master key made it; the device registers on its first message.
+            None if self.auto_register => vec![1],
+            None => return Err(Refused::UnknownDevice),
+        };
+        let mut refused = Refused::BadToken;
+        for kid in kids {
+            let keys = self.master.device_keys(&device_id, kid);
+            match verify_connect_token(&keys, &device_id, password, now_s, self.allow_no_expiry) {
+                Ok(()) => return Ok(Role::Device(device_id)),
+                Err(crate::envelope::TokenError::Expired) => refused = Refused::ExpiredToken,
+                Err(_) => {}
+            }
+        }
+        Err(refused)
+    }
+}

@@ -1,0 +1,320 @@
+//! One client connection, from CONNECT to close.
+//!
+//! Sealed publishes go straight to the verifier and are acknowledged only
+//! when their outcome is final (durable and republished, or refused), so a
+//! PUBACK is a promise. Everything else is relayed to the router through the
+//! connection's own local link, and the router's notifications are written
+//! back to the socket.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{
+    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, PingResp,
+    Protocol, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish,
+};
+use rumqttd::Notification;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::auth::Role;
+use super::packet;
+use super::Context;
+use crate::verifier::{AckResult, AckTo, Inbound, Input, Outcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0:?}")]
+    Protocol(rumqttd::protocol::Error),
+    #[error("router link: {0}")]
+    Link(#[from] rumqttd::local::LinkError),
+    #[error("second CONNECT on one connection")]
+    DuplicateConnect,
+}
+
+/// How a session ended, which decides whether the will is published.
+enum End {
+    /// The client sent DISCONNECT.
+    Graceful,
+    /// Gateway shutdown; the session is closed by the server.
+    Shutdown,
+    /// Socket closed, error, keep-alive expiry or takeover.
+    Lost,
+}
+
+pub(super) struct Session<P> {
+    pub proto: P,
+    pub v5: bool,
+    pub stream: TcpStream,
+    pub rbuf: BytesMut,
+    pub ctx: Arc<Context>,
+    pub role: Role,
+    pub keep_alive: u16,
+    pub will: Option<LastWill>,
+    pub link_tx: LinkTx,
+    pub link_rx: LinkRx,
+}
+
+impl<P: Protocol> Session<P> {
+    /// Serves the session until it ends, then cleans up with the router.
+    pub async fn run(mut self, connack: Packet) -> Result<(), ConnError> {
+        let mut wbuf = BytesMut::with_capacity(4096);
+        self.write(connack, &mut wbuf).await?;
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<AckResult>();
+        let mut own_pubrels: HashSet<u16> = HashSet::new();
+        // Acks still owed by the verifier; drain waits for them.
+        let mut owed: usize = 0;
+        let keep_alive = if self.keep_alive == 0 {
+            None
+        } else {
+            Some(Duration::from_millis(u64::from(self.keep_alive) * 1500))
+        };
+        let stop = self.ctx.stop.clone();
+        let verifier_done = self.ctx.verifier_done.clone();
+        let mut draining = false;
+
+        let end = loop {
+            let idle = async {
+                match keep_alive {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = self.stream.read_buf(&mut self.rbuf), if !draining => {
+                    if read? == 0 {
+                        break End::Lost;
+                    }
+                    match self.on_readable(&ack_tx, &mut own_pubrels, &mut owed, &mut wbuf).await {
+                        Ok(Some(end)) => break end,
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::info!(error = %e, "Closing connection.");
+                            break End::Lost;
+                        }
+                    }
+                }
+                n = self.link_rx.next() => {
+                    match n {
+                        Ok(Some(Notification::Unschedule)) => self.link_rx.wake().await?,
+                        Ok(Some(Notification::Disconnect(d, props))) => {
+                            if self.v5 {
+                                self.write(Packet::Disconnect(d, props), &mut wbuf).await?;
+                            }
+                            break End::Lost;
+                        }
+                        Ok(Some(n)) => {
+                            if let Some(p) = Option::<Packet>::from(n) {
+                                self.write(p, &mut wbuf).await?;
+                            }
+                        }
+                        Ok(None) => {}
+                        // The router dropped us: another connection took this client id.
+                        Err(_) => break End::Lost,
+                    }
+                }
+                Some(ack) = ack_rx.recv() => {
+                    owed = owed.saturating_sub(1);
+                    if let Some(p) = self.ack_packet(ack, &mut own_pubrels) {
+                        self.write(p, &mut wbuf).await?;
+                    }
+                }
+                _ = idle, if !draining => break End::Lost,
+                _ = stop.cancelled(), if !draining => {
+                    // Stop reading: nothing new is taken in; acks owed are still written.
+                    draining = true;
+                }
+                _ = verifier_done.cancelled(), if draining && owed == 0 => {
+                    // Give the router a moment to hand over what the verifier
+                    // published last, then close.
+                    self.drain_router(&mut wbuf).await?;
+                    break End::Shutdown;
+                }
+            }
+        };
+        tracing::debug!(role = ?self.role, "Session ended.");
+        self.finish(end).await;
+        Ok(())
+    }
+
+    /// Writes router notifications until none arrives for a short while.
+    async fn drain_router(&mut self, wbuf: &mut BytesMut) -> Result<(), ConnError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + Duration::from_millis(300)),
+            self.link_rx.next(),
+        )
+        .await
+        {
+            match n {
+                Some(Notification::Unschedule) => self.link_rx.wake().await?,
+                Some(n) => {
+                    if let Some(p) = Option::<Packet>::from(n) {
+                        self.write(p, wbuf).await?;
+                    }
+                }
+                None => {}
+            }
+        }
+        if self.v5 {
+            let d = Disconnect {
+                reason_code: DisconnectReasonCode::ServerShuttingDown,
+            };
+            let _ = self.write(Packet::Disconnect(d, None), wbuf).await;
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, packet: Packet, wbuf: &mut BytesMut) -> Result<(), ConnError> {
+        self.proto.write(packet, wbuf).map_err(ConnError::Protocol)?;
+        self.stream.write_all(wbuf).await?;
+        wbuf.clear();
+        Ok(())
+    }
+
+    /// Decodes every complete packet in the read buffer and acts on it.
+    async fn on_readable(
+        &mut self,
+        ack_tx: &mpsc::UnboundedSender<AckResult>,
+        own_pubrels: &mut HashSet<u16>,
+        owed: &mut usize,
+        wbuf: &mut BytesMut,
+    ) -> Result<Option<End>, ConnError> {
+        let max = self.ctx.config.mqtt.max_packet_bytes;
+        let mut to_router = false;
+        loop {
+            let Some((_, len)) = packet::frame(&self.rbuf) else { break };
+            if len > self.rbuf.len() && len <= max + 5 {
+                break;
+            }
+            let qos_pkid = packet::publish_qos_pkid(&self.rbuf);
+            let pkt = match self.proto.read_mut(&mut self.rbuf, max) {
+                Ok(p) => p,
+                Err(rumqttd::protocol::Error::InsufficientBytes(_)) => break,
+                Err(e) => return Err(ConnError::Protocol(e)),
+            };
+            match pkt {
+                Packet::Publish(publish, props) => {
+                    let (qos, pkid) = qos_pkid.unwrap_or((0, 0));
+                    if self.is_sealed(&publish.topic) {
+                        let ack = (qos > 0).then(|| AckTo {
+                            tx: ack_tx.clone(),
+                            pkid,
+                            qos2: qos == 2,
+                        });
+                        if qos > 0 {
+                            *owed += 1;
+                        }
+                        self.to_verifier(publish, ack).await;
+                    } else {
+                        self.link_tx.buffer().push_back(Packet::Publish(publish, props));
+                        to_router = true;
+                    }
+                }
+                Packet::PubRel(rel, _) if own_pubrels.remove(&rel.pkid) => {
+                    let comp = PubComp {
+                        pkid: rel.pkid,
+                        reason: PubCompReason::Success,
+                    };
+                    self.write(Packet::PubComp(comp, None), wbuf).await?;
+                }
+                Packet::PingReq(_) => self.write(Packet::PingResp(PingResp), wbuf).await?,
+                Packet::Disconnect(..) => return Ok(Some(End::Graceful)),
+                Packet::Connect(..) => return Err(ConnError::DuplicateConnect),
+                other => {
+                    self.link_tx.buffer().push_back(other);
+                    to_router = true;
+                }
+            }
+        }
+        if to_router {
+            // Wake the router once for everything queued above: `send`
+            // appends the last packet and notifies.
+            let last = self.link_tx.buffer().pop_back();
+            if let Some(last) = last {
+                self.link_tx.send(last).await?;
+            }
+        }
+        Ok(None)
+    }
+
+    fn is_sealed(&self, topic: &[u8]) -> bool {
+        let prefix = self.ctx.config.topics.sealed.as_bytes();
+        topic.len() > prefix.len() && topic.starts_with(prefix) && topic[prefix.len()] == b'/'
+    }
+
+    /// Queues a sealed publish for the verifier. Waits while the verifier's
+    /// queue is full: this connection stops reading its socket, which is the
+    /// backpressure. If the verifier no longer takes input (shutdown), the
+    /// message is not acknowledged and the device will resend it.
+    async fn to_verifier(&mut self, publish: Publish, ack: Option<AckTo>) {
+        let m = Inbound {
+            topic: publish.topic,
+            payload: publish.payload,
+            retain: publish.retain,
+            ack,
+        };
+        let _ = self.ctx.verifier.send(Input::Message(m)).await;
+    }
+
+    /// The packet that answers a verifier outcome, if any.
+    fn ack_packet(&self, ack: AckResult, own_pubrels: &mut HashSet<u16>) -> Option<Packet> {
+        let reason = match ack.outcome {
+            Outcome::Delivered => PubAckReason::Success,
+            Outcome::Rejected(r) => match r {
+                crate::events::RejectReason::Malformed => PubAckReason::PayloadFormatInvalid,
+                _ => PubAckReason::NotAuthorized,
+            },
+            // MQTT 3.1.1 has no negative acknowledgement: stay silent so the
+            // device resends after reconnecting. MQTT 5 says so explicitly.
+            Outcome::Unavailable if !self.v5 => return None,
+            Outcome::Unavailable => PubAckReason::UnspecifiedError,
+        };
+        if ack.qos2 {
+            let reason = match reason {
+                PubAckReason::Success => PubRecReason::Success,
+                PubAckReason::PayloadFormatInvalid => PubRecReason::PayloadFormatInvalid,
+                PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
+                _ => PubRecReason::UnspecifiedError,
+            };
+            own_pubrels.insert(ack.pkid);
+            return Some(Packet::PubRec(PubRec { pkid: ack.pkid, reason }, None));
+        }
+        Some(Packet::PubAck(PubAck { pkid: ack.pkid, reason }, None))
+    }
+
+    /// Ends the router session: publishes the will when the client vanished,
+    /// then tells the router this connection is gone.
+    async fn finish(mut self, end: End) {
+        if let (End::Lost, Some(will)) = (&end, self.will.take()) {
+            let publish = Publish::new(will.topic, will.message, will.retain);
+            if self.is_sealed(&publish.topic) {
+                self.to_verifier(publish, None).await;
+            } else {
+                let _ = self.link_tx.send(Packet::Publish(publish, None)).await;
+            }
+        }
+        let d = Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        };
+        let _ = self.link_tx.send(Packet::Disconnect(d, None)).await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// CONNACK refusing a client.
+pub(super) fn refusal(code: ConnectReturnCode) -> Packet {
+    Packet::ConnAck(
+        ConnAck {
+            session_present: false,
+            code,
+        },
+        None,
+    )
+}

@@ -1,0 +1,205 @@
+//! The front door: every MQTT connection is accepted, authenticated and
+//! served here; rumqttd is only the router behind it.
+//!
+//! Serving sockets ourselves is what lets a CONNACK say "not authorized"
+//! (rumqttd's listener just closes the socket), lets sealed publishes skip
+//! the router's lossy commit log on their way to the verifier, and lets a
+//! PUBACK wait until the message is durable.
+
+pub mod auth;
+mod connection;
+mod packet;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::{ConnectReturnCode, Packet, Protocol};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{Broker, DEVICE_NS, USER_NS};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::verifier::Input;
+use auth::{Authenticator, Role};
+use connection::{refusal, Session};
+
+/// What every connection needs.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub auth: Authenticator,
+    pub broker: Broker,
+    pub verifier: mpsc::Sender<Input>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled at shutdown: stop accepting and stop reading.
+    pub stop: CancellationToken,
+    /// Cancelled once the verifier has drained: connections may close.
+    pub verifier_done: CancellationToken,
+}
+
+/// Accepts connections until `ctx.stop`; each one runs on `tracker`.
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>, tracker: TaskTracker) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let ctx = ctx.clone();
+                    tracker.spawn(async move {
+                        ctx.metrics.connections.inc();
+                        if let Err(e) = handle(stream, ctx.clone()).await {
+                            tracing::debug!(%peer, error = %e, "Connection ended with an error.");
+                        }
+                        ctx.metrics.connections.dec();
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors, usually: back off instead of spinning.
+                    tracing::warn!(error = %e, "Accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = ctx.stop.cancelled() => break,
+        }
+    }
+    tracing::info!("Stopped accepting MQTT connections.");
+}
+
+/// Reads the CONNECT, picks the protocol version it asks for, authenticates.
+async fn handle(mut stream: TcpStream, ctx: Arc<Context>) -> Result<(), connection::ConnError> {
+    stream.set_nodelay(true)?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let timeout = Duration::from_millis(ctx.config.mqtt.connect_timeout_ms);
+    let level = tokio::time::timeout(timeout, async {
+        loop {
+            if let Some(level) = packet::connect_level(&buf) {
+                return Ok(Some(level));
+            }
+            if buf.len() >= 2 && packet::frame(&buf).is_some_and(|(first, _)| first >> 4 != 1) {
+                return Ok(None);
+            }
+            if buf.len() > 1024 || stream.read_buf(&mut buf).await? == 0 {
+                return Ok::<_, std::io::Error>(None);
+            }
+        }
+    })
+    .await;
+    match level {
+        Ok(Ok(Some(5))) => connect(V5, true, stream, buf, ctx).await,
+        Ok(Ok(Some(4))) => connect(V4, false, stream, buf, ctx).await,
+        Ok(Ok(Some(_))) => {
+            // MQTT 3.1 and unknown levels: 3.1.1's "unacceptable protocol version".
+            let mut out = BytesMut::new();
+            let _ = V4.write(refusal(ConnectReturnCode::RefusedProtocolVersion), &mut out);
+            stream.write_all(&out).await?;
+            ctx.metrics.connect_refused("protocol_version");
+            Ok(())
+        }
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            ctx.metrics.connect_refused("not_connect");
+            Ok(())
+        }
+        Err(_) => {
+            ctx.metrics.connect_refused("connect_timeout");
+            Ok(())
+        }
+    }
+}
+
+async fn connect<P: Protocol + Send + 'static>(
+    mut proto: P,
+    v5: bool,
+    mut stream: TcpStream,
+    mut buf: BytesMut,
+    ctx: Arc<Context>,
+) -> Result<(), connection::ConnError> {
+    let timeout = Duration::from_millis(ctx.config.mqtt.connect_timeout_ms);
+    let max = ctx.config.mqtt.max_packet_bytes;
+    let packet = loop {
+        match proto.read_mut(&mut buf, max) {
+            Ok(p) => break p,
+            Err(rumqttd::protocol::Error::InsufficientBytes(_)) => {
+                match tokio::time::timeout(timeout, stream.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return Ok(()),
+                }
+            }
+            Err(e) => {
+                ctx.metrics.connect_refused("malformed_connect");
+                return Err(connection::ConnError::Protocol(e));
+            }
+        }
+    };
+    let Packet::Connect(connect, _props, will, _will_props, login) = packet else {
+        return Ok(());
+    };
+    let now_ms = crate::now_ms();
+    let role = ctx.auth.authenticate(
+        &connect.client_id,
+        login.as_ref().map(|l| (l.username.as_str(), l.password.as_str())),
+        now_ms / 1000,
+        now_ms,
+    );
+    let role = match role {
+        Ok(role) => role,
+        Err(refused) => {
+            ctx.metrics.connect_refused(refused.as_str());
+            let user = login.as_ref().map(|l| l.username.as_str()).unwrap_or("");
+            tracing::info!(reason = refused.as_str(), client_id = %connect.client_id, username = %user, "Refused CONNECT.");
+            let mut out = BytesMut::new();
+            let _ = proto.write(refusal(ConnectReturnCode::NotAuthorized), &mut out);
+            stream.write_all(&out).await?;
+            return Ok(());
+        }
+    };
+    let router_client_id = match &role {
+        Role::Device(id) => format!("{DEVICE_NS}{id}"),
+        Role::Subscriber(_) if connect.client_id.is_empty() && connect.clean_session => {
+            format!("{USER_NS}auto-{:016x}", rand::random::<u64>())
+        }
+        Role::Subscriber(_) if connect.client_id.is_empty() || connect.client_id.contains(['+', '#', '/', '$']) => {
+            let mut out = BytesMut::new();
+            let _ = proto.write(refusal(ConnectReturnCode::ClientIdentifierNotValid), &mut out);
+            stream.write_all(&out).await?;
+            ctx.metrics.connect_refused("client_id_invalid");
+            return Ok(());
+        }
+        Role::Subscriber(_) => format!("{USER_NS}{}", connect.client_id),
+    };
+    let broker = ctx.broker.clone();
+    let clean = connect.clean_session;
+    let linked = tokio::task::spawn_blocking(move || broker.link(&router_client_id, clean)).await;
+    let (link_tx, link_rx, connack) = match linked {
+        Ok(Ok(l)) => l,
+        _ => {
+            let mut out = BytesMut::new();
+            let _ = proto.write(refusal(ConnectReturnCode::ServerUnavailable), &mut out);
+            stream.write_all(&out).await?;
+            ctx.metrics.connect_refused("router_full");
+            return Ok(());
+        }
+    };
+    let Some(connack) = Option::<Packet>::from(connack) else {
+        return Ok(());
+    };
+    tracing::debug!(client_id = %connect.client_id, role = ?role, "Connected.");
+    Session {
+        proto,
+        v5,
+        stream,
+        rbuf: buf,
+        ctx,
+        role,
+        keep_alive: connect.keep_alive,
+        will,
+        link_tx,
+        link_rx,
+    }
+    .run(connack)
+    .await
+}

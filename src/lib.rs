@@ -1,0 +1,57 @@
+//! sealgate: a gateway that opens sealed telemetry from MQTT devices and
+//! republishes the exact plaintext to subscribers who can trust it.
+//!
+//! The data path is the module list:
+//!
+//! * [`front_door`]: accepts MQTT connections, authenticates every CONNECT and
+//!   hands sealed publishes to the verifier, everything else to the broker.
+//! * [`broker`]: the embedded rumqttd router and its local links.
+//! * [`verifier`]: opens sealed messages in spec order (parse, device and kid,
+//!   MAC, nonce window, decrypt) in batches.
+//! * [`replay`]: the nonce windows, group-committed to sled before anything
+//!   of a batch is published.
+//! * [`republish`]: `clean/{device}/...` and `sealgate/events/{device}`.
+//!
+//! Around it: [`envelope`] (the one wire-format implementation, shared with
+//! firmware-sim and the tests), [`registry`] (devices in sled),
+//! [`admin`] (HTTP API, health, metrics), [`events`] and [`metrics`] (every
+//! reason and metric name, once), [`config`], [`app`] (startup and shutdown
+//! order) and [`shutdown`].
+
+pub mod admin;
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod envelope;
+pub mod events;
+pub mod front_door;
+pub mod metrics;
+pub mod registry;
+pub mod replay;
+pub mod republish;
+pub mod shutdown;
+pub mod verifier;
+
+/// Milliseconds since the Unix epoch; 0 if the clock is before 1970.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC with milliseconds, as events and the admin API show times.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}

@@ -1,0 +1,147 @@
+//! The `sealgate` binary: parse the command line, set up logging, then run
+//! the gateway or a device command.
+
+mod cli;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sealgate::admin::client::{AdminClient, ClientError, Credentials, DeviceView};
+use sealgate::config::{Config, ProcessEnv, DEFAULT_TOML};
+
+use cli::{Cli, Command, DeviceAction, DeviceArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config),
+        Command::GenerateConfig => {
+            print!("{DEFAULT_TOML}");
+            ExitCode::SUCCESS
+        }
+        Command::Device(args) => match device(args, cli.config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(config_path: Option<std::path::PathBuf>) -> ExitCode {
+    let config = match Config::load(config_path.as_deref(), &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sealgate::app::run(config, sealgate::shutdown::signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn device(args: DeviceArgs, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
+    let token = match args.admin_token {
+        Some(t) => t,
+        None => {
+            let config = Config::load(config_path.as_deref(), &ProcessEnv).map_err(|e| e.to_string())?;
+            let path = sealgate::app::admin_token_path(&config.data_dir);
+            std::fs::read_to_string(&path)
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| format!("no --admin-token or SEALGATE_ADMIN_TOKEN, and cannot read {}: {e}", path.display()))?
+        }
+    };
+    let client = AdminClient::new(&args.admin_url, &token);
+    let e = |e: ClientError| e.to_string();
+    match args.action {
+        DeviceAction::Add { id, label, json } => print_credentials(&client.add(&id, label.as_deref()).map_err(e)?, json),
+        DeviceAction::Rotate { id, json } => print_credentials(&client.rotate(&id).map_err(e)?, json),
+        DeviceAction::List { json } => {
+            let list = client.list().map_err(e)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+            } else {
+                println!("{:<32} {:<8} {:>4} {:<25} LABEL", "DEVICE", "STATE", "KID", "LAST SEEN");
+                for d in list.devices {
+                    println!(
+                        "{:<32} {:<8} {:>4} {:<25} {}",
+                        d.device_id,
+                        d.state,
+                        d.kid,
+                        d.last_seen.as_deref().unwrap_or("never"),
+                        d.label
+                    );
+                }
+            }
+        }
+        DeviceAction::Show { id, json } => print_view(&client.show(&id).map_err(e)?, json),
+        DeviceAction::Rename { id, label } => print_view(&client.rename(&id, &label).map_err(e)?, false),
+        DeviceAction::Revoke { id } => print_view(&client.revoke(&id).map_err(e)?, false),
+        DeviceAction::ResetNonce { id } => print_view(&client.reset_nonce(&id).map_err(e)?, false),
+        DeviceAction::AddBulk { prefix, count, out } => {
+            let bulk = client.add_bulk(&prefix, count).map_err(e)?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts
+                .open(&out)
+                .map_err(|err| format!("cannot create {}: {err} (devices were registered; rotate them to get new secrets)", out.display()))?;
+            let text = serde_json::to_string_pretty(&bulk).unwrap_or_default();
+            f.write_all(text.as_bytes()).map_err(|err| err.to_string())?;
+            eprintln!("Registered {} devices; credentials in {} (keep it secret).", bulk.devices.len(), out.display());
+        }
+    }
+    Ok(())
+}
+
+fn print_credentials(c: &Credentials, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(c).unwrap_or_default());
+    } else {
+        println!("device_id:     {}", c.device_id);
+        println!("kid:           {}", c.kid);
+        println!("secret:        {}", c.secret);
+        println!("mqtt_password: {}", c.mqtt_password);
+        eprintln!("The secret is shown once. Flash it into the device now.");
+    }
+}
+
+fn print_view(d: &DeviceView, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(d).unwrap_or_default());
+        return;
+    }
+    println!("device_id:     {}", d.device_id);
+    println!("label:         {}", d.label);
+    println!("state:         {}", d.state);
+    println!("kid:           {}", d.kid);
+    if let (Some(k), Some(u)) = (d.previous_kid, &d.previous_kid_valid_until) {
+        println!("previous kid:  {k} (valid until {u})");
+    }
+    println!("created_at:    {}", d.created_at);
+    println!("last_seen:     {}", d.last_seen.as_deref().unwrap_or("never"));
+    println!("highest_nonce: {}", d.highest_nonce);
+}

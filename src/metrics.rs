@@ -1,0 +1,92 @@
+//! Prometheus metrics. Names come from [`crate::events::metric`]; labels are
+//! bounded sets (a reason or a result, never a device id or a topic).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry as PromRegistry;
+
+use crate::events::{metric, RejectReason};
+
+type Label = [(&'static str, &'static str); 1];
+
+/// Every metric the gateway exports. Cheap to share behind an `Arc`; every
+/// field is internally atomic.
+pub struct Metrics {
+    registry: PromRegistry,
+    messages: Family<Label, Counter>,
+    rejects: Family<Label, Counter>,
+    pub verify_seconds: Histogram,
+    pub commit_seconds: Histogram,
+    pub batch_size: Histogram,
+    devices: Family<Label, Gauge>,
+    pub connections: Gauge,
+    connect_refused: Family<Label, Counter>,
+    pub auto_registered: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = PromRegistry::default();
+        let m = Metrics {
+            messages: Family::default(),
+            rejects: Family::default(),
+            // 1 µs .. ~4 s
+            verify_seconds: Histogram::new(exponential_buckets(1e-6, 2.0, 22)),
+            commit_seconds: Histogram::new(exponential_buckets(1e-5, 2.0, 20)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            devices: Family::default(),
+            connections: Gauge::default(),
+            connect_refused: Family::default(),
+            auto_registered: Counter::default(),
+            registry: PromRegistry::default(),
+        };
+        registry.register(metric::MESSAGES, "Sealed messages by outcome", m.messages.clone());
+        registry.register(metric::REJECTS, "Rejected messages by spec reason", m.rejects.clone());
+        registry.register(metric::VERIFY_SECONDS, "Time to verify one message (parse, MAC, window, decrypt)", m.verify_seconds.clone());
+        registry.register(metric::COMMIT_SECONDS, "Time of one group commit of replay windows to sled", m.commit_seconds.clone());
+        registry.register(metric::BATCH_SIZE, "Messages per group commit", m.batch_size.clone());
+        registry.register(metric::DEVICES, "Registered devices by state", m.devices.clone());
+        registry.register(metric::CONNECTIONS, "Open MQTT connections", m.connections.clone());
+        registry.register(metric::CONNECT_REFUSED, "Refused MQTT CONNECTs by reason", m.connect_refused.clone());
+        registry.register(metric::AUTO_REGISTERED, "Devices registered by a valid MAC (auto-register)", m.auto_registered.clone());
+        // Pre-create every reason so dashboards see zeros, not gaps.
+        for r in RejectReason::ALL {
+            let _ = m.rejects.get_or_create(&[("reason", r.as_str())]);
+        }
+        Metrics { registry, ..m }
+    }
+
+    pub fn message(&self, result: &'static str) {
+        self.messages.get_or_create(&[("result", result)]).inc();
+    }
+
+    pub fn reject(&self, reason: RejectReason) {
+        self.rejects.get_or_create(&[("reason", reason.as_str())]).inc();
+    }
+
+    pub fn connect_refused(&self, reason: &'static str) {
+        self.connect_refused.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    pub fn set_devices(&self, active: u64, revoked: u64) {
+        self.devices.get_or_create(&[("state", "active")]).set(active as i64);
+        self.devices.get_or_create(&[("state", "revoked")]).set(revoked as i64);
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,72 @@
+//! One registered device and the key-version rules applied to it.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceState {
+    Active,
+    Revoked,
+}
+
+/// A registry record. Holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub device_id: String,
+    #[serde(default)]
+    pub label: String,
+    pub state: DeviceState,
+    /// Current key version.
+    pub kid: u32,
+    /// The key version before the last rotation, valid until
+    /// `previous_kid_until_ms` so devices in the field can be re-flashed.
+    #[serde(default)]
+    pub previous_kid: Option<u32>,
+    #[serde(default)]
+    pub previous_kid_until_ms: Option<u64>,
+    pub created_at_ms: u64,
+    #[serde(default)]
+    pub revoked_at_ms: Option<u64>,
+    /// Registered by a valid MAC under a derived key, not by an operator.
+    #[serde(default)]
+    pub auto_registered: bool,
+}
+
+/// What the registry says about a key version presented by a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCheck {
+    Valid,
+    Revoked,
+    UnknownKid,
+}
+
+impl Device {
+    pub fn new(device_id: String, label: String, kid: u32, now_ms: u64) -> Device {
+        Device {
+            device_id,
+            label,
+            state: DeviceState::Active,
+            kid,
+            previous_kid: None,
+            previous_kid_until_ms: None,
+            created_at_ms: now_ms,
+            revoked_at_ms: None,
+            auto_registered: false,
+        }
+    }
+
+    /// Whether `kid` may be used at `now_ms`: the current one, or the
+    /// previous one inside its grace period.
+    pub fn check_kid(&self, kid: u32, now_ms: u64) -> KeyCheck {
+        if self.state == DeviceState::Revoked {
+            return KeyCheck::Revoked;
+        }
+        if kid == self.kid {
+            return KeyCheck::Valid;
+        }
+        match (self.previous_kid, self.previous_kid_until_ms) {
+            (Some(prev), Some(until)) if prev == kid && now_ms < until => KeyCheck::Valid,
+            _ => KeyCheck::UnknownKid,
+        }
+    }
+}

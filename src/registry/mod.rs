@@ -1,0 +1,244 @@
+//! The device registry: who may connect and seal, under which key version.
+//!
+//! Records live in sled and are cached in memory, because the verifier and
+//! the front door consult them for every message and every CONNECT. Only
+//! this process writes the database, so a write-through cache stays exact.
+//! The registry stores no secret: device keys are derived from the master key
+//! on demand (spec section 3).
+
+mod device;
+
+pub use device::{Device, DeviceState, KeyCheck};
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::envelope::{normalise_device_id, Malformed};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("device id is not valid: {0}")]
+    InvalidId(#[from] Malformed),
+    #[error("device already exists")]
+    Exists,
+    #[error("no such device")]
+    NotFound,
+    #[error("device is revoked")]
+    Revoked,
+    #[error("label is longer than 200 bytes")]
+    LabelTooLong,
+    #[error("registry store unavailable")]
+    Store(#[from] sled::Error),
+}
+
+/// Shared handle; cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tree: sled::Tree,
+    cache: RwLock<HashMap<String, Device>>,
+}
+
+const MAX_LABEL: usize = 200;
+
+impl Registry {
+    pub const TREE: &'static str = "devices";
+
+    /// Opens the registry and loads every record into memory.
+    pub fn open(db: &sled::Db) -> Result<Registry, RegistryError> {
+        let tree = db.open_tree(Self::TREE)?;
+        let mut cache = HashMap::new();
+        for item in tree.iter() {
+            let (_, v) = item?;
+            match serde_json::from_slice::<Device>(&v) {
+                Ok(d) => {
+                    cache.insert(d.device_id.clone(), d);
+                }
+                Err(e) => tracing::error!(error = %e, "Skipping unreadable device record."),
+            }
+        }
+        Ok(Registry {
+            inner: Arc::new(Inner {
+                tree,
+                cache: RwLock::new(cache),
+            }),
+        })
+    }
+
+    fn cache(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Device>> {
+        self.inner.cache.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Looks a device up by an already normalised id.
+    pub fn get(&self, device_id: &str) -> Option<Device> {
+        self.cache().get(device_id).cloned()
+    }
+
+    /// Runs `f` on the cached record without cloning it (hot path).
+    pub fn with<R>(&self, device_id: &str, f: impl FnOnce(Option<&Device>) -> R) -> R {
+        f(self.cache().get(device_id))
+    }
+
+    pub fn list(&self) -> Vec<Device> {
+        let mut all: Vec<Device> = self.cache().values().cloned().collect();
+        all.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        all
+    }
+
+    pub fn count_by_state(&self) -> (u64, u64) {
+        let cache = self.cache();
+        let revoked = cache.values().filter(|d| d.state == DeviceState::Revoked).count() as u64;
+        (cache.len() as u64 - revoked, revoked)
+    }
+
+    /// Writes a record to sled, flushes, then updates the cache: a device
+    /// the API reported as created survives a crash.
+    fn store(&self, device: Device) -> Result<Device, RegistryError> {
+        let bytes = serde_json::to_vec(&device).expect("device serialises");
+        self.inner.tree.insert(device.device_id.as_bytes(), bytes)?;
+        self.inner.tree.flush()?;
+        let mut cache = self.inner.cache.write().unwrap_or_else(|e| e.into_inner());
+        cache.insert(device.device_id.clone(), device.clone());
+        Ok(device)
+    }
+
+    /// Registers a device at kid 1. `raw_id` is normalised first.
+    pub fn add(&self, raw_id: &str, label: Option<String>, now_ms: u64) -> Result<Device, RegistryError> {
+        let id = normalise_device_id(raw_id)?;
+        let label = label.unwrap_or_default();
+        if label.len() > MAX_LABEL {
+            return Err(RegistryError::LabelTooLong);
+        }
+        self.insert_new(Device::new(id, label, 1, now_ms))
+    }
+
+    /// Registers many devices at kid 1 with one flush. Refuses the whole set,
+    /// creating nothing, if any id is invalid or taken.
+    pub fn add_many(&self, raw_ids: &[String], now_ms: u64) -> Result<Vec<Device>, RegistryError> {
+        let mut ids = Vec::with_capacity(raw_ids.len());
+        for raw in raw_ids {
+            let id = normalise_device_id(raw)?;
+            if self.get(&id).is_some() {
+                return Err(RegistryError::Exists);
+            }
+            ids.push(id);
+        }
+        let mut created = Vec::with_capacity(ids.len());
+        for id in ids {
+            let device = Device::new(id, String::new(), 1, now_ms);
+            let bytes = serde_json::to_vec(&device).expect("device serialises");
+            if self
+                .inner
+                .tree
+                .compare_and_swap(device.device_id.as_bytes(), None as Option<&[u8]>, Some(bytes))?
+                .is_ok()
+            {
+                created.push(device);
+            }
+        }
+        self.inner.tree.flush()?;
+        let mut cache = self.inner.cache.write().unwrap_or_else(|e| e.into_inner());
+        for d in &created {
+            cache.insert(d.device_id.clone(), d.clone());
+        }
+        Ok(created)
+    }
+
+    /// Registers a device first seen with a valid MAC under the key derived
+    /// for `kid` (auto-register). Only the master key can make such a MAC.
+    pub fn auto_register(&self, device_id: &str, kid: u32, now_ms: u64) -> Result<Device, RegistryError> {
+        let mut device = Device::new(normalise_device_id(device_id)?, String::new(), kid, now_ms);
+        device.auto_registered = true;
+        self.insert_new(device)
+    }
+
+    /// Inserts a record only if the id is free: sled's compare-and-swap makes
+    /// two concurrent adds of one id impossible.
+    fn insert_new(&self, device: Device) -> Result<Device, RegistryError> {
+        let bytes = serde_json::to_vec(&device).expect("device serialises");
+        let swapped = self.inner.tree.compare_and_swap(
+            device.device_id.as_bytes(),
+            None as Option<&[u8]>,
+            Some(bytes),
+        )?;
+        if swapped.is_err() {
+            return Err(RegistryError::Exists);
+        }
+        self.inner.tree.flush()?;
+        let mut cache = self.inner.cache.write().unwrap_or_else(|e| e.into_inner());
+        cache.insert(device.device_id.clone(), device.clone());
+        Ok(device)
+    }
+
+    fn update(&self, raw_id: &str, f: impl FnOnce(&mut Device) -> Result<(), RegistryError>) -> Result<Device, RegistryError> {
+        let id = normalise_device_id(raw_id)?;
+        let mut device = self.get(&id).ok_or(RegistryError::NotFound)?;
+        f(&mut device)?;
+        self.store(device)
+    }
+
+    pub fn rename(&self, raw_id: &str, label: String) -> Result<Device, RegistryError> {
+        if label.len() > MAX_LABEL {
+            return Err(RegistryError::LabelTooLong);
+        }
+        self.update(raw_id, |d| {
+            d.label = label;
+            Ok(())
+        })
+    }
+
+    pub fn revoke(&self, raw_id: &str, now_ms: u64) -> Result<Device, RegistryError> {
+        self.update(raw_id, |d| {
+            d.state = DeviceState::Revoked;
+            d.revoked_at_ms = Some(now_ms);
+            Ok(())
+        })
+    }
+
+    /// Bumps the kid; the previous kid stays valid for `grace_ms`.
+    pub fn rotate(&self, raw_id: &str, now_ms: u64, grace_ms: u64) -> Result<Device, RegistryError> {
+        self.update(raw_id, |d| {
+            if d.state == DeviceState::Revoked {
+                return Err(RegistryError::Revoked);
+            }
+            d.previous_kid = Some(d.kid);
+            d.previous_kid_until_ms = Some(now_ms.saturating_add(grace_ms));
+            d.kid += 1;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let r = Registry::open(&db).unwrap();
+        let d = r.add("ESP32-A1", None, 1).unwrap();
+        assert_eq!(d.device_id, "esp32-a1");
+        assert!(matches!(r.add("esp32-a1", None, 1), Err(RegistryError::Exists)));
+        assert!(matches!(r.add("bad id!", None, 1), Err(RegistryError::InvalidId(_))));
+        let d = r.rotate("esp32-a1", 1000, 500).unwrap();
+        assert_eq!(d.kid, 2);
+        assert_eq!(d.check_kid(1, 1499), KeyCheck::Valid);
+        assert_eq!(d.check_kid(1, 1500), KeyCheck::UnknownKid);
+        assert_eq!(d.check_kid(2, 9999), KeyCheck::Valid);
+        assert_eq!(d.check_kid(3, 0), KeyCheck::UnknownKid);
+        r.rename("esp32-a1", "roof".into()).unwrap();
+        r.revoke("esp32-a1", 5).unwrap();
+        assert!(matches!(r.rotate("esp32-a1", 6, 1), Err(RegistryError::Revoked)));
+        drop(r);
+        let r = Registry::open(&db).unwrap();
+        let d = r.get("esp32-a1").unwrap();
+        assert_eq!((d.label.as_str(), d.state, d.kid), ("roof", DeviceState::Revoked, 2));
+        assert_eq!(d.check_kid(2, 0), KeyCheck::Revoked);
+        assert_eq!(r.count_by_state(), (0, 1));
+    }
+}
