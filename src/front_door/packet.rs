@@ -64,8 +64,9 @@ mod tests {
         assert_eq!(publish_qos_pkid(&p), Some((1, 0x1234)));
         assert_eq!(publish_qos_pkid(&[0x30, 4, 0, 1, b'a', b'x']), Some((0, 0)));
         assert_eq!(frame(&[0x30]), None);
-        assert_eq!(frame(&[0x30, 0x80, 0x01]), None);
-        assert_eq!(frame(&[0x30, 0x80, 0x01, 0]).map(|f| f.1), Some(3 + 128));
+        assert_eq!(frame(&[0x30, 0x80]), None);
+        assert_eq!(frame(&[0x30, 0x80, 0x01]).map(|f| f.1), Some(3 + 128));
+        assert_eq!(frame(&[0x30, 0x80, 0x80, 0x80, 0x80, 0x01]), None);
     }
 
     #[test]

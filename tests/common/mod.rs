@@ -1,0 +1,282 @@
+//! Test harness: the real `sealgate` binary on 127.0.0.1 ephemeral ports with
+//! a real sled data directory, real rumqttc clients, and the admin client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use sealgate::admin::client::{AdminClient, Credentials};
+use tokio::sync::mpsc;
+
+pub const VECTOR_MASTER: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const SUB_USER: &str = "dash";
+pub const SUB_PASS: &str = "dash-password";
+/// Upper bound for anything awaited; a hang fails instead of blocking CI.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct Gateway {
+    child: Child,
+    pub data_dir: PathBuf,
+    pub mqtt_port: u16,
+    pub http_url: String,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Gateway {
+    /// Starts a gateway with a fresh data directory.
+    pub fn start(extra_env: &[(&str, &str)]) -> Gateway {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut g = Gateway::start_in(tmp.path(), extra_env);
+        g._tmp = Some(tmp);
+        g
+    }
+
+    /// Starts a gateway on an existing data directory (restart tests).
+    pub fn start_in(dir: &Path, extra_env: &[(&str, &str)]) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sealgate"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("SEALGATE_DATA_DIR", dir)
+            .env("SEALGATE_MQTT_LISTEN", "127.0.0.1:0")
+            .env("SEALGATE_HTTP_LISTEN", "127.0.0.1:0")
+            .env("SEALGATE_MASTER_KEY", VECTOR_MASTER)
+            .env("SEALGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("SEALGATE_USERS", format!("{SUB_USER}:{SUB_PASS}"));
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn sealgate");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && line.contains("sealgate ready.") {
+                    let field = |name: &str| {
+                        line.split_whitespace()
+                            .find_map(|w| w.strip_prefix(name))
+                            .map(str::to_owned)
+                            .unwrap_or_default()
+                    };
+                    let _ = tx.send((field("mqtt="), field("http=")));
+                    sent = true;
+                }
+                if std::env::var_os("SEALGATE_TEST_LOG").is_some() {
+                    eprintln!("[gw] {line}");
+                }
+            }
+        });
+        let (mqtt, http) = rx.recv_timeout(WAIT).expect("gateway did not become ready");
+        Gateway {
+            child,
+            data_dir: dir.to_path_buf(),
+            mqtt_port: mqtt.rsplit(':').next().unwrap().parse().unwrap(),
+            http_url: format!("http://{http}"),
+            _tmp: None,
+        }
+    }
+
+    pub fn admin(&self) -> AdminClient {
+        AdminClient::new(&self.http_url, ADMIN_TOKEN)
+    }
+
+    /// Registers a device (blocking HTTP off the async workers).
+    pub async fn add_device(&self, id: &str) -> Credentials {
+        let admin = self.admin();
+        let id = id.to_owned();
+        tokio::task::spawn_blocking(move || admin.add(&id, None)).await.unwrap().expect("add device")
+    }
+
+    pub async fn admin_call<T: Send + 'static>(&self, f: impl FnOnce(AdminClient) -> T + Send + 'static) -> T {
+        let admin = self.admin();
+        tokio::task::spawn_blocking(move || f(admin)).await.unwrap()
+    }
+
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let url = format!("{}{}", self.http_url, path);
+        tokio::task::spawn_blocking(move || match ureq::get(&url).call() {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap_or_default()),
+            Err(e) => panic!("GET {url}: {e}"),
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Value of one Prometheus sample, e.g. `sealgate_rejects_total{reason="bad_mac"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let (_, text) = self.http_get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.data_dir.clone()
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn options(port: u16, client_id: &str, user: &str, pass: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+    o.set_credentials(user, pass);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(100);
+    o
+}
+
+/// What a client's event loop saw.
+#[derive(Debug)]
+pub enum Seen {
+    ConnAck(rumqttc::ConnectReturnCode),
+    PubAck(u16),
+    PubComp(u16),
+    Publish(String, Vec<u8>),
+    SubAck,
+    Closed(String),
+}
+
+pub struct Client {
+    pub client: AsyncClient,
+    pub rx: mpsc::UnboundedReceiver<Seen>,
+}
+
+fn drive(mut el: EventLoop, tx: mpsc::UnboundedSender<Seen>) {
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(p)) => {
+                    let seen = match p {
+                        Packet::ConnAck(c) => Seen::ConnAck(c.code),
+                        Packet::PubAck(a) => Seen::PubAck(a.pkid),
+                        Packet::PubComp(a) => Seen::PubComp(a.pkid),
+                        Packet::Publish(p) => Seen::Publish(p.topic, p.payload.to_vec()),
+                        Packet::SubAck(_) => Seen::SubAck,
+                        _ => continue,
+                    };
+                    if tx.send(seen).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Seen::Closed(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+}
+
+impl Client {
+    /// Connects and returns once the CONNACK (accepted or not) is seen.
+    pub async fn connect(port: u16, client_id: &str, user: &str, pass: &str) -> (Client, Result<(), String>) {
+        let (client, el) = AsyncClient::new(options(port, client_id, user, pass), 1000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        drive(el, tx);
+        let mut c = Client { client, rx };
+        let r = match c.next().await {
+            Seen::ConnAck(rumqttc::ConnectReturnCode::Success) => Ok(()),
+            other => Err(format!("{other:?}")),
+        };
+        (c, r)
+    }
+
+    pub async fn device(port: u16, creds: &Credentials) -> Client {
+        let (c, r) = Client::connect(port, &creds.device_id, &creds.device_id, &creds.mqtt_password).await;
+        r.expect("device connects");
+        c
+    }
+
+    /// A dashboard subscribed to everything on one filter, so that clean
+    /// messages and events arrive in the order the gateway published them.
+    pub async fn subscriber(port: u16) -> Client {
+        let (mut c, r) = Client::connect(port, "dash-1", SUB_USER, SUB_PASS).await;
+        r.expect("subscriber connects");
+        c.client.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+        match c.next().await {
+            Seen::SubAck => {}
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+        c
+    }
+
+    pub async fn next(&mut self) -> Seen {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("timed out waiting for MQTT traffic")
+            .unwrap_or(Seen::Closed("event loop ended".into()))
+    }
+
+    /// Publishes at QoS 1 and waits for the PUBACK, which the gateway sends
+    /// only once the message's outcome is final.
+    pub async fn publish_acked(&mut self, topic: &str, payload: Vec<u8>) {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
+        loop {
+            match self.next().await {
+                Seen::PubAck(_) => return,
+                Seen::Publish(..) => continue,
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next publish received, skipping acks.
+    pub async fn next_publish(&mut self) -> (String, Vec<u8>) {
+        loop {
+            match self.next().await {
+                Seen::Publish(t, p) => return (t, p),
+                Seen::PubAck(_) | Seen::SubAck | Seen::PubComp(_) => continue,
+                other => panic!("expected a publish, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// A sealed JSON message for `creds` with the given nonce.
+pub fn seal(creds: &Credentials, stream: &str, nonce: u64, plaintext: &[u8]) -> Vec<u8> {
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(&creds.secret, &mut secret).unwrap();
+    let keys = sealgate::envelope::DeviceKeys::from_secret(&secret);
+    sealgate::envelope::seal(
+        &keys,
+        &sealgate::envelope::SealInput {
+            device_id: &creds.device_id,
+            stream,
+            kid: creds.kid,
+            nonce,
+            iv: None,
+            plaintext,
+            binary: false,
+        },
+    )
+}
+
+/// Parses an event payload.
+pub fn event(payload: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(payload).expect("event is JSON")
+}

@@ -1,0 +1,175 @@
+//! Every message vector and the replay sequence, sent through the running
+//! gateway over real sockets: accepted ones come out byte for byte on
+//! `clean/`, rejected ones as a named event on `sealgate/events/`.
+
+mod common;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use common::*;
+use serde_json::Value;
+
+fn vectors() -> Value {
+    serde_json::from_str(include_str!("vectors/vectors.json")).unwrap()
+}
+
+/// Sends one vector and asserts what the subscriber sees next.
+async fn expect_verdict(dev: &mut Client, sub: &mut Client, v: &Value) {
+    let name = v["name"].as_str().unwrap();
+    let payload = B64.decode(v["payload_b64"].as_str().unwrap()).unwrap();
+    dev.publish_acked(v["topic"].as_str().unwrap(), payload).await;
+    let (topic, body) = sub.next_publish().await;
+    match v["verdict"].as_str().unwrap() {
+        "accept" => {
+            assert_eq!(topic, v["clean_topic"].as_str().unwrap(), "{name}");
+            assert_eq!(B64.encode(&body), v["clean_body_b64"].as_str().unwrap(), "{name}");
+        }
+        reason => {
+            let e = event(&body);
+            assert_eq!(e["reason"], reason, "{name}: {e}");
+            let expected_topic = match name {
+                "bad-device-id" => "sealgate/events/_invalid".to_owned(),
+                "unknown-device" => "sealgate/events/ghost-7".to_owned(),
+                _ => "sealgate/events/esp32-a1".to_owned(),
+            };
+            assert_eq!(topic, expected_topic, "{name}");
+            // Only these fields, ever: no payload, MAC, key or token.
+            for key in e.as_object().unwrap().keys() {
+                assert!(["at", "device_id", "stream", "reason", "nonce"].contains(&key.as_str()), "{name}: {e}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_vector_through_the_gateway() {
+    let gw = Gateway::start(&[]);
+    let creds = gw.add_device("ESP32-A1").await;
+    assert_eq!(creds.device_id, "esp32-a1");
+    let mut sub = Client::subscriber(gw.mqtt_port).await;
+    let mut dev = Client::device(gw.mqtt_port, &creds).await;
+    let v = vectors();
+    let messages = v["messages"].as_array().unwrap();
+    // kid-2 is valid only after rotation: send it last.
+    for m in messages.iter().filter(|m| m["name"] != "kid-2") {
+        expect_verdict(&mut dev, &mut sub, m).await;
+    }
+    let rotated = gw.admin_call(|a| a.rotate("esp32-a1")).await.unwrap();
+    assert_eq!(rotated.kid, 2);
+    let kid2 = messages.iter().find(|m| m["name"] == "kid-2").unwrap();
+    expect_verdict(&mut dev, &mut sub, kid2).await;
+    // The previous kid stays valid during the grace period.
+    let json_plain_kid1 = common::seal(
+        &sealgate::admin::client::Credentials {
+            kid: 1,
+            secret: "a6351e260ad1d8c3e8b65529cd14e448123d634f9caee23e1aa8f65008ac56bd".into(),
+            ..rotated.clone()
+        },
+        "telemetry",
+        10_020,
+        b"still kid 1",
+    );
+    dev.publish_acked("sealed/esp32-a1/telemetry", json_plain_kid1).await;
+    assert_eq!(sub.next_publish().await.1, b"still kid 1");
+    let accepted = gw.metric("sealgate_messages_total{result=\"accepted\"}").await;
+    assert_eq!(accepted, 12.0);
+    assert_eq!(gw.metric("sealgate_rejects_total{reason=\"bad_mac\"}").await, 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_sequence_through_the_gateway() {
+    let gw = Gateway::start(&[]);
+    let creds = gw.add_device("esp32-a1").await;
+    let meter = gw.add_device("meter-0042").await;
+    let mut sub = Client::subscriber(gw.mqtt_port).await;
+    let mut dev = Client::device(gw.mqtt_port, &creds).await;
+    let v = vectors();
+    let seq = &v["replay_sequence"];
+    let topic = seq["topic"].as_str().unwrap();
+    let mut duplicates = 0.0;
+    for step in seq["steps"].as_array().unwrap() {
+        let payload = B64.decode(step["payload_b64"].as_str().unwrap()).unwrap();
+        let verdict = step["verdict"].as_str().unwrap();
+        dev.publish_acked(topic, payload).await;
+        match verdict {
+            "duplicate" => {
+                // Silent by design: counted, no event, nothing on clean/.
+                duplicates += 1.0;
+                assert_eq!(gw.metric("sealgate_rejects_total{reason=\"duplicate\"}").await, duplicates);
+            }
+            "accept" => assert_eq!(sub.next_publish().await.0, "clean/esp32-a1/telemetry"),
+            reason => {
+                let (t, body) = sub.next_publish().await;
+                assert_eq!(t, "sealgate/events/esp32-a1");
+                assert_eq!(event(&body)["reason"], reason);
+                assert_eq!(event(&body)["nonce"], step["nonce"]);
+            }
+        }
+    }
+    // Nothing was published for the duplicates: the next thing seen is this.
+    let mut m = Client::device(gw.mqtt_port, &meter).await;
+    m.publish_acked("sealed/meter-0042", common::seal(&meter, "", 1, b"sentinel")).await;
+    assert_eq!(sub.next_publish().await, ("clean/meter-0042".into(), b"sentinel".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_device_is_refused_and_its_messages_rejected() {
+    let gw = Gateway::start(&[]);
+    let creds = gw.add_device("esp32-r").await;
+    let mut sub = Client::subscriber(gw.mqtt_port).await;
+    let mut dev = Client::device(gw.mqtt_port, &creds).await;
+    dev.publish_acked("sealed/esp32-r/t", common::seal(&creds, "t", 1, b"before")).await;
+    assert_eq!(sub.next_publish().await.1, b"before");
+    gw.admin_call(|a| a.revoke("esp32-r")).await.unwrap();
+    // The open connection's messages are refused...
+    dev.publish_acked("sealed/esp32-r/t", common::seal(&creds, "t", 2, b"after")).await;
+    let (t, body) = sub.next_publish().await;
+    assert_eq!(t, "sealgate/events/esp32-r");
+    assert_eq!(event(&body)["reason"], "revoked");
+    // ...and it cannot connect again.
+    let (_c, r) = Client::connect(gw.mqtt_port, "esp32-r", "esp32-r", &creds.mqtt_password).await;
+    assert!(r.unwrap_err().contains("NotAuthorized"));
+    let list = gw.admin_call(|a| a.list()).await.unwrap();
+    assert_eq!(list.devices[0].state, "revoked");
+    assert!(list.devices[0].last_seen.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_register_accepts_a_valid_mac_from_an_unknown_device() {
+    let gw = Gateway::start(&[("SEALGATE_AUTO_REGISTER", "true")]);
+    let mut sub = Client::subscriber(gw.mqtt_port).await;
+    // Credentials derived offline, as a factory would, never registered.
+    let master = sealgate::envelope::MasterKey::from_hex(VECTOR_MASTER).unwrap();
+    let secret = master.device_secret("factory-1", 1);
+    let keys = sealgate::envelope::DeviceKeys::from_secret(&secret);
+    let creds = sealgate::admin::client::Credentials {
+        device_id: "factory-1".into(),
+        kid: 1,
+        secret: hex::encode(secret),
+        mqtt_password: sealgate::envelope::connect_token(&keys, "factory-1", 0),
+    };
+    let mut dev = Client::device(gw.mqtt_port, &creds).await;
+    dev.publish_acked("sealed/factory-1", common::seal(&creds, "", 5, b"hello")).await;
+    assert_eq!(sub.next_publish().await, ("clean/factory-1".into(), b"hello".to_vec()));
+    let shown = gw.admin_call(|a| a.show("factory-1")).await.unwrap();
+    assert!(shown.auto_registered);
+    assert_eq!(gw.metric("sealgate_auto_registered_total").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsealed_payloads_go_to_unverified_only_when_allowed() {
+    let gw = Gateway::start(&[("SEALGATE_ALLOW_UNSEALED", "true")]);
+    let creds = gw.add_device("legacy-1").await;
+    let mut sub = Client::subscriber(gw.mqtt_port).await;
+    let mut dev = Client::device(gw.mqtt_port, &creds).await;
+    dev.publish_acked("sealed/legacy-1/t", b"raw reading 42".to_vec()).await;
+    assert_eq!(sub.next_publish().await, ("unverified/legacy-1/t".into(), b"raw reading 42".to_vec()));
+    // Tampered envelopes are still rejected, never "unverified".
+    let mut sealed = common::seal(&creds, "t", 1, b"x");
+    let n = sealed.len();
+    sealed[n - 3] ^= 1;
+    dev.publish_acked("sealed/legacy-1/t", sealed).await;
+    let (t, body) = sub.next_publish().await;
+    assert_eq!(t, "sealgate/events/legacy-1");
+    assert!(event(&body)["reason"] == "bad_mac" || event(&body)["reason"] == "malformed");
+}
