@@ -33,11 +33,19 @@ pub enum AppError {
     #[error("data directory {path}: {reason}")]
     DataDir { path: String, reason: String },
     #[error("{what} file {path}: {reason}")]
-    Secret { what: &'static str, path: String, reason: String },
+    Secret {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
     #[error("database in {path} cannot be opened: {reason}")]
     Database { path: String, reason: String },
     #[error("cannot listen on {addr} ({what}): {reason}")]
-    Listen { what: &'static str, addr: SocketAddr, reason: String },
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        reason: String,
+    },
     #[error("router: {0}")]
     Router(String),
 }
@@ -90,7 +98,10 @@ pub fn load_secrets(config: &Config) -> Result<Secrets, AppError> {
         Some(t) => t.clone(),
         None => load_or_create_secret(&dir.join("admin.token"), 24, "admin token")?,
     };
-    Ok(Secrets { master, admin_token })
+    Ok(Secrets {
+        master,
+        admin_token,
+    })
 }
 
 /// Path of the admin token file in a data directory (the CLI reads it).
@@ -99,7 +110,10 @@ pub fn admin_token_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Runs the gateway until `shutdown` resolves, then drains and returns.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AppError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AppError> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir).map_err(|e| AppError::DataDir {
         path: config.data_dir.display().to_string(),
@@ -177,8 +191,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     };
     let mqtt = listen("mqtt", config.mqtt.listen).await?;
     let http = listen("http", config.http.listen).await?;
-    let mqtt_addr = mqtt.local_addr().map_err(|e| AppError::Router(e.to_string()))?;
-    let http_addr = http.local_addr().map_err(|e| AppError::Router(e.to_string()))?;
+    let mqtt_addr = mqtt
+        .local_addr()
+        .map_err(|e| AppError::Router(e.to_string()))?;
+    let http_addr = http
+        .local_addr()
+        .map_err(|e| AppError::Router(e.to_string()))?;
 
     let stop = CancellationToken::new();
     let ctx = Arc::new(Context {
@@ -237,7 +255,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     drop(verifier_tx);
     let _ = tokio::task::spawn_blocking(move || verifier_thread.join()).await;
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs(15), tracker.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(15), tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("Some connections did not close in time.");
     }
     admin_stop.cancel();

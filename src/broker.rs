@@ -12,7 +12,8 @@ use rumqttd::Notification;
 
 use crate::config::RouterConfig;
 
-type MakeLink = dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync;
+type MakeLink =
+    dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>> + Send + Sync;
 
 /// Handle to the running router; cheap to clone.
 #[derive(Clone)]
@@ -44,13 +45,18 @@ impl Broker {
                 LinkBuilder::new(client_id, router_tx.clone())
                     .clean_session(clean)
                     .build()
+                    .map_err(Box::new)
             }),
         }
     }
 
     /// Registers a connection with the router. Blocks until the router
     /// answers: call it from a blocking context.
-    pub fn link(&self, client_id: &str, clean_session: bool) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+    pub fn link(
+        &self,
+        client_id: &str,
+        clean_session: bool,
+    ) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>> {
         (self.make_link)(client_id, clean_session)
     }
 }

@@ -28,7 +28,11 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct DeviceArgs {
     /// Admin API base URL.
-    #[arg(long, env = "SEALGATE_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "SEALGATE_ADMIN_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub admin_url: String,
     /// Admin token; defaults to the token file in the data directory.
     #[arg(long, env = "SEALGATE_ADMIN_TOKEN", hide_env_values = true)]

@@ -87,7 +87,9 @@ pub struct User {
 
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("User").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -119,7 +121,9 @@ impl Env for ProcessEnv {
 
 impl<const N: usize> Env for [(&str, &str); N] {
     fn get(&self, name: &str) -> Option<String> {
-        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
     }
 }
 
@@ -172,7 +176,8 @@ pub fn parse_users(v: &str) -> Result<Vec<User>, ConfigError> {
             }),
             _ => Err(ConfigError::Env {
                 var: "SEALGATE_USERS",
-                reason: "expected name:password[,name:password] with non-empty names and passwords".into(),
+                reason: "expected name:password[,name:password] with non-empty names and passwords"
+                    .into(),
             }),
         })
         .collect()
@@ -194,12 +199,13 @@ impl Config {
             })?;
             merge(&mut table, parse_table(&text, &origin)?);
         }
-        let mut config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                origin: "merged configuration".into(),
-                reason: e.message().to_owned(),
-            })?;
+        let mut config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: "merged configuration".into(),
+                    reason: e.message().to_owned(),
+                })?;
         config.apply_env(env)?;
         config.validate()?;
         Ok(config)
@@ -275,15 +281,28 @@ impl Config {
                 || prefix.ends_with('/')
                 || prefix.contains(['+', '#'])
             {
-                return invalid(key, "must be a topic prefix without wildcards or leading/trailing '/'");
+                return invalid(
+                    key,
+                    "must be a topic prefix without wildcards or leading/trailing '/'",
+                );
             }
         }
         let t = &self.topics;
-        if t.sealed == t.clean || t.sealed == t.events || t.clean == t.events || t.unverified == t.clean {
-            return invalid("topics", "sealed, clean, events and unverified prefixes must differ");
+        if t.sealed == t.clean
+            || t.sealed == t.events
+            || t.clean == t.events
+            || t.unverified == t.clean
+        {
+            return invalid(
+                "topics",
+                "sealed, clean, events and unverified prefixes must differ",
+            );
         }
         if self.router.max_segment_size < 1024 || self.router.max_segment_count == 0 {
-            return invalid("router", "max_segment_size must be >= 1024 and max_segment_count >= 1");
+            return invalid(
+                "router",
+                "max_segment_size must be >= 1024 and max_segment_count >= 1",
+            );
         }
         let mut names: Vec<&str> = self.users.iter().map(|u| u.name.as_str()).collect();
         names.sort_unstable();
@@ -337,7 +356,10 @@ mod tests {
         ] {
             let err = Config::load(None, &[(var, val)]).unwrap_err().to_string();
             assert!(err.contains(var), "{err}");
-            assert!(!err.contains("abc") || var != "SEALGATE_MASTER_KEY", "echoed a secret: {err}");
+            assert!(
+                !err.contains("abc") || var != "SEALGATE_MASTER_KEY",
+                "echoed a secret: {err}"
+            );
         }
     }
 

@@ -46,7 +46,10 @@ fn run(config_path: Option<std::path::PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -66,24 +69,40 @@ fn device(args: DeviceArgs, config_path: Option<std::path::PathBuf>) -> Result<(
     let token = match args.admin_token {
         Some(t) => t,
         None => {
-            let config = Config::load(config_path.as_deref(), &ProcessEnv).map_err(|e| e.to_string())?;
+            let config =
+                Config::load(config_path.as_deref(), &ProcessEnv).map_err(|e| e.to_string())?;
             let path = sealgate::app::admin_token_path(&config.data_dir);
             std::fs::read_to_string(&path)
                 .map(|t| t.trim().to_owned())
-                .map_err(|e| format!("no --admin-token or SEALGATE_ADMIN_TOKEN, and cannot read {}: {e}", path.display()))?
+                .map_err(|e| {
+                    format!(
+                        "no --admin-token or SEALGATE_ADMIN_TOKEN, and cannot read {}: {e}",
+                        path.display()
+                    )
+                })?
         }
     };
     let client = AdminClient::new(&args.admin_url, &token);
     let e = |e: ClientError| e.to_string();
     match args.action {
-        DeviceAction::Add { id, label, json } => print_credentials(&client.add(&id, label.as_deref()).map_err(e)?, json),
-        DeviceAction::Rotate { id, json } => print_credentials(&client.rotate(&id).map_err(e)?, json),
+        DeviceAction::Add { id, label, json } => {
+            print_credentials(&client.add(&id, label.as_deref()).map_err(e)?, json)
+        }
+        DeviceAction::Rotate { id, json } => {
+            print_credentials(&client.rotate(&id).map_err(e)?, json)
+        }
         DeviceAction::List { json } => {
             let list = client.list().map_err(e)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
             } else {
-                println!("{:<32} {:<8} {:>4} {:<25} LABEL", "DEVICE", "STATE", "KID", "LAST SEEN");
+                println!(
+                    "{:<32} {:<8} {:>4} {:<25} LABEL",
+                    "DEVICE", "STATE", "KID", "LAST SEEN"
+                );
                 for d in list.devices {
                     println!(
                         "{:<32} {:<8} {:>4} {:<25} {}",
@@ -97,7 +116,9 @@ fn device(args: DeviceArgs, config_path: Option<std::path::PathBuf>) -> Result<(
             }
         }
         DeviceAction::Show { id, json } => print_view(&client.show(&id).map_err(e)?, json),
-        DeviceAction::Rename { id, label } => print_view(&client.rename(&id, &label).map_err(e)?, false),
+        DeviceAction::Rename { id, label } => {
+            print_view(&client.rename(&id, &label).map_err(e)?, false)
+        }
         DeviceAction::Revoke { id } => print_view(&client.revoke(&id).map_err(e)?, false),
         DeviceAction::ResetNonce { id } => print_view(&client.reset_nonce(&id).map_err(e)?, false),
         DeviceAction::AddBulk { prefix, count, out } => {
@@ -110,8 +131,13 @@ fn device(args: DeviceArgs, config_path: Option<std::path::PathBuf>) -> Result<(
                 .open(&out)
                 .map_err(|err| format!("cannot create {}: {err} (devices were registered; rotate them to get new secrets)", out.display()))?;
             let text = serde_json::to_string_pretty(&bulk).unwrap_or_default();
-            f.write_all(text.as_bytes()).map_err(|err| err.to_string())?;
-            eprintln!("Registered {} devices; credentials in {} (keep it secret).", bulk.devices.len(), out.display());
+            f.write_all(text.as_bytes())
+                .map_err(|err| err.to_string())?;
+            eprintln!(
+                "Registered {} devices; credentials in {} (keep it secret).",
+                bulk.devices.len(),
+                out.display()
+            );
         }
     }
     Ok(())
@@ -142,6 +168,9 @@ fn print_view(d: &DeviceView, json: bool) {
         println!("previous kid:  {k} (valid until {u})");
     }
     println!("created_at:    {}", d.created_at);
-    println!("last_seen:     {}", d.last_seen.as_deref().unwrap_or("never"));
+    println!(
+        "last_seen:     {}",
+        d.last_seen.as_deref().unwrap_or("never")
+    );
     println!("highest_nonce: {}", d.highest_nonce);
 }

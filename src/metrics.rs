@@ -49,15 +49,51 @@ impl Metrics {
             auto_registered: Counter::default(),
             registry: PromRegistry::default(),
         };
-        registry.register(metric::MESSAGES, "Sealed messages by outcome", m.messages.clone());
-        registry.register(metric::REJECTS, "Rejected messages by spec reason", m.rejects.clone());
-        registry.register(metric::VERIFY_SECONDS, "Time to verify one message (parse, MAC, window, decrypt)", m.verify_seconds.clone());
-        registry.register(metric::COMMIT_SECONDS, "Time of one group commit of replay windows to sled", m.commit_seconds.clone());
-        registry.register(metric::BATCH_SIZE, "Messages per group commit", m.batch_size.clone());
-        registry.register(metric::DEVICES, "Registered devices by state", m.devices.clone());
-        registry.register(metric::CONNECTIONS, "Open MQTT connections", m.connections.clone());
-        registry.register(metric::CONNECT_REFUSED, "Refused MQTT CONNECTs by reason", m.connect_refused.clone());
-        registry.register(metric::AUTO_REGISTERED, "Devices registered by a valid MAC (auto-register)", m.auto_registered.clone());
+        registry.register(
+            metric::MESSAGES,
+            "Sealed messages by outcome",
+            m.messages.clone(),
+        );
+        registry.register(
+            metric::REJECTS,
+            "Rejected messages by spec reason",
+            m.rejects.clone(),
+        );
+        registry.register(
+            metric::VERIFY_SECONDS,
+            "Time to verify one message (parse, MAC, window, decrypt)",
+            m.verify_seconds.clone(),
+        );
+        registry.register(
+            metric::COMMIT_SECONDS,
+            "Time of one group commit of replay windows to sled",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            metric::BATCH_SIZE,
+            "Messages per group commit",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            metric::DEVICES,
+            "Registered devices by state",
+            m.devices.clone(),
+        );
+        registry.register(
+            metric::CONNECTIONS,
+            "Open MQTT connections",
+            m.connections.clone(),
+        );
+        registry.register(
+            metric::CONNECT_REFUSED,
+            "Refused MQTT CONNECTs by reason",
+            m.connect_refused.clone(),
+        );
+        registry.register(
+            metric::AUTO_REGISTERED,
+            "Devices registered by a valid MAC (auto-register)",
+            m.auto_registered.clone(),
+        );
         // Pre-create every reason so dashboards see zeros, not gaps.
         for r in RejectReason::ALL {
             let _ = m.rejects.get_or_create(&[("reason", r.as_str())]);
@@ -70,16 +106,24 @@ impl Metrics {
     }
 
     pub fn reject(&self, reason: RejectReason) {
-        self.rejects.get_or_create(&[("reason", reason.as_str())]).inc();
+        self.rejects
+            .get_or_create(&[("reason", reason.as_str())])
+            .inc();
     }
 
     pub fn connect_refused(&self, reason: &'static str) {
-        self.connect_refused.get_or_create(&[("reason", reason)]).inc();
+        self.connect_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     pub fn set_devices(&self, active: u64, revoked: u64) {
-        self.devices.get_or_create(&[("state", "active")]).set(active as i64);
-        self.devices.get_or_create(&[("state", "revoked")]).set(revoked as i64);
+        self.devices
+            .get_or_create(&[("state", "active")])
+            .set(active as i64);
+        self.devices
+            .get_or_create(&[("state", "revoked")])
+            .set(revoked as i64);
     }
 
     /// Prometheus text exposition.

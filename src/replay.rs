@@ -144,7 +144,11 @@ impl Window {
         let last_seen = word(8);
         let stored_words = (bytes.len() - 16) / 8;
         for (idx, slot) in w.seen.iter_mut().enumerate() {
-            *slot = if idx < stored_words { word(16 + idx * 8) } else { 0 };
+            *slot = if idx < stored_words {
+                word(16 + idx * 8)
+            } else {
+                0
+            };
         }
         for i in (stored_words as u64 * 64)..u64::from(size).min(w.highest) {
             w.set_bit(i);
@@ -211,8 +215,9 @@ impl ReplayStore {
     fn load(&mut self, device_id: &str) -> Result<(), StoreError> {
         if !self.windows.contains_key(device_id) {
             let loaded = match self.tree.get(device_id)? {
-                Some(bytes) => Window::decode(&bytes, self.size)
-                    .unwrap_or_else(|| (Window::new(self.size), 0)),
+                Some(bytes) => {
+                    Window::decode(&bytes, self.size).unwrap_or_else(|| (Window::new(self.size), 0))
+                }
                 None => (Window::new(self.size), 0),
             };
             self.windows.insert(device_id.to_owned(), loaded);
@@ -221,7 +226,13 @@ impl ReplayStore {
     }
 
     /// Records an acceptance in memory; durable after the next `commit`.
-    pub fn accept(&mut self, device_id: &str, nonce: u64, mac: &[u8; 32], now_ms: u64) -> Result<(), StoreError> {
+    pub fn accept(
+        &mut self,
+        device_id: &str,
+        nonce: u64,
+        mac: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
         self.load(device_id)?;
         let entry = self.windows.get_mut(device_id).expect("loaded above");
         entry.0.accept(nonce, mac);
@@ -294,7 +305,11 @@ mod tests {
         for size in [1u32, 63, 64, 65, 128, 200, 1000] {
             let mut w = Window::new(size);
             for n in (1..=3000u64).step_by(3) {
-                assert_eq!(run(&mut w, n, 1), WindowVerdict::Accept, "size {size} nonce {n}");
+                assert_eq!(
+                    run(&mut w, n, 1),
+                    WindowVerdict::Accept,
+                    "size {size} nonce {n}"
+                );
             }
             for n in (1..=3000u64).step_by(3) {
                 let back = w.highest() - n;
@@ -322,9 +337,15 @@ mod tests {
         let (back, seen) = Window::decode(&w.encode(42), 64).unwrap();
         assert_eq!(seen, 42);
         assert_eq!(back.highest(), 70);
-        assert_eq!(back.check(9, &mac(1)), WindowVerdict::Reject(RejectReason::Duplicate));
+        assert_eq!(
+            back.check(9, &mac(1)),
+            WindowVerdict::Reject(RejectReason::Duplicate)
+        );
         assert_eq!(back.check(8, &mac(1)), WindowVerdict::Accept);
-        assert_eq!(back.check(6, &mac(1)), WindowVerdict::Reject(RejectReason::StaleNonce));
+        assert_eq!(
+            back.check(6, &mac(1)),
+            WindowVerdict::Reject(RejectReason::StaleNonce)
+        );
     }
 
     #[test]
@@ -333,7 +354,10 @@ mod tests {
         w.accept(1000, &mac(1));
         let (big, _) = Window::decode(&w.encode(0), 128).unwrap();
         assert_eq!(big.check(999, &mac(1)), WindowVerdict::Accept);
-        assert_eq!(big.check(900, &mac(1)), WindowVerdict::Reject(RejectReason::Duplicate));
+        assert_eq!(
+            big.check(900, &mac(1)),
+            WindowVerdict::Reject(RejectReason::Duplicate)
+        );
         assert_eq!(big.check(1001, &mac(1)), WindowVerdict::Accept);
     }
 
@@ -348,10 +372,22 @@ mod tests {
         }
         let db = sled::open(dir.path()).unwrap();
         let mut s = ReplayStore::open(&db, 64).unwrap();
-        assert_eq!(s.window("d").unwrap().check(10, &mac(2)), WindowVerdict::Reject(RejectReason::Duplicate));
+        assert_eq!(
+            s.window("d").unwrap().check(10, &mac(2)),
+            WindowVerdict::Reject(RejectReason::Duplicate)
+        );
         let tree = db.open_tree(ReplayStore::TREE).unwrap();
-        assert_eq!(ReplayStore::summary(&tree, "d"), Some(WindowSummary { highest_nonce: 10, last_seen_ms: 5 }));
+        assert_eq!(
+            ReplayStore::summary(&tree, "d"),
+            Some(WindowSummary {
+                highest_nonce: 10,
+                last_seen_ms: 5
+            })
+        );
         s.reset("d").unwrap();
-        assert_eq!(s.window("d").unwrap().check(10, &mac(2)), WindowVerdict::Accept);
+        assert_eq!(
+            s.window("d").unwrap().check(10, &mac(2)),
+            WindowVerdict::Accept
+        );
     }
 }

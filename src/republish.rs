@@ -32,7 +32,8 @@ impl Republisher {
 
     /// Queues a message for an exact topic (already under its prefix).
     pub fn queue(&mut self, topic: String, payload: Bytes, retain: bool) {
-        self.pending.push(Publish::new(Bytes::from(topic), payload, retain));
+        self.pending
+            .push(Publish::new(Bytes::from(topic), payload, retain));
     }
 
     /// Queues a security event. Events are never retained.
@@ -49,7 +50,7 @@ impl Republisher {
 
     /// Hands everything queued to the router with one wake-up. Blocks while
     /// the router's channel is full, which is the backpressure we want.
-    pub fn flush(&mut self) -> Result<(), LinkError> {
+    pub fn flush(&mut self) -> Result<(), Box<LinkError>> {
         let Some(last) = self.pending.pop() else {
             return Ok(());
         };
@@ -66,13 +67,13 @@ impl Republisher {
 /// Runs `LinkTx::send`, which is declared async but never suspends (it uses
 /// the router channel's blocking send), to completion on this thread.
 /// `LinkTx::publish` would do the same but drops the retain flag.
-pub fn send_now(link: &mut LinkTx, packet: Packet) -> Result<(), LinkError> {
+pub fn send_now(link: &mut LinkTx, packet: Packet) -> Result<(), Box<LinkError>> {
     use std::future::Future;
     use std::task::{Context, Poll, Waker};
     let mut fut = std::pin::pin!(link.send(packet));
     loop {
         if let Poll::Ready(r) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-            return r.map(|_| ());
+            return r.map(|_| ()).map_err(Box::new);
         }
         std::thread::yield_now();
     }

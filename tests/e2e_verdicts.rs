@@ -17,12 +17,17 @@ fn vectors() -> Value {
 async fn expect_verdict(dev: &mut Client, sub: &mut Client, v: &Value) {
     let name = v["name"].as_str().unwrap();
     let payload = B64.decode(v["payload_b64"].as_str().unwrap()).unwrap();
-    dev.publish_acked(v["topic"].as_str().unwrap(), payload).await;
+    dev.publish_acked(v["topic"].as_str().unwrap(), payload)
+        .await;
     let (topic, body) = sub.next_publish().await;
     match v["verdict"].as_str().unwrap() {
         "accept" => {
             assert_eq!(topic, v["clean_topic"].as_str().unwrap(), "{name}");
-            assert_eq!(B64.encode(&body), v["clean_body_b64"].as_str().unwrap(), "{name}");
+            assert_eq!(
+                B64.encode(&body),
+                v["clean_body_b64"].as_str().unwrap(),
+                "{name}"
+            );
         }
         reason => {
             let e = event(&body);
@@ -35,7 +40,10 @@ async fn expect_verdict(dev: &mut Client, sub: &mut Client, v: &Value) {
             assert_eq!(topic, expected_topic, "{name}");
             // Only these fields, ever: no payload, MAC, key or token.
             for key in e.as_object().unwrap().keys() {
-                assert!(["at", "device_id", "stream", "reason", "nonce"].contains(&key.as_str()), "{name}: {e}");
+                assert!(
+                    ["at", "device_id", "stream", "reason", "nonce"].contains(&key.as_str()),
+                    "{name}: {e}"
+                );
             }
         }
     }
@@ -69,11 +77,18 @@ async fn every_vector_through_the_gateway() {
         10_020,
         b"still kid 1",
     );
-    dev.publish_acked("sealed/esp32-a1/telemetry", json_plain_kid1).await;
+    dev.publish_acked("sealed/esp32-a1/telemetry", json_plain_kid1)
+        .await;
     assert_eq!(sub.next_publish().await.1, b"still kid 1");
-    let accepted = gw.metric("sealgate_messages_total{result=\"accepted\"}").await;
+    let accepted = gw
+        .metric("sealgate_messages_total{result=\"accepted\"}")
+        .await;
     assert_eq!(accepted, 12.0);
-    assert_eq!(gw.metric("sealgate_rejects_total{reason=\"bad_mac\"}").await, 4.0);
+    assert_eq!(
+        gw.metric("sealgate_rejects_total{reason=\"bad_mac\"}")
+            .await,
+        4.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +110,11 @@ async fn replay_sequence_through_the_gateway() {
             "duplicate" => {
                 // Silent by design: counted, no event, nothing on clean/.
                 duplicates += 1.0;
-                assert_eq!(gw.metric("sealgate_rejects_total{reason=\"duplicate\"}").await, duplicates);
+                assert_eq!(
+                    gw.metric("sealgate_rejects_total{reason=\"duplicate\"}")
+                        .await,
+                    duplicates
+                );
             }
             "accept" => assert_eq!(sub.next_publish().await.0, "clean/esp32-a1/telemetry"),
             reason => {
@@ -108,8 +127,15 @@ async fn replay_sequence_through_the_gateway() {
     }
     // Nothing was published for the duplicates: the next thing seen is this.
     let mut m = Client::device(gw.mqtt_port, &meter).await;
-    m.publish_acked("sealed/meter-0042", common::seal(&meter, "", 1, b"sentinel")).await;
-    assert_eq!(sub.next_publish().await, ("clean/meter-0042".into(), b"sentinel".to_vec()));
+    m.publish_acked(
+        "sealed/meter-0042",
+        common::seal(&meter, "", 1, b"sentinel"),
+    )
+    .await;
+    assert_eq!(
+        sub.next_publish().await,
+        ("clean/meter-0042".into(), b"sentinel".to_vec())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,11 +144,13 @@ async fn revoked_device_is_refused_and_its_messages_rejected() {
     let creds = gw.add_device("esp32-r").await;
     let mut sub = Client::subscriber(gw.mqtt_port).await;
     let mut dev = Client::device(gw.mqtt_port, &creds).await;
-    dev.publish_acked("sealed/esp32-r/t", common::seal(&creds, "t", 1, b"before")).await;
+    dev.publish_acked("sealed/esp32-r/t", common::seal(&creds, "t", 1, b"before"))
+        .await;
     assert_eq!(sub.next_publish().await.1, b"before");
     gw.admin_call(|a| a.revoke("esp32-r")).await.unwrap();
     // The open connection's messages are refused...
-    dev.publish_acked("sealed/esp32-r/t", common::seal(&creds, "t", 2, b"after")).await;
+    dev.publish_acked("sealed/esp32-r/t", common::seal(&creds, "t", 2, b"after"))
+        .await;
     let (t, body) = sub.next_publish().await;
     assert_eq!(t, "sealgate/events/esp32-r");
     assert_eq!(event(&body)["reason"], "revoked");
@@ -149,8 +177,12 @@ async fn auto_register_accepts_a_valid_mac_from_an_unknown_device() {
         mqtt_password: sealgate::envelope::connect_token(&keys, "factory-1", 0),
     };
     let mut dev = Client::device(gw.mqtt_port, &creds).await;
-    dev.publish_acked("sealed/factory-1", common::seal(&creds, "", 5, b"hello")).await;
-    assert_eq!(sub.next_publish().await, ("clean/factory-1".into(), b"hello".to_vec()));
+    dev.publish_acked("sealed/factory-1", common::seal(&creds, "", 5, b"hello"))
+        .await;
+    assert_eq!(
+        sub.next_publish().await,
+        ("clean/factory-1".into(), b"hello".to_vec())
+    );
     let shown = gw.admin_call(|a| a.show("factory-1")).await.unwrap();
     assert!(shown.auto_registered);
     assert_eq!(gw.metric("sealgate_auto_registered_total").await, 1.0);
@@ -162,8 +194,12 @@ async fn unsealed_payloads_go_to_unverified_only_when_allowed() {
     let creds = gw.add_device("legacy-1").await;
     let mut sub = Client::subscriber(gw.mqtt_port).await;
     let mut dev = Client::device(gw.mqtt_port, &creds).await;
-    dev.publish_acked("sealed/legacy-1/t", b"raw reading 42".to_vec()).await;
-    assert_eq!(sub.next_publish().await, ("unverified/legacy-1/t".into(), b"raw reading 42".to_vec()));
+    dev.publish_acked("sealed/legacy-1/t", b"raw reading 42".to_vec())
+        .await;
+    assert_eq!(
+        sub.next_publish().await,
+        ("unverified/legacy-1/t".into(), b"raw reading 42".to_vec())
+    );
     // Tampered envelopes are still rejected, never "unverified".
     let mut sealed = common::seal(&creds, "t", 1, b"x");
     let n = sealed.len();

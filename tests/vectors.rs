@@ -46,14 +46,30 @@ fn world(kid2: bool) -> World {
         registry.rotate("esp32-a1", 0, u64::MAX / 2).unwrap();
     }
     let store = ReplayStore::open(&db, vectors()["window"].as_u64().unwrap() as u32).unwrap();
-    let checker = Checker::new(master(), registry, "sealed".into(), false, false, Default::default());
-    World { _dir: dir, checker, store }
+    let checker = Checker::new(
+        master(),
+        registry,
+        "sealed".into(),
+        false,
+        false,
+        Default::default(),
+    );
+    World {
+        _dir: dir,
+        checker,
+        store,
+    }
 }
 
 /// The verdict name for one message, recording acceptances like the gateway.
 fn verdict(w: &mut World, topic: &str, payload: &[u8]) -> (String, Option<(String, Vec<u8>)>) {
     match w.checker.check(topic, payload, &mut w.store, 1).unwrap() {
-        Checked::Accept { topic, nonce, mac, plaintext } => {
+        Checked::Accept {
+            topic,
+            nonce,
+            mac,
+            plaintext,
+        } => {
             w.store.accept(&topic.device_id, nonce, &mac, 1).unwrap();
             w.store.commit().unwrap();
             ("accept".into(), Some((topic.under("clean"), plaintext)))
@@ -71,7 +87,11 @@ fn check_message(name: &str) {
     assert_eq!(got, v["verdict"].as_str().unwrap(), "vector {name}");
     if let Some((topic, body)) = clean {
         assert_eq!(topic, v["clean_topic"].as_str().unwrap(), "vector {name}");
-        assert_eq!(B64.encode(body), v["clean_body_b64"].as_str().unwrap(), "vector {name}");
+        assert_eq!(
+            B64.encode(body),
+            v["clean_body_b64"].as_str().unwrap(),
+            "vector {name}"
+        );
         reseal_matches(&v, &payload);
     }
 }
@@ -100,7 +120,12 @@ fn reseal_matches(v: &Value, payload: &[u8]) {
             binary: payload.starts_with(b"SG\x01"),
         },
     );
-    assert_eq!(B64.encode(sealed), v["payload_b64"].as_str().unwrap(), "reseal {}", v["name"]);
+    assert_eq!(
+        B64.encode(sealed),
+        v["payload_b64"].as_str().unwrap(),
+        "reseal {}",
+        v["name"]
+    );
 }
 
 macro_rules! message_vectors {
@@ -180,7 +205,10 @@ fn connect_tokens() {
         let password = c["password"].as_str().unwrap();
         assert_eq!(connect_token(&keys, id, expiry), password);
         let now = if expiry == 0 { u64::MAX } else { expiry - 1 };
-        assert_eq!(envelope::verify_connect_token(&keys, id, password, now, true), Ok(()));
+        assert_eq!(
+            envelope::verify_connect_token(&keys, id, password, now, true),
+            Ok(())
+        );
     }
 }
 
@@ -191,7 +219,12 @@ fn replay_sequence() {
     for (i, step) in seq["steps"].as_array().unwrap().iter().enumerate() {
         let payload = B64.decode(step["payload_b64"].as_str().unwrap()).unwrap();
         let (got, _) = verdict(&mut w, seq["topic"].as_str().unwrap(), &payload);
-        assert_eq!(got, step["verdict"].as_str().unwrap(), "step {i} nonce {}", step["nonce"]);
+        assert_eq!(
+            got,
+            step["verdict"].as_str().unwrap(),
+            "step {i} nonce {}",
+            step["nonce"]
+        );
     }
     assert!(RejectReason::from_name("duplicate").is_some());
 }

@@ -8,8 +8,7 @@
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS,
-    SubscribeFilter, SubscribeReasonCode,
+    AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS, SubscribeFilter, SubscribeReasonCode,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedSender;
@@ -233,15 +232,25 @@ mod tests {
         forward("sealgate/events/d1", b"not json", &topics(), &tx);
         forward("other/d1", b"x", &topics(), &tx);
         match rx.try_recv() {
-            Ok(Observed::Clean { device_id, payload, .. }) => {
+            Ok(Observed::Clean {
+                device_id, payload, ..
+            }) => {
                 assert_eq!(device_id, "d1");
                 assert_eq!(payload, b"{\"n\":1}");
             }
             other => panic!("{other:?}"),
         }
         match rx.try_recv() {
-            Ok(Observed::Event { device_id, reason, nonce, .. }) => {
-                assert_eq!((device_id.as_str(), reason.as_str(), nonce), ("d1", "bad_mac", Some(5)));
+            Ok(Observed::Event {
+                device_id,
+                reason,
+                nonce,
+                ..
+            }) => {
+                assert_eq!(
+                    (device_id.as_str(), reason.as_str(), nonce),
+                    ("d1", "bad_mac", Some(5))
+                );
             }
             other => panic!("{other:?}"),
         }

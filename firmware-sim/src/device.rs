@@ -153,7 +153,8 @@ pub async fn publish_loop(
     let mut k: u64 = 0;
     loop {
         if plan.per_device_rate > 0.0 {
-            let due = plan.start + offset + Duration::from_secs_f64(k as f64 / plan.per_device_rate);
+            let due =
+                plan.start + offset + Duration::from_secs_f64(k as f64 / plan.per_device_rate);
             if due >= plan.end {
                 break;
             }
@@ -169,7 +170,15 @@ pub async fn publish_loop(
         }
         let nonce = first_nonce + k;
         let pt = message::plaintext(nonce, plan.payload_bytes);
-        let sealed = message::seal(&dev.keys, &dev.id, dev.kid, &plan.stream, nonce, &pt, plan.style);
+        let sealed = message::seal(
+            &dev.keys,
+            &dev.id,
+            dev.kid,
+            &plan.stream,
+            nonce,
+            &pt,
+            plan.style,
+        );
         ledger.record(index, nonce, Instant::now().into_std());
         tokio::select! {
             r = client.publish(topic.clone(), plan.qos, false, sealed) => match r {

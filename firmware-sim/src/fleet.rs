@@ -96,7 +96,9 @@ fn from_admin(client: &AdminClient, prefix: &str, count: u32) -> Result<Vec<Cred
                 })
                 .collect()
         }
-        Err(e) => Err(format!("cannot register {count} devices with prefix {prefix:?}: {e}")),
+        Err(e) => Err(format!(
+            "cannot register {count} devices with prefix {prefix:?}: {e}"
+        )),
     }
 }
 
@@ -177,7 +179,10 @@ mod tests {
         let all = provision(&Source::File(path.clone()), None).expect("all");
         assert_eq!(all.len(), 3);
         let two = provision(&Source::File(path.clone()), Some(2)).expect("two");
-        assert_eq!(two.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["a1", "a2"]);
+        assert_eq!(
+            two.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["a1", "a2"]
+        );
         assert!(provision(&Source::File(path.clone()), Some(4)).is_err());
         std::fs::write(&path, "{}").expect("write");
         assert!(provision(&Source::File(path), None).is_err());

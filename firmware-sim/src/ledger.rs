@@ -19,7 +19,9 @@ struct SentLog {
 /// The outcome of matching one clean message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
-    First { latency: Duration },
+    First {
+        latency: Duration,
+    },
     Duplicate,
     /// One of our devices, but a nonce we never sent.
     Unexpected,
@@ -172,14 +174,17 @@ impl Tally {
     /// Time since the last message or event of ours (or since the epoch).
     pub fn idle_for(&self, now: Instant) -> Duration {
         let last = Duration::from_micros(self.last_activity_us.load(Ordering::Relaxed));
-        now.saturating_duration_since(self.epoch).saturating_sub(last)
+        now.saturating_duration_since(self.epoch)
+            .saturating_sub(last)
     }
 
     pub fn delivery(&self, d: Delivery, at: Instant) {
         match d {
             Delivery::First { latency } => {
                 Tally::bump(&self.delivered);
-                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
+                let us = u64::try_from(latency.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
                 lock(&self.latency_us).saturating_record(us);
             }
             Delivery::Duplicate => Tally::bump(&self.duplicates),
@@ -252,7 +257,10 @@ mod tests {
         let t0 = Instant::now();
         let t = Tally::new(t0).expect("tally");
         t.delivery(Delivery::Foreign, t0 + Duration::from_secs(5));
-        assert_eq!(t.idle_for(t0 + Duration::from_secs(6)), Duration::from_secs(6));
+        assert_eq!(
+            t.idle_for(t0 + Duration::from_secs(6)),
+            Duration::from_secs(6)
+        );
         t.delivery(
             Delivery::First {
                 latency: Duration::from_millis(2),
@@ -261,7 +269,10 @@ mod tests {
         );
         t.reject("bad_mac", t0);
         t.reject("bad_mac", t0);
-        assert_eq!(t.idle_for(t0 + Duration::from_secs(6)), Duration::from_secs(1));
+        assert_eq!(
+            t.idle_for(t0 + Duration::from_secs(6)),
+            Duration::from_secs(1)
+        );
         assert_eq!(Tally::get(&t.delivered), 1);
         assert_eq!(Tally::get(&t.foreign), 1);
         assert_eq!(t.rejected_by_reason().get("bad_mac"), Some(&2));

@@ -115,8 +115,10 @@ pub async fn run(common: &Common, plan: LoadPlan) -> Result<LoadReport, String> 
     {
         publishers.abort_all();
     }
-    let publish_secs = stopped.min(end).saturating_duration_since(start).as_secs_f64();
-    bar.set_message("draining");
+    let publish_secs = stopped
+        .min(end)
+        .saturating_duration_since(start)
+        .as_secs_f64();
 
     let drain_start = Instant::now();
     let drained = if interrupted {
@@ -154,7 +156,11 @@ pub async fn run(common: &Common, plan: LoadPlan) -> Result<LoadReport, String> 
         devices: fleet.len(),
         target_rate: plan.rate,
         qos: common.qos as u8,
-        format: if common.style.binary { "binary" } else { "json" },
+        format: if common.style.binary {
+            "binary"
+        } else {
+            "json"
+        },
         encrypt: common.style.encrypt,
         payload_bytes: common.payload_bytes,
         stream: common.stream.clone(),
@@ -177,7 +183,10 @@ async fn connect_all(
         let (tally, nodelay, permits) = (tally.clone(), nodelay.clone(), permits.clone());
         set.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            (i, device::connect(&dev, &target, opts, tally, nodelay).await)
+            (
+                i,
+                device::connect(&dev, &target, opts, tally, nodelay).await,
+            )
         });
     }
     let mut links: Vec<Option<Link>> = (0..fleet.len()).map(|_| None).collect();

@@ -104,7 +104,9 @@ mod tests {
         assert_eq!(p.len(), 128);
         let v: serde_json::Value = serde_json::from_slice(&p).expect("valid JSON");
         assert_eq!(v["n"], 42);
-        assert!(v["pad"].as_str().is_some_and(|s| s.bytes().all(|b| b == b'x')));
+        assert!(v["pad"]
+            .as_str()
+            .is_some_and(|s| s.bytes().all(|b| b == b'x')));
     }
 
     #[test]
@@ -131,7 +133,10 @@ mod tests {
         assert_eq!(device_of("clean", "clean/d1"), Some("d1"));
         assert_eq!(device_of("clean", "cleanx/d1"), None);
         assert_eq!(device_of("clean", "clean/"), None);
-        assert_eq!(device_of("sealgate/events", "sealgate/events/d1"), Some("d1"));
+        assert_eq!(
+            device_of("sealgate/events", "sealgate/events/d1"),
+            Some("d1")
+        );
     }
 
     #[test]
@@ -141,8 +146,20 @@ mod tests {
         for binary in [false, true] {
             for encrypt in [false, true] {
                 let pt = plaintext(99, 64);
-                let sealed = seal(&keys, "d1", 1, "t", 1234, &pt, SealStyle { binary, encrypt });
-                assert_eq!(nonce_in_clean(&sealed), Some(1234), "binary={binary} enc={encrypt}");
+                let sealed = seal(
+                    &keys,
+                    "d1",
+                    1,
+                    "t",
+                    1234,
+                    &pt,
+                    SealStyle { binary, encrypt },
+                );
+                assert_eq!(
+                    nonce_in_clean(&sealed),
+                    Some(1234),
+                    "binary={binary} enc={encrypt}"
+                );
             }
         }
         assert_eq!(nonce_in_clean(b"hello"), None);

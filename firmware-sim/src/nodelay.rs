@@ -122,7 +122,8 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let to_broker = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        let to_other = std::net::TcpStream::connect(other.local_addr().expect("addr")).expect("connect");
+        let to_other =
+            std::net::TcpStream::connect(other.local_addr().expect("addr")).expect("connect");
         assert!(!to_broker.nodelay().expect("get"));
         let nd = NoDelay::new("127.0.0.1", port);
         assert!(nd.sweep() >= 1);

@@ -238,7 +238,11 @@ impl AttackSummary {
 
     pub fn text(&self) -> String {
         let mut o = String::new();
-        let _ = writeln!(o, "attacks with devices {} and {}", self.devices[0], self.devices[1]);
+        let _ = writeln!(
+            o,
+            "attacks with devices {} and {}",
+            self.devices[0], self.devices[1]
+        );
         for a in &self.attacks {
             let _ = writeln!(
                 o,
@@ -391,6 +395,9 @@ mod tests {
         assert!(!s.passed);
         let f = s.failure().expect("failure");
         assert!(f.contains("tamper: 1 hostile"), "{f}");
-        assert!(f.contains("replay: the honest message was not delivered"), "{f}");
+        assert!(
+            f.contains("replay: the honest message was not delivered"),
+            "{f}"
+        );
     }
 }

@@ -100,7 +100,9 @@ impl AdminClient {
             None => req.call(),
         };
         match res {
-            Ok(r) => r.into_json::<T>().map_err(|e| ClientError::Decode(e.to_string())),
+            Ok(r) => r
+                .into_json::<T>()
+                .map_err(|e| ClientError::Decode(e.to_string())),
             Err(ureq::Error::Status(status, r)) => {
                 let body = r.into_json::<ApiError>().unwrap_or(ApiError {
                     error: "http".into(),
@@ -156,7 +158,11 @@ impl AdminClient {
     }
 
     pub fn reset_nonce(&self, device_id: &str) -> Result<DeviceView, ClientError> {
-        self.call("POST", &format!("devices/{}/reset-nonce", enc(device_id)), None)
+        self.call(
+            "POST",
+            &format!("devices/{}/reset-nonce", enc(device_id)),
+            None,
+        )
     }
 }
 

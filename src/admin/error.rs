@@ -48,7 +48,9 @@ impl IntoResponse for ApiFailure {
 impl From<RegistryError> for ApiFailure {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::InvalidId(m) => ApiFailure::BadRequest(format!("invalid device id: {m}")),
+            RegistryError::InvalidId(m) => {
+                ApiFailure::BadRequest(format!("invalid device id: {m}"))
+            }
             RegistryError::LabelTooLong => ApiFailure::BadRequest(e.to_string()),
             RegistryError::Exists => ApiFailure::Conflict("device already exists"),
             RegistryError::NotFound => ApiFailure::NotFound("no such device"),

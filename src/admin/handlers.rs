@@ -21,7 +21,8 @@ type ApiResult<T> = Result<T, ApiFailure>;
 
 /// Parses a JSON body with a JSON error answer (axum's own is plain text).
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| ApiFailure::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiFailure::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 fn credentials(state: &AdminState, d: &Device) -> Credentials {
@@ -48,7 +49,9 @@ fn view(state: &AdminState, d: Device) -> DeviceView {
         previous_kid_valid_until: d.previous_kid_until_ms.map(rfc3339_ms),
         created_at: rfc3339_ms(d.created_at_ms),
         revoked_at: d.revoked_at_ms.map(rfc3339_ms),
-        last_seen: summary.filter(|s| s.last_seen_ms > 0).map(|s| rfc3339_ms(s.last_seen_ms)),
+        last_seen: summary
+            .filter(|s| s.last_seen_ms > 0)
+            .map(|s| rfc3339_ms(s.last_seen_ms)),
         highest_nonce: summary.map_or(0, |s| s.highest_nonce),
         auto_registered: d.auto_registered,
         device_id: d.device_id,
@@ -63,7 +66,10 @@ pub struct AddBody {
     label: Option<String>,
 }
 
-pub async fn add(State(state): State<Arc<AdminState>>, raw: Bytes) -> ApiResult<(StatusCode, Json<Credentials>)> {
+pub async fn add(
+    State(state): State<Arc<AdminState>>,
+    raw: Bytes,
+) -> ApiResult<(StatusCode, Json<Credentials>)> {
     let b: AddBody = body(&raw)?;
     let d = state.registry.add(&b.device_id, b.label, now_ms())?;
     tracing::info!(device_id = %d.device_id, "Device registered.");
@@ -79,13 +85,20 @@ pub struct BulkBody {
 
 const MAX_BULK: u32 = 100_000;
 
-pub async fn add_bulk(State(state): State<Arc<AdminState>>, raw: Bytes) -> ApiResult<(StatusCode, Json<BulkCredentials>)> {
+pub async fn add_bulk(
+    State(state): State<Arc<AdminState>>,
+    raw: Bytes,
+) -> ApiResult<(StatusCode, Json<BulkCredentials>)> {
     let b: BulkBody = body(&raw)?;
     if b.count == 0 || b.count > MAX_BULK {
-        return Err(ApiFailure::BadRequest(format!("count must be between 1 and {MAX_BULK}")));
+        return Err(ApiFailure::BadRequest(format!(
+            "count must be between 1 and {MAX_BULK}"
+        )));
     }
     let width = b.count.to_string().len().max(4);
-    let ids: Vec<String> = (1..=b.count).map(|i| format!("{}{i:0width$}", b.prefix)).collect();
+    let ids: Vec<String> = (1..=b.count)
+        .map(|i| format!("{}{i:0width$}", b.prefix))
+        .collect();
     let reg = state.registry.clone();
     let created = tokio::task::spawn_blocking(move || reg.add_many(&ids, now_ms()))
         .await
@@ -96,16 +109,28 @@ pub async fn add_bulk(State(state): State<Arc<AdminState>>, raw: Bytes) -> ApiRe
 }
 
 pub async fn list(State(state): State<Arc<AdminState>>) -> Json<DeviceList> {
-    let devices = state.registry.list().into_iter().map(|d| view(&state, d)).collect();
+    let devices = state
+        .registry
+        .list()
+        .into_iter()
+        .map(|d| view(&state, d))
+        .collect();
     Json(DeviceList { devices })
 }
 
 fn lookup(state: &AdminState, raw: &str) -> ApiResult<Device> {
-    let id = normalise_device_id(raw).map_err(|m| ApiFailure::BadRequest(format!("invalid device id: {m}")))?;
-    state.registry.get(&id).ok_or(ApiFailure::NotFound("no such device"))
+    let id = normalise_device_id(raw)
+        .map_err(|m| ApiFailure::BadRequest(format!("invalid device id: {m}")))?;
+    state
+        .registry
+        .get(&id)
+        .ok_or(ApiFailure::NotFound("no such device"))
 }
 
-pub async fn show(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> ApiResult<Json<DeviceView>> {
+pub async fn show(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceView>> {
     let d = lookup(&state, &id)?;
     Ok(Json(view(&state, d)))
 }
@@ -116,28 +141,43 @@ pub struct RenameBody {
     label: String,
 }
 
-pub async fn rename(State(state): State<Arc<AdminState>>, Path(id): Path<String>, raw: Bytes) -> ApiResult<Json<DeviceView>> {
+pub async fn rename(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> ApiResult<Json<DeviceView>> {
     let b: RenameBody = body(&raw)?;
     lookup(&state, &id)?;
     let d = state.registry.rename(&id, b.label)?;
     Ok(Json(view(&state, d)))
 }
 
-pub async fn revoke(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> ApiResult<Json<DeviceView>> {
+pub async fn revoke(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceView>> {
     lookup(&state, &id)?;
     let d = state.registry.revoke(&id, now_ms())?;
     tracing::warn!(device_id = %d.device_id, "Device revoked.");
     Ok(Json(view(&state, d)))
 }
 
-pub async fn rotate(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> ApiResult<Json<Credentials>> {
+pub async fn rotate(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Credentials>> {
     lookup(&state, &id)?;
-    let d = state.registry.rotate(&id, now_ms(), state.rotation_grace_ms)?;
+    let d = state
+        .registry
+        .rotate(&id, now_ms(), state.rotation_grace_ms)?;
     tracing::info!(device_id = %d.device_id, kid = d.kid, "Device key rotated.");
     Ok(Json(credentials(&state, &d)))
 }
 
-pub async fn reset_nonce(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> ApiResult<Json<DeviceView>> {
+pub async fn reset_nonce(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceView>> {
     let d = lookup(&state, &id)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     state

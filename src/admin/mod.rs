@@ -92,7 +92,10 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let (active, revoked) = state.registry.count_by_state();
     state.metrics.set_devices(active, revoked);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
         .into_response()

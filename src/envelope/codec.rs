@@ -223,7 +223,15 @@ pub fn seal(keys: &DeviceKeys, m: &SealInput<'_>) -> Vec<u8> {
                 .encrypt_padded_vec_mut::<Pkcs7>(m.plaintext),
         ),
     };
-    let mac = compute_mac(&keys.mac, m.device_id, m.stream, m.kid, m.nonce, &enc, &body);
+    let mac = compute_mac(
+        &keys.mac,
+        m.device_id,
+        m.stream,
+        m.kid,
+        m.nonce,
+        &enc,
+        &body,
+    );
     if m.binary {
         let mut out = Vec::with_capacity(BINARY_MIN + IV_LEN + body.len());
         out.extend_from_slice(BINARY_MAGIC);

@@ -76,7 +76,11 @@ mod tests {
     #[test]
     fn rejects_bad_ids() {
         for bad in ["", "-a", ".a", "esp32 a1!", "a/b", "é", &"a".repeat(65)] {
-            assert_eq!(normalise_device_id(bad), Err(Malformed::DeviceId), "{bad:?}");
+            assert_eq!(
+                normalise_device_id(bad),
+                Err(Malformed::DeviceId),
+                "{bad:?}"
+            );
         }
         assert!(normalise_device_id(&"a".repeat(64)).is_ok());
     }
@@ -89,9 +93,18 @@ mod tests {
         assert_eq!(t.under("clean"), "clean/esp32-a1/power/Inverter/1");
         let t = SealedTopic::parse("sealed", "sealed/esp32-a1").unwrap();
         assert_eq!(t.under("clean"), "clean/esp32-a1");
-        assert_eq!(SealedTopic::parse("sealed", "clean/x"), Err(Malformed::Topic));
-        assert_eq!(SealedTopic::parse("sealed", "sealedx/y"), Err(Malformed::Topic));
+        assert_eq!(
+            SealedTopic::parse("sealed", "clean/x"),
+            Err(Malformed::Topic)
+        );
+        assert_eq!(
+            SealedTopic::parse("sealed", "sealedx/y"),
+            Err(Malformed::Topic)
+        );
         let long = format!("sealed/a/{}", "s".repeat(201));
-        assert_eq!(SealedTopic::parse("sealed", &long), Err(Malformed::StreamTooLong));
+        assert_eq!(
+            SealedTopic::parse("sealed", &long),
+            Err(Malformed::StreamTooLong)
+        );
     }
 }

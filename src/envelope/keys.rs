@@ -156,13 +156,31 @@ mod tests {
         let keys = MasterKey::from_bytes([7; 32]).device_keys("d1", 1);
         let t = connect_token(&keys, "d1", 100);
         assert_eq!(verify_connect_token(&keys, "d1", &t, 99, false), Ok(()));
-        assert_eq!(verify_connect_token(&keys, "d1", &t, 100, false), Err(TokenError::Expired));
-        assert_eq!(verify_connect_token(&keys, "d2", &t, 0, false), Err(TokenError::BadTag));
+        assert_eq!(
+            verify_connect_token(&keys, "d1", &t, 100, false),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verify_connect_token(&keys, "d2", &t, 0, false),
+            Err(TokenError::BadTag)
+        );
         let forever = connect_token(&keys, "d1", 0);
-        assert_eq!(verify_connect_token(&keys, "d1", &forever, u64::MAX, true), Ok(()));
-        assert_eq!(verify_connect_token(&keys, "d1", &forever, 1, false), Err(TokenError::NoExpiry));
-        for bad in ["", "v1", "v2:0:00", "v1::00", "v1:-1:00", "v1:0:zz", "v1:0:00"] {
-            assert_eq!(verify_connect_token(&keys, "d1", bad, 0, true), Err(TokenError::Format), "{bad}");
+        assert_eq!(
+            verify_connect_token(&keys, "d1", &forever, u64::MAX, true),
+            Ok(())
+        );
+        assert_eq!(
+            verify_connect_token(&keys, "d1", &forever, 1, false),
+            Err(TokenError::NoExpiry)
+        );
+        for bad in [
+            "", "v1", "v2:0:00", "v1::00", "v1:-1:00", "v1:0:zz", "v1:0:00",
+        ] {
+            assert_eq!(
+                verify_connect_token(&keys, "d1", bad, 0, true),
+                Err(TokenError::Format),
+                "{bad}"
+            );
         }
     }
 }

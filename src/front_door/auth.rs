@@ -59,11 +59,20 @@ fn digest(s: &str) -> [u8; 32] {
 }
 
 impl Authenticator {
-    pub fn new(master: MasterKey, registry: Registry, users: &[User], allow_no_expiry: bool, auto_register: bool) -> Authenticator {
+    pub fn new(
+        master: MasterKey,
+        registry: Registry,
+        users: &[User],
+        allow_no_expiry: bool,
+        auto_register: bool,
+    ) -> Authenticator {
         Authenticator {
             master,
             registry,
-            users: users.iter().map(|u| (u.name.clone(), digest(&u.password))).collect(),
+            users: users
+                .iter()
+                .map(|u| (u.name.clone(), digest(&u.password)))
+                .collect(),
             allow_no_expiry,
             auto_register,
         }
@@ -71,7 +80,13 @@ impl Authenticator {
 
     /// Decides a CONNECT. Subscriber accounts are matched by username first;
     /// any other username is taken as a device id.
-    pub fn authenticate(&self, client_id: &str, login: Option<(&str, &str)>, now_s: u64, now_ms: u64) -> Result<Role, Refused> {
+    pub fn authenticate(
+        &self,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+        now_s: u64,
+        now_ms: u64,
+    ) -> Result<Role, Refused> {
         let Some((username, password)) = login else {
             return Err(Refused::NoCredentials);
         };
@@ -89,7 +104,10 @@ impl Authenticator {
         let kids: Vec<u32> = match self.registry.get(&device_id) {
             Some(d) if d.state == DeviceState::Revoked => return Err(Refused::Revoked),
             Some(d) => std::iter::once(d.kid)
-                .chain(d.previous_kid.filter(|_| d.previous_kid_until_ms.is_some_and(|u| now_ms < u)))
+                .chain(
+                    d.previous_kid
+                        .filter(|_| d.previous_kid_until_ms.is_some_and(|u| now_ms < u)),
+                )
                 .collect(),
             // With auto-register on, a token under the kid 1 key proves the
             // master key made it; the device registers on its first message.

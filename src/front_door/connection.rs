@@ -31,12 +31,29 @@ pub enum ConnError {
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
     #[error("protocol: {0:?}")]
-    Protocol(rumqttd::protocol::Error),
+    Protocol(Box<rumqttd::protocol::Error>),
     #[error("router link: {0}")]
-    Link(#[from] rumqttd::local::LinkError),
+    Link(Box<rumqttd::local::LinkError>),
     #[error("second CONNECT on one connection")]
     DuplicateConnect,
 }
+
+impl From<rumqttd::local::LinkError> for ConnError {
+    fn from(e: rumqttd::local::LinkError) -> Self {
+        ConnError::Link(Box::new(e))
+    }
+}
+
+impl From<rumqttd::protocol::Error> for ConnError {
+    fn from(e: rumqttd::protocol::Error) -> Self {
+        ConnError::Protocol(Box::new(e))
+    }
+}
+
+/// How long the router must be quiet before a draining connection closes.
+const DRAIN_QUIET: Duration = Duration::from_millis(300);
+/// The longest a connection keeps draining after the verifier stopped.
+const DRAIN_MAX: Duration = Duration::from_secs(5);
 
 /// How a session ended, which decides whether the will is published.
 enum End {
@@ -78,6 +95,9 @@ impl<P: Protocol> Session<P> {
         let stop = self.ctx.stop.clone();
         let verifier_done = self.ctx.verifier_done.clone();
         let mut draining = false;
+        // Set once the verifier has drained: close when the router is quiet.
+        let mut quiet: Option<tokio::time::Instant> = None;
+        let mut hard_stop = tokio::time::Instant::now();
 
         let end = loop {
             let idle = async {
@@ -86,8 +106,12 @@ impl<P: Protocol> Session<P> {
                     None => std::future::pending().await,
                 }
             };
+            let mut router_active = false;
             tokio::select! {
-                read = self.stream.read_buf(&mut self.rbuf), if !draining => {
+                // Reading goes on while draining: subscribers' PUBACKs keep the
+                // router forwarding. New sealed publishes then find the
+                // verifier closed and are not acknowledged.
+                read = self.stream.read_buf(&mut self.rbuf) => {
                     if read? == 0 {
                         break End::Lost;
                     }
@@ -101,6 +125,7 @@ impl<P: Protocol> Session<P> {
                     }
                 }
                 n = self.link_rx.next() => {
+                    router_active = true;
                     match n {
                         Ok(Some(Notification::Unschedule)) => self.link_rx.wake().await?,
                         Ok(Some(Notification::Disconnect(d, props))) => {
@@ -127,14 +152,27 @@ impl<P: Protocol> Session<P> {
                 }
                 _ = idle, if !draining => break End::Lost,
                 _ = stop.cancelled(), if !draining => {
-                    // Stop reading: nothing new is taken in; acks owed are still written.
                     draining = true;
                 }
-                _ = verifier_done.cancelled(), if draining && owed == 0 => {
-                    // Give the router a moment to hand over what the verifier
-                    // published last, then close.
-                    self.drain_router(&mut wbuf).await?;
+                _ = verifier_done.cancelled(), if draining && owed == 0 && quiet.is_none() => {
+                    // Keep serving until the router has been quiet for a
+                    // moment, so what the verifier published last reaches
+                    // subscribers (their PUBACKs are still read above).
+                    let now = tokio::time::Instant::now();
+                    hard_stop = now + DRAIN_MAX;
+                    quiet = Some(now + DRAIN_QUIET);
+                }
+                _ = tokio::time::sleep_until(quiet.unwrap_or_else(tokio::time::Instant::now)), if quiet.is_some() => {
+                    if self.v5 {
+                        let d = Disconnect { reason_code: DisconnectReasonCode::ServerShuttingDown };
+                        let _ = self.write(Packet::Disconnect(d, None), &mut wbuf).await;
+                    }
                     break End::Shutdown;
+                }
+            }
+            if let Some(q) = quiet.as_mut() {
+                if router_active {
+                    *q = (tokio::time::Instant::now() + DRAIN_QUIET).min(hard_stop);
                 }
             }
         };
@@ -143,36 +181,8 @@ impl<P: Protocol> Session<P> {
         Ok(())
     }
 
-    /// Writes router notifications until none arrives for a short while.
-    async fn drain_router(&mut self, wbuf: &mut BytesMut) -> Result<(), ConnError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while let Ok(Ok(n)) = tokio::time::timeout_at(
-            deadline.min(tokio::time::Instant::now() + Duration::from_millis(300)),
-            self.link_rx.next(),
-        )
-        .await
-        {
-            match n {
-                Some(Notification::Unschedule) => self.link_rx.wake().await?,
-                Some(n) => {
-                    if let Some(p) = Option::<Packet>::from(n) {
-                        self.write(p, wbuf).await?;
-                    }
-                }
-                None => {}
-            }
-        }
-        if self.v5 {
-            let d = Disconnect {
-                reason_code: DisconnectReasonCode::ServerShuttingDown,
-            };
-            let _ = self.write(Packet::Disconnect(d, None), wbuf).await;
-        }
-        Ok(())
-    }
-
     async fn write(&mut self, packet: Packet, wbuf: &mut BytesMut) -> Result<(), ConnError> {
-        self.proto.write(packet, wbuf).map_err(ConnError::Protocol)?;
+        self.proto.write(packet, wbuf).map_err(ConnError::from)?;
         self.stream.write_all(wbuf).await?;
         wbuf.clear();
         Ok(())
@@ -188,8 +198,7 @@ impl<P: Protocol> Session<P> {
     ) -> Result<Option<End>, ConnError> {
         let max = self.ctx.config.mqtt.max_packet_bytes;
         let mut to_router = false;
-        loop {
-            let Some((_, len)) = packet::frame(&self.rbuf) else { break };
+        while let Some((_, len)) = packet::frame(&self.rbuf) {
             if len > self.rbuf.len() && len <= max + 5 {
                 break;
             }
@@ -197,7 +206,7 @@ impl<P: Protocol> Session<P> {
             let pkt = match self.proto.read_mut(&mut self.rbuf, max) {
                 Ok(p) => p,
                 Err(rumqttd::protocol::Error::InsufficientBytes(_)) => break,
-                Err(e) => return Err(ConnError::Protocol(e)),
+                Err(e) => return Err(e.into()),
             };
             match pkt {
                 Packet::Publish(publish, props) => {
@@ -208,12 +217,13 @@ impl<P: Protocol> Session<P> {
                             pkid,
                             qos2: qos == 2,
                         });
-                        if qos > 0 {
+                        if self.hand_to_verifier(publish, ack).await && qos > 0 {
                             *owed += 1;
                         }
-                        self.to_verifier(publish, ack).await;
                     } else {
-                        self.link_tx.buffer().push_back(Packet::Publish(publish, props));
+                        self.link_tx
+                            .buffer()
+                            .push_back(Packet::Publish(publish, props));
                         to_router = true;
                     }
                 }
@@ -253,14 +263,14 @@ impl<P: Protocol> Session<P> {
     /// queue is full: this connection stops reading its socket, which is the
     /// backpressure. If the verifier no longer takes input (shutdown), the
     /// message is not acknowledged and the device will resend it.
-    async fn to_verifier(&mut self, publish: Publish, ack: Option<AckTo>) {
+    async fn hand_to_verifier(&mut self, publish: Publish, ack: Option<AckTo>) -> bool {
         let m = Inbound {
             topic: publish.topic,
             payload: publish.payload,
             retain: publish.retain,
             ack,
         };
-        let _ = self.ctx.verifier.send(Input::Message(m)).await;
+        self.ctx.verifier.send(Input::Message(m)).await.is_ok()
     }
 
     /// The packet that answers a verifier outcome, if any.
@@ -284,9 +294,21 @@ impl<P: Protocol> Session<P> {
                 _ => PubRecReason::UnspecifiedError,
             };
             own_pubrels.insert(ack.pkid);
-            return Some(Packet::PubRec(PubRec { pkid: ack.pkid, reason }, None));
+            return Some(Packet::PubRec(
+                PubRec {
+                    pkid: ack.pkid,
+                    reason,
+                },
+                None,
+            ));
         }
-        Some(Packet::PubAck(PubAck { pkid: ack.pkid, reason }, None))
+        Some(Packet::PubAck(
+            PubAck {
+                pkid: ack.pkid,
+                reason,
+            },
+            None,
+        ))
     }
 
     /// Ends the router session: publishes the will when the client vanished,
@@ -295,7 +317,7 @@ impl<P: Protocol> Session<P> {
         if let (End::Lost, Some(will)) = (&end, self.will.take()) {
             let publish = Publish::new(will.topic, will.message, will.retain);
             if self.is_sealed(&publish.topic) {
-                self.to_verifier(publish, None).await;
+                self.hand_to_verifier(publish, None).await;
             } else {
                 let _ = self.link_tx.send(Packet::Publish(publish, None)).await;
             }

@@ -131,7 +131,7 @@ async fn connect<P: Protocol + Send + 'static>(
             }
             Err(e) => {
                 ctx.metrics.connect_refused("malformed_connect");
-                return Err(connection::ConnError::Protocol(e));
+                return Err(e.into());
             }
         }
     };
@@ -141,7 +141,9 @@ async fn connect<P: Protocol + Send + 'static>(
     let now_ms = crate::now_ms();
     let role = ctx.auth.authenticate(
         &connect.client_id,
-        login.as_ref().map(|l| (l.username.as_str(), l.password.as_str())),
+        login
+            .as_ref()
+            .map(|l| (l.username.as_str(), l.password.as_str())),
         now_ms / 1000,
         now_ms,
     );
@@ -162,9 +164,14 @@ async fn connect<P: Protocol + Send + 'static>(
         Role::Subscriber(_) if connect.client_id.is_empty() && connect.clean_session => {
             format!("{USER_NS}auto-{:016x}", rand::random::<u64>())
         }
-        Role::Subscriber(_) if connect.client_id.is_empty() || connect.client_id.contains(['+', '#', '/', '$']) => {
+        Role::Subscriber(_)
+            if connect.client_id.is_empty() || connect.client_id.contains(['+', '#', '/', '$']) =>
+        {
             let mut out = BytesMut::new();
-            let _ = proto.write(refusal(ConnectReturnCode::ClientIdentifierNotValid), &mut out);
+            let _ = proto.write(
+                refusal(ConnectReturnCode::ClientIdentifierNotValid),
+                &mut out,
+            );
             stream.write_all(&out).await?;
             ctx.metrics.connect_refused("client_id_invalid");
             return Ok(());

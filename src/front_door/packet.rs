@@ -33,7 +33,10 @@ pub fn publish_qos_pkid(buf: &[u8]) -> Option<(u8, u16)> {
     while buf.get(header - 1)? & 0x80 != 0 {
         header += 1;
     }
-    let topic_len = usize::from(u16::from_be_bytes([*buf.get(header)?, *buf.get(header + 1)?]));
+    let topic_len = usize::from(u16::from_be_bytes([
+        *buf.get(header)?,
+        *buf.get(header + 1)?,
+    ]));
     let at = header + 2 + topic_len;
     Some((qos, u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?])))
 }
@@ -48,7 +51,10 @@ pub fn connect_level(buf: &[u8]) -> Option<u8> {
     while buf.get(header - 1)? & 0x80 != 0 {
         header += 1;
     }
-    let name_len = usize::from(u16::from_be_bytes([*buf.get(header)?, *buf.get(header + 1)?]));
+    let name_len = usize::from(u16::from_be_bytes([
+        *buf.get(header)?,
+        *buf.get(header + 1)?,
+    ]));
     buf.get(header + 2 + name_len).copied()
 }
 

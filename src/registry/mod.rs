@@ -90,7 +90,10 @@ impl Registry {
 
     pub fn count_by_state(&self) -> (u64, u64) {
         let cache = self.cache();
-        let revoked = cache.values().filter(|d| d.state == DeviceState::Revoked).count() as u64;
+        let revoked = cache
+            .values()
+            .filter(|d| d.state == DeviceState::Revoked)
+            .count() as u64;
         (cache.len() as u64 - revoked, revoked)
     }
 
@@ -106,7 +109,12 @@ impl Registry {
     }
 
     /// Registers a device at kid 1. `raw_id` is normalised first.
-    pub fn add(&self, raw_id: &str, label: Option<String>, now_ms: u64) -> Result<Device, RegistryError> {
+    pub fn add(
+        &self,
+        raw_id: &str,
+        label: Option<String>,
+        now_ms: u64,
+    ) -> Result<Device, RegistryError> {
         let id = normalise_device_id(raw_id)?;
         let label = label.unwrap_or_default();
         if label.len() > MAX_LABEL {
@@ -133,7 +141,11 @@ impl Registry {
             if self
                 .inner
                 .tree
-                .compare_and_swap(device.device_id.as_bytes(), None as Option<&[u8]>, Some(bytes))?
+                .compare_and_swap(
+                    device.device_id.as_bytes(),
+                    None as Option<&[u8]>,
+                    Some(bytes),
+                )?
                 .is_ok()
             {
                 created.push(device);
@@ -149,7 +161,12 @@ impl Registry {
 
     /// Registers a device first seen with a valid MAC under the key derived
     /// for `kid` (auto-register). Only the master key can make such a MAC.
-    pub fn auto_register(&self, device_id: &str, kid: u32, now_ms: u64) -> Result<Device, RegistryError> {
+    pub fn auto_register(
+        &self,
+        device_id: &str,
+        kid: u32,
+        now_ms: u64,
+    ) -> Result<Device, RegistryError> {
         let mut device = Device::new(normalise_device_id(device_id)?, String::new(), kid, now_ms);
         device.auto_registered = true;
         self.insert_new(device)
@@ -173,7 +190,11 @@ impl Registry {
         Ok(device)
     }
 
-    fn update(&self, raw_id: &str, f: impl FnOnce(&mut Device) -> Result<(), RegistryError>) -> Result<Device, RegistryError> {
+    fn update(
+        &self,
+        raw_id: &str,
+        f: impl FnOnce(&mut Device) -> Result<(), RegistryError>,
+    ) -> Result<Device, RegistryError> {
         let id = normalise_device_id(raw_id)?;
         let mut device = self.get(&id).ok_or(RegistryError::NotFound)?;
         f(&mut device)?;
@@ -199,7 +220,12 @@ impl Registry {
     }
 
     /// Bumps the kid; the previous kid stays valid for `grace_ms`.
-    pub fn rotate(&self, raw_id: &str, now_ms: u64, grace_ms: u64) -> Result<Device, RegistryError> {
+    pub fn rotate(
+        &self,
+        raw_id: &str,
+        now_ms: u64,
+        grace_ms: u64,
+    ) -> Result<Device, RegistryError> {
         self.update(raw_id, |d| {
             if d.state == DeviceState::Revoked {
                 return Err(RegistryError::Revoked);
@@ -223,8 +249,14 @@ mod tests {
         let r = Registry::open(&db).unwrap();
         let d = r.add("ESP32-A1", None, 1).unwrap();
         assert_eq!(d.device_id, "esp32-a1");
-        assert!(matches!(r.add("esp32-a1", None, 1), Err(RegistryError::Exists)));
-        assert!(matches!(r.add("bad id!", None, 1), Err(RegistryError::InvalidId(_))));
+        assert!(matches!(
+            r.add("esp32-a1", None, 1),
+            Err(RegistryError::Exists)
+        ));
+        assert!(matches!(
+            r.add("bad id!", None, 1),
+            Err(RegistryError::InvalidId(_))
+        ));
         let d = r.rotate("esp32-a1", 1000, 500).unwrap();
         assert_eq!(d.kid, 2);
         assert_eq!(d.check_kid(1, 1499), KeyCheck::Valid);
@@ -233,11 +265,17 @@ mod tests {
         assert_eq!(d.check_kid(3, 0), KeyCheck::UnknownKid);
         r.rename("esp32-a1", "roof".into()).unwrap();
         r.revoke("esp32-a1", 5).unwrap();
-        assert!(matches!(r.rotate("esp32-a1", 6, 1), Err(RegistryError::Revoked)));
+        assert!(matches!(
+            r.rotate("esp32-a1", 6, 1),
+            Err(RegistryError::Revoked)
+        ));
         drop(r);
         let r = Registry::open(&db).unwrap();
         let d = r.get("esp32-a1").unwrap();
-        assert_eq!((d.label.as_str(), d.state, d.kid), ("roof", DeviceState::Revoked, 2));
+        assert_eq!(
+            (d.label.as_str(), d.state, d.kid),
+            ("roof", DeviceState::Revoked, 2)
+        );
         assert_eq!(d.check_kid(2, 0), KeyCheck::Revoked);
         assert_eq!(r.count_by_state(), (0, 1));
     }

@@ -88,7 +88,13 @@ impl Checker {
 
     /// Checks one message against the registry and `store`'s windows,
     /// recording nothing. A store read error is `store_unavailable`.
-    pub fn check(&mut self, topic: &str, payload: &[u8], store: &mut ReplayStore, now_ms: u64) -> Result<Checked, StoreError> {
+    pub fn check(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        store: &mut ReplayStore,
+        now_ms: u64,
+    ) -> Result<Checked, StoreError> {
         let t = match SealedTopic::parse(&self.sealed_prefix, topic) {
             Ok(t) => t,
             Err(detail) => {
@@ -105,9 +111,9 @@ impl Checker {
         let parsed = match envelope::parse(payload) {
             Ok(p) => p,
             Err(detail) => {
-                let active = self
-                    .registry
-                    .with(&t.device_id, |d| d.is_some_and(|d| d.check_kid(d.kid, now_ms) == KeyCheck::Valid));
+                let active = self.registry.with(&t.device_id, |d| {
+                    d.is_some_and(|d| d.check_kid(d.kid, now_ms) == KeyCheck::Valid)
+                });
                 if self.allow_unsealed && active {
                     return Ok(Checked::Unsealed { topic: t });
                 }
@@ -121,7 +127,9 @@ impl Checker {
             }
         };
         let nonce = Some(parsed.nonce);
-        let key_check = self.registry.with(&t.device_id, |d| d.map(|d| d.check_kid(parsed.kid, now_ms)));
+        let key_check = self
+            .registry
+            .with(&t.device_id, |d| d.map(|d| d.check_kid(parsed.kid, now_ms)));
         match key_check {
             Some(KeyCheck::Valid) => {}
             Some(KeyCheck::Revoked) => return Ok(reject(RejectReason::Revoked, &t, nonce)),
@@ -133,19 +141,28 @@ impl Checker {
         if !parsed.mac_matches(&keys.mac, &t.device_id, &t.stream) {
             // An unknown device with a bad MAC stays `unknown_device`: auto-
             // register must not turn the registry into a MAC oracle.
-            let reason = if key_check.is_none() { RejectReason::UnknownDevice } else { RejectReason::BadMac };
+            let reason = if key_check.is_none() {
+                RejectReason::UnknownDevice
+            } else {
+                RejectReason::BadMac
+            };
             return Ok(reject(reason, &t, nonce));
         }
         if key_check.is_none() {
             // Only the master key can make this MAC: register the device.
-            if let Err(e) = self.registry.auto_register(&t.device_id, parsed.kid, now_ms) {
+            if let Err(e) = self
+                .registry
+                .auto_register(&t.device_id, parsed.kid, now_ms)
+            {
                 tracing::error!(device_id = %t.device_id, error = %e, "Auto-register failed.");
                 return Ok(reject(RejectReason::StoreUnavailable, &t, nonce));
             }
             self.metrics.auto_registered.inc();
             tracing::info!(device_id = %t.device_id, kid = parsed.kid, "Auto-registered device.");
         }
-        if let WindowVerdict::Reject(reason) = store.window(&t.device_id)?.check(parsed.nonce, &parsed.mac) {
+        if let WindowVerdict::Reject(reason) =
+            store.window(&t.device_id)?.check(parsed.nonce, &parsed.mac)
+        {
             return Ok(reject(reason, &t, nonce));
         }
         let mac = parsed.mac;

@@ -87,7 +87,9 @@ impl Verifier {
     pub fn run(mut self, mut rx: mpsc::Receiver<Input>) {
         let mut batch = Vec::with_capacity(self.max_batch);
         loop {
-            let Some(first) = rx.blocking_recv() else { break };
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
             batch.push(first);
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
@@ -124,7 +126,10 @@ impl Verifier {
                 }
             };
             let outcome = self.verify_one(&m, now, &mut accepted, pending.len());
-            pending.push(Pending { ack: m.ack, outcome });
+            pending.push(Pending {
+                ack: m.ack,
+                outcome,
+            });
         }
         self.commit_and_publish(&mut pending, accepted);
         for p in pending {
@@ -141,7 +146,13 @@ impl Verifier {
 
     /// Decides one message. Accepted ones are recorded in memory and listed
     /// in `accepted` for publishing after the commit.
-    fn verify_one(&mut self, m: &Inbound, now: u64, accepted: &mut Vec<(usize, String, Vec<u8>, bool)>, idx: usize) -> Outcome {
+    fn verify_one(
+        &mut self,
+        m: &Inbound,
+        now: u64,
+        accepted: &mut Vec<(usize, String, Vec<u8>, bool)>,
+        idx: usize,
+    ) -> Outcome {
         let Ok(topic) = std::str::from_utf8(&m.topic) else {
             return Outcome::Rejected(RejectReason::Malformed);
         };
@@ -151,16 +162,35 @@ impl Verifier {
             return Outcome::Delivered;
         }
         if !self.store_ok.load(Ordering::Relaxed) {
-            return self.rejected(RejectReason::StoreUnavailable, String::new(), None, None, None);
+            return self.rejected(
+                RejectReason::StoreUnavailable,
+                String::new(),
+                None,
+                None,
+                None,
+            );
         }
         let started = Instant::now();
         let checked = self.checker.check(topic, &m.payload, &mut self.store, now);
-        self.metrics.verify_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .verify_seconds
+            .observe(started.elapsed().as_secs_f64());
         match checked {
-            Ok(Checked::Accept { topic, nonce, mac, plaintext }) => {
+            Ok(Checked::Accept {
+                topic,
+                nonce,
+                mac,
+                plaintext,
+            }) => {
                 if let Err(e) = self.store.accept(&topic.device_id, nonce, &mac, now) {
                     self.store_failed(&e);
-                    return self.rejected(RejectReason::StoreUnavailable, topic.device_id, Some(topic.stream), Some(nonce), None);
+                    return self.rejected(
+                        RejectReason::StoreUnavailable,
+                        topic.device_id,
+                        Some(topic.stream),
+                        Some(nonce),
+                        None,
+                    );
                 }
                 let clean = topic.under(&self.out.topics().clean);
                 accepted.push((idx, clean, plaintext, m.retain));
@@ -172,12 +202,22 @@ impl Verifier {
                 self.out.queue(t, m.payload.clone(), m.retain);
                 Outcome::Delivered
             }
-            Ok(Checked::Reject { reason, device_id, stream, nonce, detail }) => {
-                self.rejected(reason, device_id, stream, nonce, detail)
-            }
+            Ok(Checked::Reject {
+                reason,
+                device_id,
+                stream,
+                nonce,
+                detail,
+            }) => self.rejected(reason, device_id, stream, nonce, detail),
             Err(e) => {
                 self.store_failed(&e);
-                self.rejected(RejectReason::StoreUnavailable, String::new(), None, None, None)
+                self.rejected(
+                    RejectReason::StoreUnavailable,
+                    String::new(),
+                    None,
+                    None,
+                    None,
+                )
             }
         }
     }
@@ -206,8 +246,12 @@ impl Verifier {
         }
         self.metrics.message(result::REJECTED);
         match detail {
-            Some(d) => tracing::warn!(reason = reason.as_str(), device_id = %device_id, nonce, detail = %d, "Rejected sealed message."),
-            None => tracing::warn!(reason = reason.as_str(), device_id = %device_id, nonce, "Rejected sealed message."),
+            Some(d) => {
+                tracing::warn!(reason = reason.as_str(), device_id = %device_id, nonce, detail = %d, "Rejected sealed message.")
+            }
+            None => {
+                tracing::warn!(reason = reason.as_str(), device_id = %device_id, nonce, "Rejected sealed message.")
+            }
         }
         self.out.queue_event(&SecurityEvent {
             at: now_rfc3339(),
@@ -225,11 +269,17 @@ impl Verifier {
 
     /// Group commit, then publish. If the commit fails, nothing accepted in
     /// this batch reaches `clean/`: each becomes `store_unavailable`.
-    fn commit_and_publish(&mut self, pending: &mut [Pending], accepted: Vec<(usize, String, Vec<u8>, bool)>) {
+    fn commit_and_publish(
+        &mut self,
+        pending: &mut [Pending],
+        accepted: Vec<(usize, String, Vec<u8>, bool)>,
+    ) {
         if !accepted.is_empty() {
             let started = Instant::now();
             let committed = self.store.commit();
-            self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
             self.metrics.batch_size.observe(accepted.len() as f64);
             match committed {
                 Ok(()) => {
@@ -242,7 +292,8 @@ impl Verifier {
                     self.store_failed(&e);
                     for (idx, topic, _, _) in accepted {
                         let device = topic.split('/').nth(1).unwrap_or_default().to_owned();
-                        pending[idx].outcome = self.rejected(RejectReason::StoreUnavailable, device, None, None, None);
+                        pending[idx].outcome =
+                            self.rejected(RejectReason::StoreUnavailable, device, None, None, None);
                     }
                 }
             }

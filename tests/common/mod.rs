@@ -50,7 +50,11 @@ impl Gateway {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn sealgate");
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sealgate");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -89,10 +93,16 @@ impl Gateway {
     pub async fn add_device(&self, id: &str) -> Credentials {
         let admin = self.admin();
         let id = id.to_owned();
-        tokio::task::spawn_blocking(move || admin.add(&id, None)).await.unwrap().expect("add device")
+        tokio::task::spawn_blocking(move || admin.add(&id, None))
+            .await
+            .unwrap()
+            .expect("add device")
     }
 
-    pub async fn admin_call<T: Send + 'static>(&self, f: impl FnOnce(AdminClient) -> T + Send + 'static) -> T {
+    pub async fn admin_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(AdminClient) -> T + Send + 'static,
+    ) -> T {
         let admin = self.admin();
         tokio::task::spawn_blocking(move || f(admin)).await.unwrap()
     }
@@ -112,15 +122,20 @@ impl Gateway {
     pub async fn metric(&self, sample: &str) -> f64 {
         let (_, text) = self.http_get("/metrics").await;
         text.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0)
     }
 
-    /// SIGKILL: no shutdown path runs.
-    pub fn kill9(mut self) -> PathBuf {
+    /// SIGKILL (no shutdown path runs), then a new gateway on the same data.
+    pub fn kill9_and_restart(mut self) -> Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.data_dir.clone()
+        let mut next = Gateway::start_in(&self.data_dir, &[]);
+        next._tmp = self._tmp.take();
+        next
     }
 
     /// SIGTERM, then wait for the exit status.
@@ -194,7 +209,12 @@ fn drive(mut el: EventLoop, tx: mpsc::UnboundedSender<Seen>) {
 
 impl Client {
     /// Connects and returns once the CONNACK (accepted or not) is seen.
-    pub async fn connect(port: u16, client_id: &str, user: &str, pass: &str) -> (Client, Result<(), String>) {
+    pub async fn connect(
+        port: u16,
+        client_id: &str,
+        user: &str,
+        pass: &str,
+    ) -> (Client, Result<(), String>) {
         let (client, el) = AsyncClient::new(options(port, client_id, user, pass), 1000);
         let (tx, rx) = mpsc::unbounded_channel();
         drive(el, tx);
@@ -207,7 +227,13 @@ impl Client {
     }
 
     pub async fn device(port: u16, creds: &Credentials) -> Client {
-        let (c, r) = Client::connect(port, &creds.device_id, &creds.device_id, &creds.mqtt_password).await;
+        let (c, r) = Client::connect(
+            port,
+            &creds.device_id,
+            &creds.device_id,
+            &creds.mqtt_password,
+        )
+        .await;
         r.expect("device connects");
         c
     }
@@ -235,7 +261,10 @@ impl Client {
     /// Publishes at QoS 1 and waits for the PUBACK, which the gateway sends
     /// only once the message's outcome is final.
     pub async fn publish_acked(&mut self, topic: &str, payload: Vec<u8>) {
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
         loop {
             match self.next().await {
                 Seen::PubAck(_) => return,
