@@ -16,7 +16,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::time::Instant;
 
 use crate::collector::{self, Observed};
-use crate::device::{self, Link};
+use crate::device;
 use crate::fleet::{self, SimDevice};
 use crate::ledger::Tally;
 use crate::message::{self, first_nonce, plaintext};
@@ -117,6 +117,8 @@ pub async fn run(common: &Common, kind: AttackKind, hostile: u32) -> Result<Atta
         nodelay.clone(),
     )
     .await?;
+    // B publishes nothing; it is online so the foreign-topic attack targets
+    // a live device, as it would in the field.
     let link_b = device::connect(&b, &common.target, common.link, tally, nodelay.clone()).await?;
     nodelay.sweep();
 
@@ -135,14 +137,10 @@ pub async fn run(common: &Common, kind: AttackKind, hostile: u32) -> Result<Atta
         reports.push(r);
     }
     let devices = [arena.a.id.clone(), arena.b.id.clone()];
-    close(link_a).await;
-    close(link_b).await;
+    link_a.close().await;
+    link_b.close().await;
     collector.close().await;
     Ok(AttackSummary::new(devices, reports))
-}
-
-async fn close(link: Link) {
-    link.close().await;
 }
 
 struct Arena<'c> {
@@ -205,14 +203,18 @@ impl Arena<'_> {
     }
 
     /// Publishes `pt` sealed by A with `nonce` on A's topic and waits for it
-    /// on `clean/`. Returns whether it arrived, and the sealed bytes.
+    /// on `clean/`: as the plaintext, or as the envelope itself when the
+    /// gateway runs in passthrough mode. Returns whether it arrived, and the
+    /// sealed bytes.
     async fn honest(&mut self, nonce: u64, pt: &[u8]) -> Result<(bool, Vec<u8>), String> {
         let sealed = self.seal_a(nonce, pt);
         self.publish_a(self.topic_of(&self.a.id), sealed.clone())
             .await?;
         let id = self.a.id.clone();
         let seen = self
-            .collect_until(Instant::now() + HONEST_WAIT, |o| is_clean(o, &id, pt))
+            .collect_until(Instant::now() + HONEST_WAIT, |o| {
+                is_clean(o, &id, pt) || is_clean(o, &id, &sealed)
+            })
             .await;
         Ok((seen, sealed))
     }
@@ -258,7 +260,8 @@ impl Arena<'_> {
 
         let y = self.fresh_nonce();
         let canary_pt = plaintext(y, self.common.payload_bytes);
-        if self.honest(y, &canary_pt).await?.0 {
+        let (canary_seen, canary_sealed) = self.honest(y, &canary_pt).await?;
+        if canary_seen {
             self.collect_until(Instant::now() + AFTER_CANARY, |_| false)
                 .await;
         } else {
@@ -283,7 +286,10 @@ impl Arena<'_> {
             match o {
                 Observed::Clean {
                     device_id, payload, ..
-                } if ours.contains(&device_id.as_str()) && *payload != canary_pt => {
+                } if ours.contains(&device_id.as_str())
+                    && *payload != canary_pt
+                    && *payload != canary_sealed =>
+                {
                     report.hostile_reached_clean += 1;
                 }
                 Observed::Event {

@@ -101,10 +101,12 @@ pub async fn run(common: &Common, plan: LoadPlan) -> Result<LoadReport, String> 
         ));
     }
 
-    let interrupted = tokio::select! {
-        _ = tokio::time::sleep_until(end) => false,
-        _ = tokio::signal::ctrl_c() => true,
-    };
+    // Ctrl-C ends publishing early; the tail is still drained (a second
+    // Ctrl-C cuts that short too), so the report stays meaningful.
+    tokio::select! {
+        _ = tokio::time::sleep_until(end) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
     let _ = stop_tx.send(true);
     let stopped = Instant::now();
     if tokio::time::timeout(Duration::from_secs(5), async {
@@ -121,11 +123,7 @@ pub async fn run(common: &Common, plan: LoadPlan) -> Result<LoadReport, String> 
         .as_secs_f64();
 
     let drain_start = Instant::now();
-    let drained = if interrupted {
-        false
-    } else {
-        drain(&tally, drain_start).await
-    };
+    let drained = drain(&tally, drain_start).await;
     let drain_secs = drain_start.elapsed().as_secs_f64();
 
     ticker.abort();

@@ -44,7 +44,9 @@ impl NoDelay {
     /// Sweeps now; returns how many sockets were switched to TCP_NODELAY.
     pub fn sweep(&self) -> usize {
         self.dirty.store(false, Ordering::Relaxed);
-        sweep_fds(&self.peers)
+        let n = sweep_fds(&self.peers);
+        tracing::debug!(sockets = n, "TCP_NODELAY set");
+        n
     }
 
     /// Sweeps a few times a second while connections come and go, so a burst
@@ -56,8 +58,7 @@ impl NoDelay {
             loop {
                 tick.tick().await;
                 if me.dirty.load(Ordering::Relaxed) {
-                    let n = me.sweep();
-                    tracing::debug!(sockets = n, "TCP_NODELAY set");
+                    me.sweep();
                 }
             }
         })
