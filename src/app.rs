@@ -130,15 +130,22 @@ pub async fn run(
         .flush_every_ms(None)
         .open()
         .map_err(db_err)?;
-    let registry = Registry::open(&db).map_err(|e| AppError::Database {
-        path: db_path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let registry = Registry::open_reserving(&db, config.users.iter().map(|u| u.name.as_str()))
+        .map_err(|e| AppError::Database {
+            path: db_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     let store = ReplayStore::open(&db, config.verifier.window).map_err(|e| AppError::Database {
         path: db_path.display().to_string(),
         reason: e.to_string(),
     })?;
     let windows = db.open_tree(ReplayStore::TREE).map_err(db_err)?;
+    for u in &config.users {
+        if crate::envelope::normalise_device_id(&u.name).is_ok_and(|id| registry.get(&id).is_some())
+        {
+            tracing::warn!(user = %u.name, "A subscriber account has the name of a registered device; that device can no longer log in.");
+        }
+    }
     let metrics = Arc::new(Metrics::new());
     let store_ok = Arc::new(AtomicBool::new(true));
 

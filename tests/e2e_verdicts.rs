@@ -163,6 +163,13 @@ async fn revoked_device_is_refused_and_its_messages_rejected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_take_a_subscriber_account_name() {
+    let gw = Gateway::start(&[]);
+    let err = gw.admin_call(|a| a.add("DASH", None)).await.unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_register_accepts_a_valid_mac_from_an_unknown_device() {
     let gw = Gateway::start(&[("SEALGATE_AUTO_REGISTER", "true")]);
     let mut sub = Client::subscriber(gw.mqtt_port).await;
@@ -200,12 +207,21 @@ async fn unsealed_payloads_go_to_unverified_only_when_allowed() {
         sub.next_publish().await,
         ("unverified/legacy-1/t".into(), b"raw reading 42".to_vec())
     );
-    // Tampered envelopes are still rejected, never "unverified".
+    // Tampered and broken envelopes are still rejected, never "unverified".
     let mut sealed = common::seal(&creds, "t", 1, b"x");
     let n = sealed.len();
     sealed[n - 3] ^= 1;
-    dev.publish_acked("sealed/legacy-1/t", sealed).await;
-    let (t, body) = sub.next_publish().await;
-    assert_eq!(t, "sealgate/events/legacy-1");
-    assert!(event(&body)["reason"] == "bad_mac" || event(&body)["reason"] == "malformed");
+    for (payload, reason) in [
+        (sealed, "bad_mac"),
+        (br#"{"v":1,"nonce":"x"}"#.to_vec(), "malformed"),
+    ] {
+        dev.publish_acked("sealed/legacy-1/t", payload).await;
+        let (t, body) = sub.next_publish().await;
+        assert_eq!(t, "sealgate/events/legacy-1");
+        assert_eq!(event(&body)["reason"], reason);
+    }
+    // Plain JSON telemetry is not an envelope attempt.
+    dev.publish_acked("sealed/legacy-1/t", br#"{"temp":21.5}"#.to_vec())
+        .await;
+    assert_eq!(sub.next_publish().await.0, "unverified/legacy-1/t");
 }

@@ -55,6 +55,9 @@ impl From<RegistryError> for ApiFailure {
             RegistryError::Exists => ApiFailure::Conflict("device already exists"),
             RegistryError::NotFound => ApiFailure::NotFound("no such device"),
             RegistryError::Revoked => ApiFailure::Conflict("device is revoked"),
+            RegistryError::Reserved => {
+                ApiFailure::Conflict("device id is taken by a subscriber account")
+            }
             RegistryError::Store(inner) => {
                 tracing::error!(error = %inner, "Registry write failed.");
                 ApiFailure::Unavailable

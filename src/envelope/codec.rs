@@ -47,6 +47,25 @@ pub fn parse(payload: &[u8]) -> Result<Parsed, Malformed> {
     }
 }
 
+/// Whether a payload that failed to parse was meant as an envelope: a binary
+/// frame, or JSON naming `v` or `mac`. With unsealed traffic allowed, only
+/// payloads that are not trying to be envelopes go to `unverified/`; a broken
+/// envelope stays `malformed`.
+pub fn looks_sealed(payload: &[u8]) -> bool {
+    if payload.starts_with(BINARY_MAGIC) {
+        return true;
+    }
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(map)) => map.contains_key("v") || map.contains_key("mac"),
+        Ok(_) => false,
+        // Not JSON at all, or broken JSON: judge by the field names.
+        Err(_) => {
+            let text = String::from_utf8_lossy(payload);
+            text.contains("\"mac\"") || text.contains("\"v\"")
+        }
+    }
+}
+
 /// Known fields of the JSON form. Each is a raw value so that every rule can
 /// be checked and named; serde refuses duplicate keys, which would otherwise
 /// let two readers of one payload disagree.
@@ -257,4 +276,19 @@ pub fn seal(keys: &DeviceKeys, m: &SealInput<'_>) -> Vec<u8> {
     out.push_str(&hex::encode(mac));
     out.push_str("\"}");
     out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_broken_envelopes_from_plain_payloads() {
+        assert!(looks_sealed(b"SG\x01"));
+        assert!(looks_sealed(br#"{"v":1,"nonce":"x"}"#));
+        assert!(looks_sealed(br#"{"mac":"00"#));
+        assert!(!looks_sealed(br#"{"temp":21.5}"#));
+        assert!(!looks_sealed(b"raw reading 42"));
+        assert!(!looks_sealed(b"[1,2]"));
+    }
 }

@@ -9,7 +9,7 @@ mod codec;
 mod id;
 mod keys;
 
-pub use codec::{open_body, parse, seal, Enc, Parsed, SealInput, MAC_LEN};
+pub use codec::{looks_sealed, open_body, parse, seal, Enc, Parsed, SealInput, MAC_LEN};
 pub use id::{normalise_device_id, SealedTopic, MAX_STREAM_LEN};
 pub use keys::{connect_token, verify_connect_token, DeviceKeys, MasterKey, TokenError};
 

@@ -23,6 +23,8 @@ pub enum RegistryError {
     Exists,
     #[error("no such device")]
     NotFound,
+    #[error("device id is taken by a subscriber account")]
+    Reserved,
     #[error("device is revoked")]
     Revoked,
     #[error("label is longer than 200 bytes")]
@@ -39,6 +41,9 @@ pub struct Registry {
 
 struct Inner {
     tree: sled::Tree,
+    /// Subscriber account names: the front door matches usernames against
+    /// accounts first, so a device with such an id could never log in.
+    reserved: std::collections::HashSet<String>,
     cache: RwLock<HashMap<String, Device>>,
 }
 
@@ -49,6 +54,19 @@ impl Registry {
 
     /// Opens the registry and loads every record into memory.
     pub fn open(db: &sled::Db) -> Result<Registry, RegistryError> {
+        Self::open_reserving(db, std::iter::empty::<&str>())
+    }
+
+    /// Like [`Registry::open`], refusing device ids equal to `reserved`
+    /// (normalised subscriber account names).
+    pub fn open_reserving<'a>(
+        db: &sled::Db,
+        reserved: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Registry, RegistryError> {
+        let reserved = reserved
+            .into_iter()
+            .filter_map(|n| normalise_device_id(n).ok())
+            .collect();
         let tree = db.open_tree(Self::TREE)?;
         let mut cache = HashMap::new();
         for item in tree.iter() {
@@ -62,6 +80,7 @@ impl Registry {
         }
         Ok(Registry {
             inner: Arc::new(Inner {
+                reserved,
                 tree,
                 cache: RwLock::new(cache),
             }),
@@ -129,6 +148,9 @@ impl Registry {
         let mut ids = Vec::with_capacity(raw_ids.len());
         for raw in raw_ids {
             let id = normalise_device_id(raw)?;
+            if self.inner.reserved.contains(&id) {
+                return Err(RegistryError::Reserved);
+            }
             if self.get(&id).is_some() {
                 return Err(RegistryError::Exists);
             }
@@ -175,6 +197,9 @@ impl Registry {
     /// Inserts a record only if the id is free: sled's compare-and-swap makes
     /// two concurrent adds of one id impossible.
     fn insert_new(&self, device: Device) -> Result<Device, RegistryError> {
+        if self.inner.reserved.contains(&device.device_id) {
+            return Err(RegistryError::Reserved);
+        }
         let bytes = serde_json::to_vec(&device).expect("device serialises");
         let swapped = self.inner.tree.compare_and_swap(
             device.device_id.as_bytes(),
@@ -264,6 +289,16 @@ mod tests {
         assert_eq!(d.check_kid(2, 9999), KeyCheck::Valid);
         assert_eq!(d.check_kid(3, 0), KeyCheck::UnknownKid);
         r.rename("esp32-a1", "roof".into()).unwrap();
+        let reserving = Registry::open_reserving(&db, ["Dash"]).unwrap();
+        assert!(matches!(
+            reserving.add("dash", None, 1),
+            Err(RegistryError::Reserved)
+        ));
+        assert!(matches!(
+            reserving.add_many(&["x1".into(), "DASH".into()], 1),
+            Err(RegistryError::Reserved)
+        ));
+        assert!(reserving.get("x1").is_none());
         r.revoke("esp32-a1", 5).unwrap();
         assert!(matches!(
             r.rotate("esp32-a1", 6, 1),

@@ -114,7 +114,7 @@ impl Checker {
                 let active = self.registry.with(&t.device_id, |d| {
                     d.is_some_and(|d| d.check_kid(d.kid, now_ms) == KeyCheck::Valid)
                 });
-                if self.allow_unsealed && active {
+                if self.allow_unsealed && active && !envelope::looks_sealed(payload) {
                     return Ok(Checked::Unsealed { topic: t });
                 }
                 return Ok(Checked::Reject {

@@ -67,10 +67,21 @@ pub struct Verifier {
     pub store: ReplayStore,
     pub out: Republisher,
     pub metrics: Arc<Metrics>,
-    /// Cleared for good when a commit fails: the gateway fails closed.
+    /// Cleared for good when a commit or the router hand-off fails: the
+    /// gateway fails closed until restarted.
     pub store_ok: Arc<AtomicBool>,
     pub max_batch: usize,
     pub passthrough: bool,
+}
+
+/// A verified message waiting for its batch's commit.
+struct Accepted {
+    /// Index of its entry in the batch's `pending` list.
+    idx: usize,
+    topic: crate::envelope::SealedTopic,
+    nonce: u64,
+    plaintext: Vec<u8>,
+    retain: bool,
 }
 
 struct Pending {
@@ -111,7 +122,7 @@ impl Verifier {
         let now = crate::now_ms();
         let mut close = false;
         let mut pending: Vec<Pending> = Vec::with_capacity(batch.len());
-        let mut accepted: Vec<(usize, String, Vec<u8>, bool)> = Vec::new();
+        let mut accepted: Vec<Accepted> = Vec::new();
         for input in batch.drain(..) {
             let m = match input {
                 Input::Message(m) => m,
@@ -150,7 +161,7 @@ impl Verifier {
         &mut self,
         m: &Inbound,
         now: u64,
-        accepted: &mut Vec<(usize, String, Vec<u8>, bool)>,
+        accepted: &mut Vec<Accepted>,
         idx: usize,
     ) -> Outcome {
         let Ok(topic) = std::str::from_utf8(&m.topic) else {
@@ -162,13 +173,13 @@ impl Verifier {
             return Outcome::Delivered;
         }
         if !self.store_ok.load(Ordering::Relaxed) {
-            return self.rejected(
-                RejectReason::StoreUnavailable,
-                String::new(),
-                None,
-                None,
-                None,
-            );
+            // Fail closed, but still say which device was turned away.
+            let (device, stream) =
+                match crate::envelope::SealedTopic::parse(&self.checker.sealed_prefix, topic) {
+                    Ok(t) => (t.device_id, Some(t.stream)),
+                    Err(_) => (String::new(), None),
+                };
+            return self.rejected(RejectReason::StoreUnavailable, device, stream, None, None);
         }
         let started = Instant::now();
         let checked = self.checker.check(topic, &m.payload, &mut self.store, now);
@@ -192,8 +203,13 @@ impl Verifier {
                         None,
                     );
                 }
-                let clean = topic.under(&self.out.topics().clean);
-                accepted.push((idx, clean, plaintext, m.retain));
+                accepted.push(Accepted {
+                    idx,
+                    topic,
+                    nonce,
+                    plaintext,
+                    retain: m.retain,
+                });
                 Outcome::Delivered
             }
             Ok(Checked::Unsealed { topic }) => {
@@ -211,13 +227,11 @@ impl Verifier {
             }) => self.rejected(reason, device_id, stream, nonce, detail),
             Err(e) => {
                 self.store_failed(&e);
-                self.rejected(
-                    RejectReason::StoreUnavailable,
-                    String::new(),
-                    None,
-                    None,
-                    None,
-                )
+                let device =
+                    crate::envelope::SealedTopic::parse(&self.checker.sealed_prefix, topic)
+                        .map(|t| t.device_id)
+                        .unwrap_or_default();
+                self.rejected(RejectReason::StoreUnavailable, device, None, None, None)
             }
         }
     }
@@ -269,11 +283,7 @@ impl Verifier {
 
     /// Group commit, then publish. If the commit fails, nothing accepted in
     /// this batch reaches `clean/`: each becomes `store_unavailable`.
-    fn commit_and_publish(
-        &mut self,
-        pending: &mut [Pending],
-        accepted: Vec<(usize, String, Vec<u8>, bool)>,
-    ) {
+    fn commit_and_publish(&mut self, pending: &mut [Pending], accepted: Vec<Accepted>) {
         if !accepted.is_empty() {
             let started = Instant::now();
             let committed = self.store.commit();
@@ -283,23 +293,39 @@ impl Verifier {
             self.metrics.batch_size.observe(accepted.len() as f64);
             match committed {
                 Ok(()) => {
-                    for (_, topic, plaintext, retain) in accepted {
+                    let clean = self.out.topics().clean.clone();
+                    for a in accepted {
                         self.metrics.message(result::ACCEPTED);
-                        self.out.queue(topic, Bytes::from(plaintext), retain);
+                        self.out
+                            .queue(a.topic.under(&clean), Bytes::from(a.plaintext), a.retain);
                     }
                 }
                 Err(e) => {
                     self.store_failed(&e);
-                    for (idx, topic, _, _) in accepted {
-                        let device = topic.split('/').nth(1).unwrap_or_default().to_owned();
-                        pending[idx].outcome =
-                            self.rejected(RejectReason::StoreUnavailable, device, None, None, None);
+                    for a in accepted {
+                        pending[a.idx].outcome = self.rejected(
+                            RejectReason::StoreUnavailable,
+                            a.topic.device_id,
+                            Some(a.topic.stream),
+                            Some(a.nonce),
+                            None,
+                        );
                     }
                 }
             }
         }
         if let Err(e) = self.out.flush() {
-            tracing::error!(error = %e, "Router link failed; verified messages could not be published.");
+            // The router thread is gone: nothing of this batch was handed
+            // over, so nothing may be acknowledged as delivered.
+            if self.store_ok.swap(false, Ordering::Relaxed) {
+                tracing::error!(error = %e, "Router link failed; refusing all sealed traffic until restart.");
+            }
+            for p in pending
+                .iter_mut()
+                .filter(|p| p.outcome == Outcome::Delivered)
+            {
+                p.outcome = Outcome::Unavailable;
+            }
         }
     }
 }
