@@ -259,12 +259,18 @@ impl Verifier {
             return Outcome::Delivered;
         }
         self.metrics.message(result::REJECTED);
-        match detail {
-            Some(d) => {
-                tracing::warn!(reason = reason.as_str(), device_id = %device_id, nonce, detail = %d, "Rejected sealed message.")
-            }
-            None => {
-                tracing::warn!(reason = reason.as_str(), device_id = %device_id, nonce, "Rejected sealed message.")
+        if reason == RejectReason::StoreUnavailable {
+            // The failure itself was logged once at error level; a line per
+            // refused message would bury it during an outage.
+            tracing::debug!(reason = reason.as_str(), device_id = %device_id, nonce, "Rejected sealed message.");
+        } else {
+            match detail {
+                Some(d) => {
+                    tracing::warn!(reason = reason.as_str(), device_id = %device_id, nonce, detail = %d, "Rejected sealed message.")
+                }
+                None => {
+                    tracing::warn!(reason = reason.as_str(), device_id = %device_id, nonce, "Rejected sealed message.")
+                }
             }
         }
         self.out.queue_event(&SecurityEvent {

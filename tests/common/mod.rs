@@ -37,6 +37,19 @@ impl Gateway {
 
     /// Starts a gateway on an existing data directory (restart tests).
     pub fn start_in(dir: &Path, extra_env: &[(&str, &str)]) -> Gateway {
+        Gateway::spawn(dir, extra_env, None)
+    }
+
+    /// Starts a gateway whose files may not grow past `bytes` (RLIMIT_FSIZE),
+    /// so sled's writes really fail (EFBIG) once the database reaches it.
+    pub fn start_with_file_size_limit(bytes: u64) -> Gateway {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut g = Gateway::spawn(tmp.path(), &[], Some(bytes));
+        g._tmp = Some(tmp);
+        g
+    }
+
+    fn spawn(dir: &Path, extra_env: &[(&str, &str)], fsize: Option<u64>) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sealgate"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -49,6 +62,25 @@ impl Gateway {
             .env("SEALGATE_USERS", format!("{SUB_USER}:{SUB_PASS}"));
         for (k, v) in extra_env {
             cmd.env(k, v);
+        }
+        if let Some(bytes) = fsize {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // Ignored signals stay ignored across exec: a write past
+                    // the limit then fails with EFBIG instead of killing us.
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    let lim = libc::rlimit {
+                        rlim_cur: bytes,
+                        rlim_max: bytes,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd
             .stdout(Stdio::null())
