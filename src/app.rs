@@ -206,6 +206,7 @@ pub async fn run(
         .map_err(|e| AppError::Router(e.to_string()))?;
 
     let stop = CancellationToken::new();
+    let (revoked, _) = tokio::sync::broadcast::channel::<String>(64);
     let ctx = Arc::new(Context {
         config: config.clone(),
         auth: Authenticator::new(
@@ -220,6 +221,7 @@ pub async fn run(
         metrics: metrics.clone(),
         stop: stop.clone(),
         verifier_done: verifier_done.clone(),
+        revoked: revoked.clone(),
     });
     let tracker = TaskTracker::new();
     let front = tokio::spawn(front_door::serve(mqtt, ctx, tracker.clone()));
@@ -234,6 +236,7 @@ pub async fn run(
         verifier: verifier_tx.clone(),
         token_digest: admin::digest(&secrets.admin_token),
         rotation_grace_ms: config.keys.rotation_grace_secs.saturating_mul(1000),
+        revoked,
     });
     let admin_stop = CancellationToken::new();
     let admin_task = {

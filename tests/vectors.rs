@@ -228,3 +228,23 @@ fn replay_sequence() {
     }
     assert!(RejectReason::from_name("duplicate").is_some());
 }
+
+#[test]
+fn revoked_device_and_unknown_kid() {
+    let v = message("json-plain");
+    let payload = B64.decode(v["payload_b64"].as_str().unwrap()).unwrap();
+    let mut w = world(false);
+    w.checker.registry.revoke("esp32-a1", 0).unwrap();
+    assert_eq!(
+        verdict(&mut w, v["topic"].as_str().unwrap(), &payload).0,
+        "revoked"
+    );
+    // kid 2 before any rotation is unknown.
+    let kid2 = message("kid-2");
+    let payload = B64.decode(kid2["payload_b64"].as_str().unwrap()).unwrap();
+    let mut w = world(false);
+    assert_eq!(
+        verdict(&mut w, kid2["topic"].as_str().unwrap(), &payload).0,
+        "unknown_kid"
+    );
+}

@@ -159,6 +159,8 @@ pub async fn revoke(
     lookup(&state, &id)?;
     let d = state.registry.revoke(&id, now_ms())?;
     tracing::warn!(device_id = %d.device_id, "Device revoked.");
+    // No receiver just means no connection is open.
+    let _ = state.revoked.send(d.device_id.clone());
     Ok(Json(view(&state, d)))
 }
 

@@ -40,6 +40,8 @@ pub struct AdminState {
     /// SHA-256 of the admin token: compared in constant time, any length.
     pub token_digest: [u8; 32],
     pub rotation_grace_ms: u64,
+    /// Tells the front door to close a revoked device's open sessions.
+    pub revoked: tokio::sync::broadcast::Sender<String>,
 }
 
 pub fn digest(token: &str) -> [u8; 32] {

@@ -78,6 +78,13 @@ impl Authenticator {
         }
     }
 
+    /// Whether a registered device is revoked now.
+    pub fn is_revoked(&self, device_id: &str) -> bool {
+        self.registry.with(device_id, |d| {
+            d.is_some_and(|d| d.state == DeviceState::Revoked)
+        })
+    }
+
     /// Decides a CONNECT. Subscriber accounts are matched by username first;
     /// any other username is taken as a device id.
     pub fn authenticate(

@@ -93,6 +93,11 @@ impl<P: Protocol> Session<P> {
             Some(Duration::from_millis(u64::from(self.keep_alive) * 1500))
         };
         let stop = self.ctx.stop.clone();
+        let mut revoked = self.ctx.revoked.subscribe();
+        let device_id = match &self.role {
+            Role::Device(id) => Some(id.clone()),
+            Role::Subscriber(_) => None,
+        };
         let verifier_done = self.ctx.verifier_done.clone();
         let mut draining = false;
         // Set once the verifier has drained: close when the router is quiet.
@@ -151,6 +156,25 @@ impl<P: Protocol> Session<P> {
                     }
                 }
                 _ = idle, if !draining => break End::Lost,
+                r = revoked.recv(), if device_id.is_some() => {
+                    // A lagged receiver may have missed our id: re-check the registry.
+                    let mine = match r {
+                        Ok(id) => device_id.as_deref() == Some(id.as_str()),
+                        Err(_) => device_id.as_deref().is_some_and(|id| {
+                            self.ctx.auth.is_revoked(id)
+                        }),
+                    };
+                    if mine {
+                        tracing::info!(device_id = device_id.as_deref().unwrap_or(""), "Closing the session of a revoked device.");
+                        if self.v5 {
+                            let d = Disconnect { reason_code: DisconnectReasonCode::NotAuthorized };
+                            let _ = self.write(Packet::Disconnect(d, None), &mut wbuf).await;
+                        }
+                        // A revoked device's will is not published.
+                        self.will = None;
+                        break End::Lost;
+                    }
+                }
                 _ = stop.cancelled(), if !draining => {
                     draining = true;
                 }

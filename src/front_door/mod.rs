@@ -41,6 +41,8 @@ pub struct Context {
     pub stop: CancellationToken,
     /// Cancelled once the verifier has drained: connections may close.
     pub verifier_done: CancellationToken,
+    /// Device ids revoked while connected: their sessions are closed at once.
+    pub revoked: tokio::sync::broadcast::Sender<String>,
 }
 
 /// Accepts connections until `ctx.stop`; each one runs on `tracker`.

@@ -18,6 +18,29 @@ pub const SUB_PASS: &str = "dash-password";
 /// Upper bound for anything awaited; a hang fails instead of blocking CI.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// The gateway binary. Cargo names it for sealgate's own tests; firmware-sim's
+/// tests share this harness and find it beside their own binary.
+pub fn sealgate_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_sealgate") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/sealgate
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("sealgate");
+    if !bin.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "sealgate", "--bin", "sealgate"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cannot build the sealgate binary");
+    }
+    bin
+}
+
 pub struct Gateway {
     child: Child,
     pub data_dir: PathBuf,
@@ -50,7 +73,7 @@ impl Gateway {
     }
 
     fn spawn(dir: &Path, extra_env: &[(&str, &str)], fsize: Option<u64>) -> Gateway {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sealgate"));
+        let mut cmd = Command::new(sealgate_bin());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")

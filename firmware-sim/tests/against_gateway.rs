@@ -1,0 +1,94 @@
+//! firmware-sim against a real gateway: the attack suite must find nothing
+//! hostile on `clean/` and every expected reason in the events; a short load
+//! run must deliver everything it sent.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+fn sim(gw: &Gateway, args: &[&str]) -> (bool, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_firmware-sim"))
+        .args([
+            "--mqtt",
+            &format!("127.0.0.1:{}", gw.mqtt_port),
+            "--admin-url",
+            &gw.http_url,
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--subscriber",
+            &format!("{SUB_USER}:{SUB_PASS}"),
+            "--json",
+        ])
+        .args(args)
+        .output()
+        .expect("run firmware-sim");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "report is not JSON ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), report)
+}
+
+#[test]
+fn every_attack_is_refused() {
+    let gw = Gateway::start(&[]);
+    let (ok, report) = sim(&gw, &["--attack", "all"]);
+    assert!(ok, "{report}");
+    let attacks = report["attacks"].as_array().unwrap();
+    assert_eq!(attacks.len(), 5);
+    for a in attacks {
+        assert_eq!(a["hostile_reached_clean"], 0, "{a}");
+        assert_eq!(a["honest_delivered"], true, "{a}");
+    }
+    let by_name = |n: &str| attacks.iter().find(|a| a["attack"] == n).unwrap().clone();
+    assert_eq!(by_name("replay")["dropped_silently"], 20);
+    assert_eq!(by_name("tamper")["events"]["bad_mac"], 20);
+    assert_eq!(by_name("wrong-key")["events"]["bad_mac"], 20);
+    assert_eq!(by_name("stale")["events"]["stale_nonce"], 20);
+}
+
+#[test]
+fn attacks_are_caught_when_the_gateway_does_not_verify() {
+    // The suite is only worth something if it fails against a gateway that
+    // lets hostile traffic through: passthrough mode forwards it all.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("passthrough.toml");
+    std::fs::write(&cfg, "[verifier]\npassthrough = true\n").unwrap();
+    let gw = Gateway::start(&[("SEALGATE_CONFIG", cfg.to_str().unwrap())]);
+    let (ok, report) = sim(&gw, &["--attack", "tamper"]);
+    assert!(!ok, "{report}");
+    assert_eq!(
+        report["attacks"][0]["hostile_reached_clean"], 20,
+        "{report}"
+    );
+}
+
+#[test]
+fn a_short_load_run_delivers_everything() {
+    let gw = Gateway::start(&[]);
+    let (ok, r) = sim(
+        &gw,
+        &[
+            "--devices",
+            "5",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--encrypt",
+            "--format",
+            "binary",
+        ],
+    );
+    assert!(ok, "{r}");
+    assert!(r["sent"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["delivered"], r["sent"], "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["rejected_total"], 0, "{r}");
+}
