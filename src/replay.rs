@@ -241,9 +241,9 @@ impl ReplayStore {
         Ok(())
     }
 
-    /// Writes every window touched since the last commit and flushes sled
-    /// once: the group commit.
-    pub fn commit(&mut self) -> Result<(), StoreError> {
+    /// Writes every window touched since the last stage into sled, without
+    /// waiting for the disk: the commit stage flushes once per batch.
+    pub fn stage(&mut self) -> Result<(), StoreError> {
         if self.dirty.is_empty() {
             return Ok(());
         }
@@ -253,6 +253,12 @@ impl ReplayStore {
             batch.insert(id.as_bytes(), w.encode(*last_seen));
         }
         self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Stages and flushes: a group commit in one call.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        self.stage()?;
         self.db.flush()?;
         Ok(())
     }

@@ -1,11 +1,14 @@
-//! The verifier: one thread that takes sealed publishes from the front door
-//! in batches, checks each ([`check`]), group-commits the replay windows to
-//! sled, and only then republishes and acknowledges.
+//! The verifier: takes sealed publishes from the front door in batches,
+//! checks each ([`check`]) and stages the replay windows they advance; the
+//! [`commit`] stage then flushes sled once for the batch and only then
+//! republishes and acknowledges.
 //!
-//! It runs on its own OS thread because everything it does blocks: sled's
-//! flush, rumqttd's router channel, and CPU-bound crypto.
+//! The two stages are two OS threads, one batch apart: while a batch waits
+//! for its fsync, the next one is verified. Both block (crypto, sled, the
+//! router channel), so neither runs on the async runtime.
 
 pub mod check;
+mod commit;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::replay::ReplayStore;
 use crate::republish::Republisher;
 use check::{Checked, Checker};
+use commit::{Committer, Job, Output};
 
 /// A sealed publish handed over by a connection.
 pub struct Inbound {
@@ -65,7 +69,10 @@ pub enum Input {
 pub struct Verifier {
     pub checker: Checker,
     pub store: ReplayStore,
+    /// The database `store` lives in; the commit stage flushes it.
+    pub db: sled::Db,
     pub out: Republisher,
+    pub topics: crate::config::Topics,
     pub metrics: Arc<Metrics>,
     /// Cleared for good when a commit or the router hand-off fails: the
     /// gateway fails closed until restarted.
@@ -74,55 +81,146 @@ pub struct Verifier {
     pub passthrough: bool,
 }
 
-/// A verified message waiting for its batch's commit.
-struct Accepted {
-    /// Index of its entry in the batch's `pending` list.
-    idx: usize,
-    topic: crate::envelope::SealedTopic,
-    nonce: u64,
-    plaintext: Vec<u8>,
-    retain: bool,
-}
-
-struct Pending {
-    ack: Option<AckTo>,
-    outcome: Outcome,
-}
-
 fn now_rfc3339() -> String {
     crate::rfc3339_ms(crate::now_ms())
 }
 
+/// Counts and logs a reject and returns its security event, if it has one:
+/// the one place a reject becomes observable.
+fn reject(
+    metrics: &Metrics,
+    reason: RejectReason,
+    device_id: String,
+    stream: Option<String>,
+    nonce: Option<u64>,
+    detail: Option<crate::envelope::Malformed>,
+) -> Option<SecurityEvent> {
+    metrics.reject(reason);
+    if !reason.publishes_event() {
+        metrics.message(result::DUPLICATE);
+        tracing::debug!(device_id = %device_id, nonce, "Dropped duplicate.");
+        return None;
+    }
+    metrics.message(result::REJECTED);
+    let (r, id) = (reason.as_str(), device_id.as_str());
+    match (reason, detail) {
+        // The outage itself is logged once at error level; a line per refused
+        // message would bury it.
+        (RejectReason::StoreUnavailable, _) => {
+            tracing::debug!(
+                reason = r,
+                device_id = id,
+                nonce,
+                "Rejected sealed message."
+            )
+        }
+        (_, Some(d)) => {
+            tracing::warn!(reason = r, device_id = id, nonce, detail = %d, "Rejected sealed message.")
+        }
+        (_, None) => tracing::warn!(
+            reason = r,
+            device_id = id,
+            nonce,
+            "Rejected sealed message."
+        ),
+    }
+    Some(SecurityEvent {
+        at: now_rfc3339(),
+        device_id,
+        stream,
+        reason: reason.as_str(),
+        nonce,
+    })
+}
+
+/// The acknowledgement outcome of a reject.
+fn outcome_of(reason: RejectReason) -> Outcome {
+    match reason {
+        // A retransmission of something delivered: acknowledge it as such.
+        RejectReason::Duplicate => Outcome::Delivered,
+        RejectReason::StoreUnavailable => Outcome::Unavailable,
+        r => Outcome::Rejected(r),
+    }
+}
+
+/// The verifying half: everything of the verifier but the commit stage.
+struct Stage {
+    checker: Checker,
+    store: ReplayStore,
+    topics: crate::config::Topics,
+    metrics: Arc<Metrics>,
+    store_ok: Arc<AtomicBool>,
+    passthrough: bool,
+}
+
 impl Verifier {
-    /// Runs until `Input::Close` has been seen and the queue is empty.
-    pub fn run(mut self, mut rx: mpsc::Receiver<Input>) {
-        let mut batch = Vec::with_capacity(self.max_batch);
+    /// Runs until `Input::Close` has been seen and the queue is empty, and
+    /// the commit stage has finished the last batch.
+    pub fn run(self, mut rx: mpsc::Receiver<Input>) {
+        let Verifier {
+            checker,
+            store,
+            db,
+            out,
+            topics,
+            metrics,
+            store_ok,
+            max_batch,
+            passthrough,
+        } = self;
+        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Job>(1);
+        let committer = Committer {
+            db,
+            out,
+            metrics: metrics.clone(),
+            store_ok: store_ok.clone(),
+        };
+        let commit_thread = std::thread::Builder::new()
+            .name("commit".into())
+            .spawn(move || committer.run(job_rx))
+            .expect("spawn the commit thread");
+        let mut stage = Stage {
+            checker,
+            store,
+            topics,
+            metrics,
+            store_ok,
+            passthrough,
+        };
+        let mut batch = Vec::with_capacity(max_batch);
         loop {
             let Some(first) = rx.blocking_recv() else {
                 break;
             };
             batch.push(first);
-            while batch.len() < self.max_batch {
+            while batch.len() < max_batch {
                 match rx.try_recv() {
                     Ok(m) => batch.push(m),
                     Err(_) => break,
                 }
             }
-            let close = self.process(&mut batch);
+            let (job, close) = stage.process(&mut batch);
+            if jobs.send(job).is_err() {
+                break;
+            }
             if close {
                 // Refuse new input; what is already queued is still drained.
                 rx.close();
             }
         }
+        drop(jobs);
+        let _ = commit_thread.join();
         tracing::info!("Verifier drained and stopped.");
     }
+}
 
-    /// Handles one batch; returns true if it contained `Close`.
-    fn process(&mut self, batch: &mut Vec<Input>) -> bool {
+impl Stage {
+    /// Verifies one batch and stages its window updates; returns the job for
+    /// the commit stage and whether the batch contained `Close`.
+    fn process(&mut self, batch: &mut Vec<Input>) -> (Job, bool) {
         let now = crate::now_ms();
         let mut close = false;
-        let mut pending: Vec<Pending> = Vec::with_capacity(batch.len());
-        let mut accepted: Vec<Accepted> = Vec::new();
+        let mut job = Job::with_capacity(batch.len());
         for input in batch.drain(..) {
             let m = match input {
                 Input::Message(m) => m,
@@ -136,50 +234,58 @@ impl Verifier {
                     continue;
                 }
             };
-            let outcome = self.verify_one(&m, now, &mut accepted, pending.len());
-            pending.push(Pending {
-                ack: m.ack,
-                outcome,
-            });
+            let idx = job.acks.len();
+            let outcome = self.verify_one(&m, now, idx, &mut job.outputs);
+            job.acks.push((m.ack, outcome));
         }
-        self.commit_and_publish(&mut pending, accepted);
-        for p in pending {
-            if let Some(a) = p.ack {
-                let _ = a.tx.send(AckResult {
-                    pkid: a.pkid,
-                    qos2: a.qos2,
-                    outcome: p.outcome,
-                });
+        if job.needs_flush() {
+            if let Err(e) = self.store.stage() {
+                self.store_failed(&e);
+                job.staged = false;
             }
         }
-        close
+        (job, close)
     }
 
-    /// Decides one message. Accepted ones are recorded in memory and listed
-    /// in `accepted` for publishing after the commit.
+    /// Decides one message, appending what it publishes to `outputs`.
     fn verify_one(
         &mut self,
         m: &Inbound,
         now: u64,
-        accepted: &mut Vec<Accepted>,
         idx: usize,
+        outputs: &mut Vec<Output>,
     ) -> Outcome {
         let Ok(topic) = std::str::from_utf8(&m.topic) else {
-            return Outcome::Rejected(RejectReason::Malformed);
+            return self.rejected(
+                outputs,
+                RejectReason::Malformed,
+                String::new(),
+                None,
+                None,
+                None,
+            );
         };
         if self.passthrough {
-            let clean = topic.replacen(&self.checker.sealed_prefix, &self.out.topics().clean, 1);
-            self.out.queue(clean, m.payload.clone(), m.retain);
+            let clean = topic.replacen(&self.checker.sealed_prefix, &self.out_topics().clean, 1);
+            outputs.push(Output::Now(clean, m.payload.clone(), m.retain));
             return Outcome::Delivered;
         }
+        let device_of = |prefix: &str| {
+            crate::envelope::SealedTopic::parse(prefix, topic)
+                .map(|t| t.device_id)
+                .unwrap_or_default()
+        };
         if !self.store_ok.load(Ordering::Relaxed) {
             // Fail closed, but still say which device was turned away.
-            let (device, stream) =
-                match crate::envelope::SealedTopic::parse(&self.checker.sealed_prefix, topic) {
-                    Ok(t) => (t.device_id, Some(t.stream)),
-                    Err(_) => (String::new(), None),
-                };
-            return self.rejected(RejectReason::StoreUnavailable, device, stream, None, None);
+            let device = device_of(&self.checker.sealed_prefix);
+            return self.rejected(
+                outputs,
+                RejectReason::StoreUnavailable,
+                device,
+                None,
+                None,
+                None,
+            );
         }
         let started = Instant::now();
         let checked = self.checker.check(topic, &m.payload, &mut self.store, now);
@@ -195,27 +301,32 @@ impl Verifier {
             }) => {
                 if let Err(e) = self.store.accept(&topic.device_id, nonce, &mac, now) {
                     self.store_failed(&e);
+                    let (d, s) = (topic.device_id, Some(topic.stream));
                     return self.rejected(
+                        outputs,
                         RejectReason::StoreUnavailable,
-                        topic.device_id,
-                        Some(topic.stream),
+                        d,
+                        s,
                         Some(nonce),
                         None,
                     );
                 }
-                accepted.push(Accepted {
+                let clean = topic.under(&self.out_topics().clean);
+                outputs.push(Output::AfterCommit {
                     idx,
-                    topic,
-                    nonce,
-                    plaintext,
+                    topic: clean,
+                    payload: Bytes::from(plaintext),
                     retain: m.retain,
+                    device_id: topic.device_id,
+                    stream: topic.stream,
+                    nonce,
                 });
                 Outcome::Delivered
             }
             Ok(Checked::Unsealed { topic }) => {
                 self.metrics.message(result::UNVERIFIED);
-                let t = topic.under(&self.out.topics().unverified);
-                self.out.queue(t, m.payload.clone(), m.retain);
+                let t = topic.under(&self.out_topics().unverified);
+                outputs.push(Output::Now(t, m.payload.clone(), m.retain));
                 Outcome::Delivered
             }
             Ok(Checked::Reject {
@@ -224,16 +335,24 @@ impl Verifier {
                 stream,
                 nonce,
                 detail,
-            }) => self.rejected(reason, device_id, stream, nonce, detail),
+            }) => self.rejected(outputs, reason, device_id, stream, nonce, detail),
             Err(e) => {
                 self.store_failed(&e);
-                let device =
-                    crate::envelope::SealedTopic::parse(&self.checker.sealed_prefix, topic)
-                        .map(|t| t.device_id)
-                        .unwrap_or_default();
-                self.rejected(RejectReason::StoreUnavailable, device, None, None, None)
+                let device = device_of(&self.checker.sealed_prefix);
+                self.rejected(
+                    outputs,
+                    RejectReason::StoreUnavailable,
+                    device,
+                    None,
+                    None,
+                    None,
+                )
             }
         }
+    }
+
+    fn out_topics(&self) -> &crate::config::Topics {
+        &self.topics
     }
 
     fn store_failed(&self, e: &crate::replay::StoreError) {
@@ -242,96 +361,18 @@ impl Verifier {
         }
     }
 
-    /// Counts, logs and queues the event for a reject. `duplicate` is a
-    /// retransmission: counted, no event, and acknowledged as delivered.
     fn rejected(
-        &mut self,
+        &self,
+        outputs: &mut Vec<Output>,
         reason: RejectReason,
         device_id: String,
         stream: Option<String>,
         nonce: Option<u64>,
         detail: Option<crate::envelope::Malformed>,
     ) -> Outcome {
-        self.metrics.reject(reason);
-        if reason == RejectReason::Duplicate {
-            self.metrics.message(result::DUPLICATE);
-            tracing::debug!(device_id = %device_id, nonce, "Dropped duplicate.");
-            return Outcome::Delivered;
+        if let Some(event) = reject(&self.metrics, reason, device_id, stream, nonce, detail) {
+            outputs.push(Output::Event(event));
         }
-        self.metrics.message(result::REJECTED);
-        if reason == RejectReason::StoreUnavailable {
-            // The failure itself was logged once at error level; a line per
-            // refused message would bury it during an outage.
-            tracing::debug!(reason = reason.as_str(), device_id = %device_id, nonce, "Rejected sealed message.");
-        } else {
-            match detail {
-                Some(d) => {
-                    tracing::warn!(reason = reason.as_str(), device_id = %device_id, nonce, detail = %d, "Rejected sealed message.")
-                }
-                None => {
-                    tracing::warn!(reason = reason.as_str(), device_id = %device_id, nonce, "Rejected sealed message.")
-                }
-            }
-        }
-        self.out.queue_event(&SecurityEvent {
-            at: now_rfc3339(),
-            device_id,
-            stream,
-            reason: reason.as_str(),
-            nonce,
-        });
-        if reason == RejectReason::StoreUnavailable {
-            Outcome::Unavailable
-        } else {
-            Outcome::Rejected(reason)
-        }
-    }
-
-    /// Group commit, then publish. If the commit fails, nothing accepted in
-    /// this batch reaches `clean/`: each becomes `store_unavailable`.
-    fn commit_and_publish(&mut self, pending: &mut [Pending], accepted: Vec<Accepted>) {
-        if !accepted.is_empty() {
-            let started = Instant::now();
-            let committed = self.store.commit();
-            self.metrics
-                .commit_seconds
-                .observe(started.elapsed().as_secs_f64());
-            self.metrics.batch_size.observe(accepted.len() as f64);
-            match committed {
-                Ok(()) => {
-                    let clean = self.out.topics().clean.clone();
-                    for a in accepted {
-                        self.metrics.message(result::ACCEPTED);
-                        self.out
-                            .queue(a.topic.under(&clean), Bytes::from(a.plaintext), a.retain);
-                    }
-                }
-                Err(e) => {
-                    self.store_failed(&e);
-                    for a in accepted {
-                        pending[a.idx].outcome = self.rejected(
-                            RejectReason::StoreUnavailable,
-                            a.topic.device_id,
-                            Some(a.topic.stream),
-                            Some(a.nonce),
-                            None,
-                        );
-                    }
-                }
-            }
-        }
-        if let Err(e) = self.out.flush() {
-            // The router thread is gone: nothing of this batch was handed
-            // over, so nothing may be acknowledged as delivered.
-            if self.store_ok.swap(false, Ordering::Relaxed) {
-                tracing::error!(error = %e, "Router link failed; refusing all sealed traffic until restart.");
-            }
-            for p in pending
-                .iter_mut()
-                .filter(|p| p.outcome == Outcome::Delivered)
-            {
-                p.outcome = Outcome::Unavailable;
-            }
-        }
+        outcome_of(reason)
     }
 }
