@@ -51,7 +51,8 @@ async fn expect_verdict(dev: &mut Client, sub: &mut Client, v: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_vector_through_the_gateway() {
-    let gw = Gateway::start(&[]);
+    // Debug logging, so the secrecy check below covers every log line we write.
+    let gw = Gateway::start(&[("RUST_LOG", "debug")]);
     let creds = gw.add_device("ESP32-A1").await;
     assert_eq!(creds.device_id, "esp32-a1");
     let mut sub = Client::subscriber(gw.mqtt_port).await;
@@ -89,6 +90,46 @@ async fn every_vector_through_the_gateway() {
             .await,
         4.0
     );
+
+    // No secret, token, MAC or payload byte in any log line.
+    let mut forbidden: Vec<String> = vec![
+        VECTOR_MASTER.into(),
+        ADMIN_TOKEN.into(),
+        SUB_PASS.into(),
+        creds.secret.clone(),
+        creds.mqtt_password.clone(),
+        rotated.secret.clone(),
+        rotated.mqtt_password.clone(),
+        "temp_c".into(),
+        "still kid 1".into(),
+    ];
+    for m in messages {
+        forbidden.push(m["payload_b64"].as_str().unwrap().into());
+        if let Some(b) = m["clean_body_b64"].as_str() {
+            forbidden.push(b.into());
+        }
+        let payload = B64.decode(m["payload_b64"].as_str().unwrap()).unwrap();
+        if let Ok(p) = sealgate::envelope::parse(&payload) {
+            forbidden.push(hex::encode(p.mac));
+            forbidden.push(hex::encode(p.mac).to_uppercase());
+            if p.body.len() >= 8 {
+                forbidden.push(B64.encode(&p.body));
+            }
+        }
+    }
+    forbidden.retain(|f| f.len() >= 8);
+    let (status, log) = gw.terminate_with_log();
+    assert!(status.success());
+    assert!(
+        log.len() > 20,
+        "expected a debug log, got {} lines",
+        log.len()
+    );
+    for line in &log {
+        for f in &forbidden {
+            assert!(!line.contains(f.as_str()), "log line leaks {f:?}: {line}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,4 +266,54 @@ async fn unsealed_payloads_go_to_unverified_only_when_allowed() {
     dev.publish_acked("sealed/legacy-1/t", br#"{"temp":21.5}"#.to_vec())
         .await;
     assert_eq!(sub.next_publish().await.0, "unverified/legacy-1/t");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_sealed_messages_stay_retained_on_clean() {
+    let gw = Gateway::start(&[]);
+    let creds = gw.add_device("esp32-ret").await;
+    let dev = Client::device(gw.mqtt_port, &creds).await;
+    let mut first = Client::subscriber(gw.mqtt_port).await;
+    let m = common::seal(&creds, "state", 1, b"door=open");
+    dev.client
+        .publish("sealed/esp32-ret/state", rumqttc::QoS::AtLeastOnce, true, m)
+        .await
+        .unwrap();
+    assert_eq!(first.next_publish().await.1, b"door=open");
+    // A dashboard that subscribes later still gets the last state.
+    let (mut late, r) = Client::connect(gw.mqtt_port, "dash-late", SUB_USER, SUB_PASS).await;
+    r.unwrap();
+    late.client
+        .subscribe("clean/esp32-ret/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(
+        late.next_publish().await,
+        ("clean/esp32-ret/state".into(), b"door=open".to_vec())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previous_kid_is_unknown_once_its_grace_period_is_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("no-grace.toml");
+    std::fs::write(&cfg, "[keys]\nrotation_grace_secs = 0\n").unwrap();
+    let gw = Gateway::start(&[("SEALGATE_CONFIG", cfg.to_str().unwrap())]);
+    let old = gw.add_device("esp32-g").await;
+    let mut sub = Client::subscriber(gw.mqtt_port).await;
+    let new = gw.admin_call(|a| a.rotate("esp32-g")).await.unwrap();
+    // The old token no longer connects; the new one does.
+    let (_c, r) = Client::connect(gw.mqtt_port, "esp32-g", "esp32-g", &old.mqtt_password).await;
+    assert!(r.unwrap_err().contains("NotAuthorized"));
+    let mut dev = Client::device(gw.mqtt_port, &new).await;
+    // A message still sealed under kid 1 is refused as unknown_kid...
+    dev.publish_acked("sealed/esp32-g", common::seal(&old, "", 1, b"old key"))
+        .await;
+    let (t, body) = sub.next_publish().await;
+    assert_eq!(t, "sealgate/events/esp32-g");
+    assert_eq!(event(&body)["reason"], "unknown_kid");
+    // ...and kid 2 is accepted.
+    dev.publish_acked("sealed/esp32-g", common::seal(&new, "", 2, b"new key"))
+        .await;
+    assert_eq!(sub.next_publish().await.1, b"new key");
 }

@@ -103,21 +103,11 @@ fn reject(
     }
     metrics.message(result::REJECTED);
     let (r, id) = (reason.as_str(), device_id.as_str());
-    match (reason, detail) {
-        // The outage itself is logged once at error level; a line per refused
-        // message would bury it.
-        (RejectReason::StoreUnavailable, _) => {
-            tracing::debug!(
-                reason = r,
-                device_id = id,
-                nonce,
-                "Rejected sealed message."
-            )
-        }
-        (_, Some(d)) => {
+    match detail {
+        Some(d) => {
             tracing::warn!(reason = r, device_id = id, nonce, detail = %d, "Rejected sealed message.")
         }
-        (_, None) => tracing::warn!(
+        None => tracing::warn!(
             reason = r,
             device_id = id,
             nonce,
@@ -270,22 +260,8 @@ impl Stage {
             outputs.push(Output::Now(clean, m.payload.clone(), m.retain));
             return Outcome::Delivered;
         }
-        let device_of = |prefix: &str| {
-            crate::envelope::SealedTopic::parse(prefix, topic)
-                .map(|t| t.device_id)
-                .unwrap_or_default()
-        };
         if !self.store_ok.load(Ordering::Relaxed) {
-            // Fail closed, but still say which device was turned away.
-            let device = device_of(&self.checker.sealed_prefix);
-            return self.rejected(
-                outputs,
-                RejectReason::StoreUnavailable,
-                device,
-                None,
-                None,
-                None,
-            );
+            return self.unavailable(outputs, topic);
         }
         let started = Instant::now();
         let checked = self.checker.check(topic, &m.payload, &mut self.store, now);
@@ -338,21 +314,28 @@ impl Stage {
             }) => self.rejected(outputs, reason, device_id, stream, nonce, detail),
             Err(e) => {
                 self.store_failed(&e);
-                let device = device_of(&self.checker.sealed_prefix);
-                self.rejected(
-                    outputs,
-                    RejectReason::StoreUnavailable,
-                    device,
-                    None,
-                    None,
-                    None,
-                )
+                self.unavailable(outputs, topic)
             }
         }
     }
 
     fn out_topics(&self) -> &crate::config::Topics {
         &self.topics
+    }
+
+    /// Fails a message closed, still saying which device was turned away.
+    fn unavailable(&self, outputs: &mut Vec<Output>, topic: &str) -> Outcome {
+        let device = crate::envelope::SealedTopic::parse(&self.checker.sealed_prefix, topic)
+            .map(|t| t.device_id)
+            .unwrap_or_default();
+        self.rejected(
+            outputs,
+            RejectReason::StoreUnavailable,
+            device,
+            None,
+            None,
+            None,
+        )
     }
 
     fn store_failed(&self, e: &crate::replay::StoreError) {

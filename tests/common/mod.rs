@@ -43,6 +43,9 @@ pub fn sealgate_bin() -> PathBuf {
 
 pub struct Gateway {
     child: Child,
+    /// Every line the gateway logged so far (stderr).
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
     pub data_dir: PathBuf,
     pub mqtt_port: u16,
     pub http_url: String,
@@ -112,9 +115,12 @@ impl Gateway {
             .expect("spawn sealgate");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log_w = log.clone();
+        let log_reader = std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log_w.lock().unwrap().push(line.clone());
                 if !sent && line.contains("sealgate ready.") {
                     let field = |name: &str| {
                         line.split_whitespace()
@@ -133,6 +139,8 @@ impl Gateway {
         let (mqtt, http) = rx.recv_timeout(WAIT).expect("gateway did not become ready");
         Gateway {
             child,
+            log,
+            log_reader: Some(log_reader),
             data_dir: dir.to_path_buf(),
             mqtt_port: mqtt.rsplit(':').next().unwrap().parse().unwrap(),
             http_url: format!("http://{http}"),
@@ -194,13 +202,22 @@ impl Gateway {
     }
 
     /// SIGTERM, then wait for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.terminate_with_log().0
+    }
+
+    /// SIGTERM, wait for the exit, and return everything the gateway logged.
+    pub fn terminate_with_log(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        // SAFETY: kill(2) on our own child's pid.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
         let status = self.child.wait().unwrap();
-        std::mem::forget(self);
-        status
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        let log = std::mem::take(&mut *self.log.lock().unwrap());
+        (status, log)
     }
 }
 

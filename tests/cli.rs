@@ -1,0 +1,178 @@
+//! The `sealgate device ...` commands against a running gateway, and bad
+//! command-line and configuration input getting a clear answer.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+use serde_json::Value;
+
+fn cli(gw: &Gateway, args: &[&str]) -> Output {
+    Command::new(sealgate_bin())
+        .env_clear()
+        .env("SEALGATE_ADMIN_URL", &gw.http_url)
+        .env("SEALGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .arg("device")
+        .args(args)
+        .output()
+        .expect("run sealgate")
+}
+
+fn ok_json(out: Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn device_lifecycle_through_the_cli() {
+    let gw = Gateway::start(&[]);
+    let added = ok_json(cli(&gw, &["add", "ESP32-CLI", "--json"]));
+    assert_eq!(added["device_id"], "esp32-cli");
+    assert_eq!(added["kid"], 1);
+    assert_eq!(added["secret"].as_str().unwrap().len(), 64);
+    assert!(added["mqtt_password"]
+        .as_str()
+        .unwrap()
+        .starts_with("v1:0:"));
+
+    // The secret is shown once: nothing else prints it.
+    let shown = cli(&gw, &["show", "esp32-cli", "--json"]);
+    let text = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(!text.contains(added["secret"].as_str().unwrap()));
+    assert_eq!(ok_json(shown)["state"], "active");
+
+    assert!(cli(&gw, &["rename", "esp32-cli", "roof sensor"])
+        .status
+        .success());
+    let rotated = ok_json(cli(&gw, &["rotate", "esp32-cli", "--json"]));
+    assert_eq!(rotated["kid"], 2);
+    assert_ne!(rotated["secret"], added["secret"]);
+    assert!(cli(&gw, &["reset-nonce", "esp32-cli"]).status.success());
+    let shown = ok_json(cli(&gw, &["show", "esp32-cli", "--json"]));
+    assert_eq!(shown["label"], "roof sensor");
+    assert_eq!(shown["previous_kid"], 1);
+
+    assert!(cli(&gw, &["revoke", "esp32-cli"]).status.success());
+    let list = ok_json(cli(&gw, &["list", "--json"]));
+    assert_eq!(list["devices"][0]["state"], "revoked");
+    let table = cli(&gw, &["list"]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.contains("esp32-cli") && table.contains("revoked") && table.contains("never"),
+        "{table}"
+    );
+
+    // add-bulk writes the credentials file, readable by the owner only.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.json");
+    let out = cli(
+        &gw,
+        &[
+            "add-bulk",
+            "--prefix",
+            "f-",
+            "--count",
+            "3",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bulk: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let ids: Vec<&str> = bulk["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["f-0001", "f-0002", "f-0003"]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn errors_are_specific() {
+    let gw = Gateway::start(&[]);
+    let out = cli(&gw, &["show", "nobody"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("404 not_found"), "{}", stderr(&out));
+    let out = cli(&gw, &["add", "bad id!"]);
+    assert!(
+        stderr(&out).contains("400 bad_request") && stderr(&out).contains("device id"),
+        "{}",
+        stderr(&out)
+    );
+    cli(&gw, &["add", "twice"]);
+    let out = cli(&gw, &["add", "twice"]);
+    assert!(stderr(&out).contains("409 conflict"), "{}", stderr(&out));
+    let out = Command::new(sealgate_bin())
+        .env_clear()
+        .env("SEALGATE_ADMIN_URL", &gw.http_url)
+        .env("SEALGATE_ADMIN_TOKEN", "wrong-token-0123456789")
+        .args(["device", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("401 unauthorized"),
+        "{}",
+        stderr(&out)
+    );
+    // Out-of-range and missing arguments are usage errors (exit 2).
+    let out = cli(
+        &gw,
+        &[
+            "add-bulk",
+            "--prefix",
+            "x",
+            "--count",
+            "0",
+            "--out",
+            "/tmp/never",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_configuration_stops_startup_naming_the_variable() {
+    for (var, value) in [
+        ("SEALGATE_MQTT_LISTEN", "not-an-address"),
+        ("SEALGATE_MASTER_KEY", "abcd"),
+        ("SEALGATE_USERS", "nopassword"),
+        ("SEALGATE_AUTO_REGISTER", "perhaps"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(sealgate_bin())
+            .env_clear()
+            .env("SEALGATE_DATA_DIR", dir.path())
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let err = stderr(&out);
+        assert!(err.contains(var), "{var}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let out = Command::new(sealgate_bin())
+        .env_clear()
+        .env("SEALGATE_CONFIG", "/nonexistent/sealgate.toml")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("/nonexistent/sealgate.toml"),
+        "{}",
+        stderr(&out)
+    );
+}
