@@ -218,6 +218,7 @@ pub async fn run(
             !config.mqtt.refuse_tokens_without_expiry,
             config.verifier.auto_register,
         ),
+        acl: crate::front_door::acl::Acl::new(&config.topics, &config.acl, &config.users),
         broker,
         verifier: verifier_tx.clone(),
         metrics: metrics.clone(),

@@ -19,6 +19,7 @@ pub struct Config {
     pub verifier: VerifierConfig,
     pub keys: KeysConfig,
     pub router: RouterConfig,
+    pub acl: AclConfig,
     #[serde(default)]
     pub users: Vec<User>,
     /// Only from `SEALGATE_MASTER_KEY`; never read from a file here.
@@ -78,11 +79,27 @@ pub struct RouterConfig {
     pub max_connections: usize,
 }
 
+/// Topic rules (see `front_door::acl`). Filters may use `+` and `#`; in
+/// `device_subscribe` a level `{id}` stands for the device's own id.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclConfig {
+    pub device_subscribe: Vec<String>,
+    pub subscriber_subscribe: Vec<String>,
+    pub subscriber_publish: Vec<String>,
+}
+
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub name: String,
     pub password: String,
+    /// Filters this account may subscribe to; `acl.subscriber_subscribe` if absent.
+    #[serde(default)]
+    pub subscribe: Option<Vec<String>>,
+    /// Topics this account may publish to; `acl.subscriber_publish` if absent.
+    #[serde(default)]
+    pub publish: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for User {
@@ -173,6 +190,8 @@ pub fn parse_users(v: &str) -> Result<Vec<User>, ConfigError> {
             Some((n, p)) if !n.trim().is_empty() && !p.is_empty() => Ok(User {
                 name: n.trim().to_owned(),
                 password: p.to_owned(),
+                subscribe: None,
+                publish: None,
             }),
             _ => Err(ConfigError::Env {
                 var: "SEALGATE_USERS",
@@ -303,6 +322,32 @@ impl Config {
                 "router",
                 "max_segment_size must be >= 1024 and max_segment_count >= 1",
             );
+        }
+        let filters = self
+            .acl
+            .device_subscribe
+            .iter()
+            .map(|f| ("acl.device_subscribe", f))
+            .chain(
+                self.acl
+                    .subscriber_subscribe
+                    .iter()
+                    .map(|f| ("acl.subscriber_subscribe", f)),
+            )
+            .chain(
+                self.acl
+                    .subscriber_publish
+                    .iter()
+                    .map(|f| ("acl.subscriber_publish", f)),
+            )
+            .chain(self.users.iter().flat_map(|u| {
+                let s = u.subscribe.iter().flatten().map(|f| ("users.subscribe", f));
+                s.chain(u.publish.iter().flatten().map(|f| ("users.publish", f)))
+            }));
+        for (key, f) in filters {
+            if !crate::front_door::acl::valid_filter(f) {
+                return invalid(key, &format!("{f:?} is not a valid MQTT topic filter"));
+            }
         }
         let mut names: Vec<&str> = self.users.iter().map(|u| u.name.as_str()).collect();
         names.sort_unstable();

@@ -6,7 +6,7 @@
 //! connection's own local link, and the router's notifications are written
 //! back to the socket.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +63,9 @@ enum End {
     Shutdown,
     /// Socket closed, error, keep-alive expiry or takeover.
     Lost,
+    /// The client published where it may not: MQTT 5 clients are told
+    /// (DISCONNECT 0x87), then the connection is closed.
+    Denied,
 }
 
 pub(super) struct Session<P> {
@@ -85,6 +88,8 @@ impl<P: Protocol> Session<P> {
         self.write(connack, &mut wbuf).await?;
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<AckResult>();
         let mut own_pubrels: HashSet<u16> = HashSet::new();
+        // SUBSCRIBEs the router sees only part of: pkid -> which filters were allowed.
+        let mut pending_subacks: HashMap<u16, Vec<bool>> = HashMap::new();
         // Acks still owed by the verifier; drain waits for them.
         let mut owed: usize = 0;
         let keep_alive = if self.keep_alive == 0 {
@@ -120,7 +125,7 @@ impl<P: Protocol> Session<P> {
                     if read? == 0 {
                         break End::Lost;
                     }
-                    match self.on_readable(&ack_tx, &mut own_pubrels, &mut owed, &mut wbuf).await {
+                    match self.on_readable(&ack_tx, &mut own_pubrels, &mut owed, &mut pending_subacks, &mut wbuf).await {
                         Ok(Some(end)) => break end,
                         Ok(None) => {}
                         Err(e) => {
@@ -141,6 +146,7 @@ impl<P: Protocol> Session<P> {
                         }
                         Ok(Some(n)) => {
                             if let Some(p) = Option::<Packet>::from(n) {
+                                let p = self.merge_suback(p, &mut pending_subacks);
                                 self.write(p, &mut wbuf).await?;
                             }
                         }
@@ -166,10 +172,7 @@ impl<P: Protocol> Session<P> {
                     };
                     if mine {
                         tracing::info!(device_id = device_id.as_deref().unwrap_or(""), "Closing the session of a revoked device.");
-                        if self.v5 {
-                            let d = Disconnect { reason_code: DisconnectReasonCode::NotAuthorized };
-                            let _ = self.write(Packet::Disconnect(d, None), &mut wbuf).await;
-                        }
+                        self.tell_disconnect(DisconnectReasonCode::NotAuthorized, &mut wbuf).await;
                         // A revoked device's will is not published.
                         self.will = None;
                         break End::Lost;
@@ -187,10 +190,7 @@ impl<P: Protocol> Session<P> {
                     quiet = Some(now + DRAIN_QUIET);
                 }
                 _ = tokio::time::sleep_until(quiet.unwrap_or_else(tokio::time::Instant::now)), if quiet.is_some() => {
-                    if self.v5 {
-                        let d = Disconnect { reason_code: DisconnectReasonCode::ServerShuttingDown };
-                        let _ = self.write(Packet::Disconnect(d, None), &mut wbuf).await;
-                    }
+                    self.tell_disconnect(DisconnectReasonCode::ServerShuttingDown, &mut wbuf).await;
                     break End::Shutdown;
                 }
             }
@@ -200,9 +200,38 @@ impl<P: Protocol> Session<P> {
                 }
             }
         };
+        if let End::Denied = end {
+            self.tell_disconnect(DisconnectReasonCode::NotAuthorized, &mut wbuf)
+                .await;
+        }
         tracing::debug!(role = ?self.role, "Session ended.");
         self.finish(end).await;
         Ok(())
+    }
+
+    /// Tells an MQTT 5 client why the server closes the connection (MQTT
+    /// 3.1.1 has no server DISCONNECT). Best effort: the socket may be gone.
+    async fn tell_disconnect(&mut self, reason_code: DisconnectReasonCode, wbuf: &mut BytesMut) {
+        if !self.v5 {
+            return;
+        }
+        let why = match reason_code {
+            DisconnectReasonCode::NotAuthorized => "not authorized",
+            DisconnectReasonCode::ServerShuttingDown => "server shutting down",
+            _ => "closed by the server",
+        };
+        // rumqttd 0.20's v5 encoder writes a DISCONNECT without properties,
+        // or with empty ones, wrongly (a lost reason code or a miscounted
+        // length); one with a reason string encodes correctly.
+        let props = rumqttd::protocol::DisconnectProperties {
+            session_expiry_interval: None,
+            reason_string: Some(why.to_owned()),
+            user_properties: Vec::new(),
+            server_reference: None,
+        };
+        let _ = self
+            .write(Packet::Disconnect(Disconnect { reason_code }, Some(props)), wbuf)
+            .await;
     }
 
     async fn write(&mut self, packet: Packet, wbuf: &mut BytesMut) -> Result<(), ConnError> {
@@ -218,6 +247,7 @@ impl<P: Protocol> Session<P> {
         ack_tx: &mpsc::UnboundedSender<AckResult>,
         own_pubrels: &mut HashSet<u16>,
         owed: &mut usize,
+        pending_subacks: &mut HashMap<u16, Vec<bool>>,
         wbuf: &mut BytesMut,
     ) -> Result<Option<End>, ConnError> {
         let max = self.ctx.config.mqtt.max_packet_bytes;
@@ -235,6 +265,12 @@ impl<P: Protocol> Session<P> {
             match pkt {
                 Packet::Publish(publish, props) => {
                     let (qos, pkid) = qos_pkid.unwrap_or((0, 0));
+                    let allowed = std::str::from_utf8(&publish.topic)
+                        .is_ok_and(|t| self.ctx.acl.may_publish(&self.role, t));
+                    if !allowed {
+                        self.refuse(crate::events::RejectReason::NotAllowed).await;
+                        return Ok(Some(End::Denied));
+                    }
                     if self.is_sealed(&publish.topic) {
                         let ack = (qos > 0).then(|| AckTo {
                             tx: ack_tx.clone(),
@@ -258,6 +294,16 @@ impl<P: Protocol> Session<P> {
                     };
                     self.write(Packet::PubComp(comp, None), wbuf).await?;
                 }
+                Packet::Subscribe(sub, props) => {
+                    if let Some(p) = self.screen_subscribe(sub, props, pending_subacks) {
+                        if let Packet::SubAck(..) = p {
+                            self.write(p, wbuf).await?;
+                        } else {
+                            self.link_tx.buffer().push_back(p);
+                            to_router = true;
+                        }
+                    }
+                }
                 Packet::PingReq(_) => self.write(Packet::PingResp(PingResp), wbuf).await?,
                 Packet::Disconnect(..) => return Ok(Some(End::Graceful)),
                 Packet::Connect(..) => return Err(ConnError::DuplicateConnect),
@@ -276,6 +322,88 @@ impl<P: Protocol> Session<P> {
             }
         }
         Ok(None)
+    }
+
+    /// Counts, logs and publishes (through the verifier's queue, so events
+    /// stay in order) a refusal of this client.
+    async fn refuse(&self, reason: crate::events::RejectReason) {
+        let client = match &self.role {
+            Role::Device(id) | Role::Subscriber(id) => id.clone(),
+        };
+        let _ = self
+            .ctx
+            .verifier
+            .send(Input::Reject { reason, client })
+            .await;
+    }
+
+    /// Splits a SUBSCRIBE into allowed and refused filters. Returns what to
+    /// do: a SUBACK to write now when nothing is allowed, otherwise the
+    /// SUBSCRIBE (possibly narrowed) for the router; its SUBACK is completed
+    /// with the refusals by `merge_suback`.
+    fn screen_subscribe(
+        &self,
+        mut sub: rumqttd::protocol::Subscribe,
+        props: Option<rumqttd::protocol::SubscribeProperties>,
+        pending: &mut HashMap<u16, Vec<bool>>,
+    ) -> Option<Packet> {
+        let mask: Vec<bool> = sub
+            .filters
+            .iter()
+            .map(|f| self.ctx.acl.may_subscribe(&self.role, &f.path))
+            .collect();
+        if mask.iter().all(|a| *a) {
+            return Some(Packet::Subscribe(sub, props));
+        }
+        let denied: Vec<&str> = sub
+            .filters
+            .iter()
+            .zip(&mask)
+            .filter(|(_, a)| !**a)
+            .map(|(f, _)| f.path.as_str())
+            .collect();
+        tracing::info!(role = ?self.role, filters = ?denied, "Refused subscription.");
+        if !mask.iter().any(|a| *a) {
+            let codes = mask.iter().map(|_| self.refused_code()).collect();
+            return Some(Packet::SubAck(
+                rumqttd::protocol::SubAck {
+                    pkid: sub.pkid,
+                    return_codes: codes,
+                },
+                None,
+            ));
+        }
+        let mut keep = mask.iter();
+        sub.filters.retain(|_| *keep.next().unwrap_or(&false));
+        pending.insert(sub.pkid, mask);
+        Some(Packet::Subscribe(sub, props))
+    }
+
+    fn refused_code(&self) -> rumqttd::protocol::SubscribeReasonCode {
+        use rumqttd::protocol::SubscribeReasonCode;
+        if self.v5 {
+            SubscribeReasonCode::NotAuthorized
+        } else {
+            SubscribeReasonCode::Failure
+        }
+    }
+
+    /// Puts the refused filters' codes back into a narrowed SUBSCRIBE's SUBACK.
+    fn merge_suback(&self, packet: Packet, pending: &mut HashMap<u16, Vec<bool>>) -> Packet {
+        let Packet::SubAck(mut ack, props) = packet else {
+            return packet;
+        };
+        if let Some(mask) = pending.remove(&ack.pkid) {
+            let mut granted = ack.return_codes.into_iter();
+            ack.return_codes = mask
+                .iter()
+                .map(|allowed| match allowed {
+                    true => granted.next().unwrap_or(self.refused_code()),
+                    false => self.refused_code(),
+                })
+                .collect();
+        }
+        Packet::SubAck(ack, props)
     }
 
     fn is_sealed(&self, topic: &[u8]) -> bool {

@@ -6,6 +6,7 @@
 //! the router's lossy commit log on their way to the verifier, and lets a
 //! PUBACK wait until the message is durable.
 
+pub mod acl;
 pub mod auth;
 mod connection;
 mod packet;
@@ -34,6 +35,7 @@ use connection::{refusal, Session};
 pub struct Context {
     pub config: Arc<Config>,
     pub auth: Authenticator,
+    pub acl: acl::Acl,
     pub broker: Broker,
     pub verifier: mpsc::Sender<Input>,
     pub metrics: Arc<Metrics>,
@@ -161,6 +163,17 @@ async fn connect<P: Protocol + Send + 'static>(
             return Ok(());
         }
     };
+    if let Some(w) = &will {
+        let allowed = std::str::from_utf8(&w.topic).is_ok_and(|t| ctx.acl.may_publish(&role, t));
+        if !allowed {
+            ctx.metrics.connect_refused("will_not_allowed");
+            tracing::info!(client_id = %connect.client_id, "Refused CONNECT: will topic not allowed.");
+            let mut out = BytesMut::new();
+            let _ = proto.write(refusal(ConnectReturnCode::NotAuthorized), &mut out);
+            stream.write_all(&out).await?;
+            return Ok(());
+        }
+    }
     let router_client_id = match &role {
         Role::Device(id) => format!("{DEVICE_NS}{id}"),
         Role::Subscriber(_) if connect.client_id.is_empty() && connect.clean_session => {

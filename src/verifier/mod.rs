@@ -62,6 +62,13 @@ pub enum Input {
     Message(Inbound),
     /// Operator reset of a device's window; answered once durable.
     ResetWindow(String, oneshot::Sender<Result<(), String>>),
+    /// A refusal decided at the front door (`not_allowed`), published as an
+    /// event in order with the verifier's own.
+    Reject {
+        reason: RejectReason,
+        /// The device, or the subscriber account, that was refused.
+        client: String,
+    },
     /// Stop taking input, finish what is queued, then exit.
     Close,
 }
@@ -216,6 +223,10 @@ impl Stage {
                 Input::Message(m) => m,
                 Input::Close => {
                     close = true;
+                    continue;
+                }
+                Input::Reject { reason, client } => {
+                    self.rejected(&mut job.outputs, reason, client, None, None, None);
                     continue;
                 }
                 Input::ResetWindow(id, reply) => {

@@ -243,7 +243,7 @@ pub enum Seen {
     PubAck(u16),
     PubComp(u16),
     Publish(String, Vec<u8>),
-    SubAck,
+    SubAck(Vec<rumqttc::SubscribeReasonCode>),
     Closed(String),
 }
 
@@ -262,7 +262,7 @@ fn drive(mut el: EventLoop, tx: mpsc::UnboundedSender<Seen>) {
                         Packet::PubAck(a) => Seen::PubAck(a.pkid),
                         Packet::PubComp(a) => Seen::PubComp(a.pkid),
                         Packet::Publish(p) => Seen::Publish(p.topic, p.payload.to_vec()),
-                        Packet::SubAck(_) => Seen::SubAck,
+                        Packet::SubAck(s) => Seen::SubAck(s.return_codes),
                         _ => continue,
                     };
                     if tx.send(seen).is_err() {
@@ -310,17 +310,40 @@ impl Client {
         c
     }
 
-    /// A dashboard subscribed to everything on one filter, so that clean
-    /// messages and events arrive in the order the gateway published them.
+    /// A dashboard on `clean/#` and `sealgate/events/#`. Tests send one
+    /// message at a time and await its outcome, so results arrive in order
+    /// even across the two filters.
     pub async fn subscriber(port: u16) -> Client {
+        Client::subscriber_to(port, &["clean/#", "sealgate/events/#"]).await
+    }
+
+    /// A dashboard subscribed to `filters` at QoS 1; all must be granted.
+    pub async fn subscriber_to(port: u16, filters: &[&str]) -> Client {
         let (mut c, r) = Client::connect(port, "dash-1", SUB_USER, SUB_PASS).await;
         r.expect("subscriber connects");
-        c.client.subscribe("#", QoS::AtLeastOnce).await.unwrap();
-        match c.next().await {
-            Seen::SubAck => {}
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
+        let codes = c.subscribe(filters).await;
+        assert!(
+            codes
+                .iter()
+                .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+            "{filters:?}: {codes:?}"
+        );
         c
+    }
+
+    /// Subscribes to `filters` in one SUBSCRIBE and returns the SUBACK codes.
+    pub async fn subscribe(&mut self, filters: &[&str]) -> Vec<rumqttc::SubscribeReasonCode> {
+        let topics = filters
+            .iter()
+            .map(|f| rumqttc::SubscribeFilter::new(f.to_string(), QoS::AtLeastOnce));
+        self.client.subscribe_many(topics).await.unwrap();
+        loop {
+            match self.next().await {
+                Seen::SubAck(codes) => return codes,
+                Seen::Publish(..) | Seen::PubAck(_) => continue,
+                other => panic!("expected SUBACK, got {other:?}"),
+            }
+        }
     }
 
     pub async fn next(&mut self) -> Seen {
@@ -351,7 +374,7 @@ impl Client {
         loop {
             match self.next().await {
                 Seen::Publish(t, p) => return (t, p),
-                Seen::PubAck(_) | Seen::SubAck | Seen::PubComp(_) => continue,
+                Seen::PubAck(_) | Seen::SubAck(_) | Seen::PubComp(_) => continue,
                 other => panic!("expected a publish, got {other:?}"),
             }
         }

@@ -1,0 +1,275 @@
+//! Who may publish and subscribe where (issue #4's rules).
+//!
+//! * A device publishes only on `sealed/{id}` and `sealed/{id}/#` (its own
+//!   id, compared after normalising) and subscribes only within its
+//!   configured filters (default `cmd/{id}/#`).
+//! * A subscriber account subscribes within its grants (default `clean/#`,
+//!   `sealgate/events/#`) and publishes only where granted (default nowhere).
+//! * Nobody but the gateway publishes under the clean or events prefixes,
+//!   and nobody but the verifier reads the sealed prefix.
+//!
+//! Wildcard filters are judged by every topic they could match, so `#`,
+//! `+/+/#` or `clean/+` are refused to a device.
+
+use std::collections::HashMap;
+
+use super::auth::Role;
+use crate::config::{AclConfig, Topics, User};
+use crate::envelope::{normalise_device_id, SealedTopic};
+
+/// The grants of one subscriber account.
+#[derive(Debug, Clone)]
+struct Grants {
+    subscribe: Vec<String>,
+    publish: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Acl {
+    topics: Topics,
+    /// Filter templates; the level `{id}` stands for the device's id.
+    device_subscribe: Vec<String>,
+    users: HashMap<String, Grants>,
+}
+
+const ID: &str = "{id}";
+
+/// Whether every topic `filter` can match is also matched by `grant`.
+/// `id` fills a `{id}` level of the grant and is compared after normalising.
+fn within(filter: &str, grant: &str, id: Option<&str>) -> bool {
+    let f: Vec<&str> = filter.split('/').collect();
+    let g: Vec<&str> = grant.split('/').collect();
+    for (i, gl) in g.iter().enumerate() {
+        if *gl == "#" {
+            return true;
+        }
+        let Some(fl) = f.get(i) else {
+            return false;
+        };
+        let ok = match (*gl, *fl) {
+            (_, "#") => false,
+            ("+", _) => true,
+            (_, "+") => false,
+            (ID, lit) => id.is_some_and(|id| normalise_device_id(lit).is_ok_and(|n| n == id)),
+            (g, lit) => g == lit,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    f.len() == g.len()
+}
+
+/// Whether `filter` could match a topic under `prefix` (or the prefix itself).
+fn overlaps(filter: &str, prefix: &str) -> bool {
+    let mut f = filter.split('/');
+    for pl in prefix.split('/') {
+        match f.next() {
+            Some("#") => return true,
+            Some("+") => continue,
+            Some(lit) if lit == pl => continue,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Whether `topic` is the prefix itself or under it.
+fn under(topic: &str, prefix: &str) -> bool {
+    topic == prefix
+        || topic
+            .strip_prefix(prefix)
+            .is_some_and(|r| r.starts_with('/'))
+}
+
+impl Acl {
+    pub fn new(topics: &Topics, acl: &AclConfig, users: &[User]) -> Acl {
+        let users = users
+            .iter()
+            .map(|u| {
+                let g = Grants {
+                    subscribe: u
+                        .subscribe
+                        .clone()
+                        .unwrap_or_else(|| acl.subscriber_subscribe.clone()),
+                    publish: u
+                        .publish
+                        .clone()
+                        .unwrap_or_else(|| acl.subscriber_publish.clone()),
+                };
+                (u.name.clone(), g)
+            })
+            .collect();
+        Acl {
+            topics: topics.clone(),
+            device_subscribe: acl.device_subscribe.clone(),
+            users,
+        }
+    }
+
+    /// Topics only the gateway itself writes.
+    fn reserved_for_gateway(&self, topic: &str) -> bool {
+        under(topic, &self.topics.clean) || under(topic, &self.topics.events)
+    }
+
+    pub fn may_publish(&self, role: &Role, topic: &str) -> bool {
+        match role {
+            Role::Device(id) => {
+                SealedTopic::parse(&self.topics.sealed, topic).is_ok_and(|t| &t.device_id == id)
+            }
+            Role::Subscriber(name) => {
+                !self.reserved_for_gateway(topic)
+                    && !under(topic, &self.topics.sealed)
+                    && self
+                        .users
+                        .get(name)
+                        .is_some_and(|g| g.publish.iter().any(|p| within(topic, p, None)))
+            }
+        }
+    }
+
+    pub fn may_subscribe(&self, role: &Role, filter: &str) -> bool {
+        if overlaps(filter, &self.topics.sealed) {
+            return false;
+        }
+        match role {
+            Role::Device(id) => self
+                .device_subscribe
+                .iter()
+                .any(|g| within(filter, g, Some(id))),
+            Role::Subscriber(name) => self
+                .users
+                .get(name)
+                .is_some_and(|g| g.subscribe.iter().any(|s| within(filter, s, None))),
+        }
+    }
+}
+
+/// Checks that `filter` is a valid MQTT topic filter (for configuration).
+pub fn valid_filter(filter: &str) -> bool {
+    if filter.is_empty() {
+        return false;
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    levels.iter().enumerate().all(|(i, l)| match *l {
+        "#" => i == levels.len() - 1,
+        "+" => true,
+        l => !l.contains(['+', '#']),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acl() -> Acl {
+        let topics = Topics {
+            sealed: "sealed".into(),
+            clean: "clean".into(),
+            events: "sealgate/events".into(),
+            unverified: "unverified".into(),
+        };
+        let cfg = AclConfig {
+            device_subscribe: vec!["cmd/{id}/#".into()],
+            subscriber_subscribe: vec!["clean/#".into(), "sealgate/events/#".into()],
+            subscriber_publish: vec![],
+        };
+        let users = [
+            User {
+                name: "dash".into(),
+                password: "x".into(),
+                subscribe: None,
+                publish: None,
+            },
+            User {
+                name: "ops".into(),
+                password: "x".into(),
+                subscribe: Some(vec!["#".into()]),
+                publish: Some(vec!["cmd/+/reboot".into(), "#".into()]),
+            },
+        ];
+        Acl::new(&topics, &cfg, &users)
+    }
+
+    #[test]
+    fn devices_publish_only_their_own_sealed_topics() {
+        let a = acl();
+        let d = Role::Device("esp32-a1".into());
+        for ok in [
+            "sealed/esp32-a1",
+            "sealed/esp32-a1/t",
+            "sealed/ESP32-A1/x/y",
+        ] {
+            assert!(a.may_publish(&d, ok), "{ok}");
+        }
+        for no in [
+            "sealed/esp32-a2/t",
+            "clean/esp32-a1/t",
+            "sealgate/events/esp32-a1",
+            "cmd/esp32-a1/x",
+            "sealed",
+            "x",
+        ] {
+            assert!(!a.may_publish(&d, no), "{no}");
+        }
+    }
+
+    #[test]
+    fn device_subscriptions_are_judged_by_what_they_could_match() {
+        let a = acl();
+        let d = Role::Device("esp32-a1".into());
+        for ok in [
+            "cmd/esp32-a1/#",
+            "cmd/esp32-a1",
+            "cmd/ESP32-A1/+",
+            "cmd/esp32-a1/ota/+/x",
+        ] {
+            assert!(a.may_subscribe(&d, ok), "{ok}");
+        }
+        for no in [
+            "#",
+            "+/+/#",
+            "clean/+",
+            "cmd/+/#",
+            "cmd/esp32-a2/#",
+            "sealed/#",
+            "sealed/esp32-a1",
+            "cmd/#",
+        ] {
+            assert!(!a.may_subscribe(&d, no), "{no}");
+        }
+    }
+
+    #[test]
+    fn subscribers_stay_within_grants_and_never_write_gateway_topics() {
+        let a = acl();
+        let dash = Role::Subscriber("dash".into());
+        assert!(a.may_subscribe(&dash, "clean/#"));
+        assert!(a.may_subscribe(&dash, "clean/esp32-a1/+"));
+        assert!(a.may_subscribe(&dash, "sealgate/events/#"));
+        assert!(!a.may_subscribe(&dash, "#"));
+        assert!(!a.may_subscribe(&dash, "+/esp32-a1/#"));
+        assert!(!a.may_publish(&dash, "clean/esp32-a1/t"));
+        assert!(!a.may_publish(&dash, "anything"));
+        // Even a grant of everything never opens the reserved prefixes.
+        let ops = Role::Subscriber("ops".into());
+        assert!(a.may_subscribe(&ops, "cmd/#"));
+        assert!(!a.may_subscribe(&ops, "#"), "# could match sealed/");
+        assert!(!a.may_subscribe(&ops, "+/x"), "+/x could match sealed/x");
+        assert!(a.may_publish(&ops, "cmd/esp32-a1/reboot"));
+        for no in ["clean/x", "sealgate/events/x", "sealed/x/y", "clean"] {
+            assert!(!a.may_publish(&ops, no), "{no}");
+        }
+        assert!(!a.may_publish(&Role::Subscriber("ghost".into()), "cmd/x/reboot"));
+    }
+
+    #[test]
+    fn filter_syntax() {
+        for ok in ["#", "a/+/b", "a/#", "+"] {
+            assert!(valid_filter(ok), "{ok}");
+        }
+        for no in ["", "a/#/b", "a+/b", "a/b#"] {
+            assert!(!valid_filter(no), "{no}");
+        }
+    }
+}
