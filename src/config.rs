@@ -20,6 +20,7 @@ pub struct Config {
     pub keys: KeysConfig,
     pub router: RouterConfig,
     pub acl: AclConfig,
+    pub limits: LimitsConfig,
     #[serde(default)]
     pub users: Vec<User>,
     /// Only from `SEALGATE_MASTER_KEY`; never read from a file here.
@@ -77,6 +78,17 @@ pub struct RouterConfig {
     pub max_segment_size: usize,
     pub max_segment_count: usize,
     pub max_connections: usize,
+}
+
+/// Limits that keep one client from exhausting the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sealed messages per second per device; 0 means no limit.
+    pub device_rate: f64,
+    pub device_burst: u32,
+    pub max_connections: usize,
+    pub max_keep_alive_secs: u16,
 }
 
 /// Topic rules (see `front_door::acl`). Filters may use `+` and `#`; in
@@ -282,6 +294,18 @@ impl Config {
         }
         if self.verifier.max_batch == 0 {
             return invalid("verifier.max_batch", "must be at least 1");
+        }
+        if !(self.limits.device_rate >= 0.0 && self.limits.device_rate.is_finite()) {
+            return invalid(
+                "limits.device_rate",
+                "must be a number >= 0 (0 = unlimited)",
+            );
+        }
+        if self.limits.max_connections == 0 {
+            return invalid("limits.max_connections", "must be at least 1");
+        }
+        if self.limits.max_keep_alive_secs == 0 {
+            return invalid("limits.max_keep_alive_secs", "must be at least 1");
         }
         if self.verifier.queue == 0 {
             return invalid("verifier.queue", "must be at least 1");

@@ -39,6 +39,10 @@ fn main() -> ExitCode {
 }
 
 fn run(config_path: Option<std::path::PathBuf>) -> ExitCode {
+    // One descriptor per connection: take what the hard limit allows.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "Cannot raise the open-files limit.");
+    }
     let config = match Config::load(config_path.as_deref(), &ProcessEnv) {
         Ok(c) => c,
         Err(e) => {

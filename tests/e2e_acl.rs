@@ -204,7 +204,9 @@ async fn mqtt5_clients_are_told_why() {
             }
             Ok(_) => continue,
             // rumqttc reports a server DISCONNECT as an error carrying it.
-            Err(ConnectionError::MqttState(StateError::ServerDisconnect { reason_code, .. })) => {
+            Err(ConnectionError::MqttState(StateError::ServerDisconnect {
+                reason_code, ..
+            })) => {
                 assert_eq!(reason_code, DisconnectReasonCode::NotAuthorized);
                 break;
             }

@@ -50,6 +50,14 @@ impl From<rumqttd::protocol::Error> for ConnError {
     }
 }
 
+use crate::events::RejectReason;
+
+/// A publish over the rate limit.
+struct Over {
+    event: bool,
+    cut_off: bool,
+}
+
 /// How long the router must be quiet before a draining connection closes.
 const DRAIN_QUIET: Duration = Duration::from_millis(300);
 /// The longest a connection keeps draining after the verifier stopped.
@@ -63,9 +71,9 @@ enum End {
     Shutdown,
     /// Socket closed, error, keep-alive expiry or takeover.
     Lost,
-    /// The client published where it may not: MQTT 5 clients are told
-    /// (DISCONNECT 0x87), then the connection is closed.
-    Denied,
+    /// The client broke a rule (topic, size, rate): MQTT 5 clients are told
+    /// why with this DISCONNECT reason, then the connection is closed.
+    Refused(DisconnectReasonCode),
 }
 
 pub(super) struct Session<P> {
@@ -77,6 +85,8 @@ pub(super) struct Session<P> {
     pub role: Role,
     pub keep_alive: u16,
     pub will: Option<LastWill>,
+    /// Publish rate limit; devices only, and only when configured.
+    pub rate: Option<super::limits::RateLimit>,
     pub link_tx: LinkTx,
     pub link_rx: LinkRx,
 }
@@ -92,11 +102,15 @@ impl<P: Protocol> Session<P> {
         let mut pending_subacks: HashMap<u16, Vec<bool>> = HashMap::new();
         // Acks still owed by the verifier; drain waits for them.
         let mut owed: usize = 0;
-        let keep_alive = if self.keep_alive == 0 {
-            None
+        // MQTT's 1.5 x keep-alive, capped; "no keep-alive" gets the cap, so an
+        // idle socket cannot stay open for ever.
+        let max_ka = self.ctx.config.limits.max_keep_alive_secs;
+        let ka = if self.keep_alive == 0 {
+            max_ka
         } else {
-            Some(Duration::from_millis(u64::from(self.keep_alive) * 1500))
+            self.keep_alive.min(max_ka)
         };
+        let keep_alive = Some(Duration::from_millis(u64::from(ka) * 1500));
         let stop = self.ctx.stop.clone();
         let mut revoked = self.ctx.revoked.subscribe();
         let device_id = match &self.role {
@@ -200,9 +214,8 @@ impl<P: Protocol> Session<P> {
                 }
             }
         };
-        if let End::Denied = end {
-            self.tell_disconnect(DisconnectReasonCode::NotAuthorized, &mut wbuf)
-                .await;
+        if let End::Refused(code) = end {
+            self.tell_disconnect(code, &mut wbuf).await;
         }
         tracing::debug!(role = ?self.role, "Session ended.");
         self.finish(end).await;
@@ -218,6 +231,8 @@ impl<P: Protocol> Session<P> {
         let why = match reason_code {
             DisconnectReasonCode::NotAuthorized => "not authorized",
             DisconnectReasonCode::ServerShuttingDown => "server shutting down",
+            DisconnectReasonCode::QuotaExceeded => "rate limit exceeded",
+            DisconnectReasonCode::PacketTooLarge => "packet too large",
             _ => "closed by the server",
         };
         // rumqttd 0.20's v5 encoder writes a DISCONNECT without properties,
@@ -230,7 +245,10 @@ impl<P: Protocol> Session<P> {
             server_reference: None,
         };
         let _ = self
-            .write(Packet::Disconnect(Disconnect { reason_code }, Some(props)), wbuf)
+            .write(
+                Packet::Disconnect(Disconnect { reason_code }, Some(props)),
+                wbuf,
+            )
             .await;
     }
 
@@ -253,6 +271,11 @@ impl<P: Protocol> Session<P> {
         let max = self.ctx.config.mqtt.max_packet_bytes;
         let mut to_router = false;
         while let Some((_, len)) = packet::frame(&self.rbuf) {
+            // Refused on the header alone: an oversized packet is never buffered.
+            if len > max {
+                self.refuse(RejectReason::TooLarge).await;
+                return Ok(Some(End::Refused(DisconnectReasonCode::PacketTooLarge)));
+            }
             if len > self.rbuf.len() && len <= max + 5 {
                 break;
             }
@@ -268,8 +291,40 @@ impl<P: Protocol> Session<P> {
                     let allowed = std::str::from_utf8(&publish.topic)
                         .is_ok_and(|t| self.ctx.acl.may_publish(&self.role, t));
                     if !allowed {
-                        self.refuse(crate::events::RejectReason::NotAllowed).await;
-                        return Ok(Some(End::Denied));
+                        self.refuse(RejectReason::NotAllowed).await;
+                        return Ok(Some(End::Refused(DisconnectReasonCode::NotAuthorized)));
+                    }
+                    if let Some(over) = self.over_rate() {
+                        self.count_refusal(RejectReason::RateLimited);
+                        if over.event {
+                            self.refusal_event(RejectReason::RateLimited).await;
+                        }
+                        if over.cut_off {
+                            return Ok(Some(End::Refused(DisconnectReasonCode::QuotaExceeded)));
+                        }
+                        // MQTT 5 hears "quota exceeded"; MQTT 3.1.1 gets no
+                        // PUBACK for a message that was not taken in.
+                        if self.v5 && qos > 0 {
+                            let p = if qos == 2 {
+                                Packet::PubRec(
+                                    PubRec {
+                                        pkid,
+                                        reason: PubRecReason::QuotaExceeded,
+                                    },
+                                    None,
+                                )
+                            } else {
+                                Packet::PubAck(
+                                    PubAck {
+                                        pkid,
+                                        reason: PubAckReason::QuotaExceeded,
+                                    },
+                                    None,
+                                )
+                            };
+                            self.write(p, wbuf).await?;
+                        }
+                        continue;
                     }
                     if self.is_sealed(&publish.topic) {
                         let ack = (qos > 0).then(|| AckTo {
@@ -326,15 +381,45 @@ impl<P: Protocol> Session<P> {
 
     /// Counts, logs and publishes (through the verifier's queue, so events
     /// stay in order) a refusal of this client.
-    async fn refuse(&self, reason: crate::events::RejectReason) {
-        let client = match &self.role {
-            Role::Device(id) | Role::Subscriber(id) => id.clone(),
-        };
+    async fn refuse(&self, reason: RejectReason) {
+        self.count_refusal(reason);
+        self.refusal_event(reason).await;
+    }
+
+    /// Counts and logs one refused packet of this client.
+    fn count_refusal(&self, reason: RejectReason) {
+        self.ctx.metrics.reject(reason);
+        self.ctx.metrics.message(crate::events::result::REJECTED);
+        tracing::warn!(
+            reason = reason.as_str(),
+            client = self.client_name(),
+            "Refused packet."
+        );
+    }
+
+    /// Publishes the refusal's event, through the verifier so that events
+    /// stay in order.
+    async fn refusal_event(&self, reason: RejectReason) {
+        let client = self.client_name().to_owned();
         let _ = self
             .ctx
             .verifier
-            .send(Input::Reject { reason, client })
+            .send(Input::Event { reason, client })
             .await;
+    }
+
+    /// Checks the rate limit for one publish; `Some` when it is over.
+    fn over_rate(&mut self) -> Option<Over> {
+        match self.rate.as_mut()?.check(std::time::Instant::now()) {
+            super::limits::Verdict::Admit => None,
+            super::limits::Verdict::Over { event, cut_off } => Some(Over { event, cut_off }),
+        }
+    }
+
+    fn client_name(&self) -> &str {
+        match &self.role {
+            Role::Device(id) | Role::Subscriber(id) => id,
+        }
     }
 
     /// Splits a SUBSCRIBE into allowed and refused filters. Returns what to

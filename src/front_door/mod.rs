@@ -9,6 +9,7 @@
 pub mod acl;
 pub mod auth;
 mod connection;
+pub mod limits;
 mod packet;
 
 use std::sync::Arc;
@@ -49,12 +50,22 @@ pub struct Context {
 
 /// Accepts connections until `ctx.stop`; each one runs on `tracker`.
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>, tracker: TaskTracker) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        ctx.config.limits.max_connections,
+    ));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        // Full: close at once rather than queue idle sockets.
+                        ctx.metrics.connect_refused("too_many_connections");
+                        drop(stream);
+                        continue;
+                    };
                     let ctx = ctx.clone();
                     tracker.spawn(async move {
+                        let _slot = slot;
                         ctx.metrics.connections.inc();
                         if let Err(e) = handle(stream, ctx.clone()).await {
                             tracing::debug!(%peer, error = %e, "Connection ended with an error.");
@@ -210,6 +221,14 @@ async fn connect<P: Protocol + Send + 'static>(
         return Ok(());
     };
     tracing::debug!(client_id = %connect.client_id, role = ?role, "Connected.");
+    let rate = match &role {
+        Role::Device(_) if ctx.config.limits.device_rate > 0.0 => Some(limits::RateLimit::new(
+            ctx.config.limits.device_rate,
+            ctx.config.limits.device_burst,
+            std::time::Instant::now(),
+        )),
+        _ => None,
+    };
     Session {
         proto,
         v5,
@@ -218,6 +237,7 @@ async fn connect<P: Protocol + Send + 'static>(
         ctx,
         role,
         keep_alive: connect.keep_alive,
+        rate,
         will,
         link_tx,
         link_rx,

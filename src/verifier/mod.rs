@@ -62,9 +62,10 @@ pub enum Input {
     Message(Inbound),
     /// Operator reset of a device's window; answered once durable.
     ResetWindow(String, oneshot::Sender<Result<(), String>>),
-    /// A refusal decided at the front door (`not_allowed`), published as an
-    /// event in order with the verifier's own.
-    Reject {
+    /// The event of a refusal decided (and counted) at the front door
+    /// (`not_allowed`, `rate_limited`, `too_large`), published in order with
+    /// the verifier's own.
+    Event {
         reason: RejectReason,
         /// The device, or the subscriber account, that was refused.
         client: String,
@@ -121,13 +122,22 @@ fn reject(
             "Rejected sealed message."
         ),
     }
-    Some(SecurityEvent {
+    Some(security_event(reason, device_id, stream, nonce))
+}
+
+fn security_event(
+    reason: RejectReason,
+    device_id: String,
+    stream: Option<String>,
+    nonce: Option<u64>,
+) -> SecurityEvent {
+    SecurityEvent {
         at: now_rfc3339(),
         device_id,
         stream,
         reason: reason.as_str(),
         nonce,
-    })
+    }
 }
 
 /// The acknowledgement outcome of a reject.
@@ -225,8 +235,9 @@ impl Stage {
                     close = true;
                     continue;
                 }
-                Input::Reject { reason, client } => {
-                    self.rejected(&mut job.outputs, reason, client, None, None, None);
+                Input::Event { reason, client } => {
+                    job.outputs
+                        .push(Output::Event(security_event(reason, client, None, None)));
                     continue;
                 }
                 Input::ResetWindow(id, reply) => {
