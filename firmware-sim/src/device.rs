@@ -180,19 +180,18 @@ pub async fn publish_loop(
             plan.style,
         );
         ledger.record(index, nonce, Instant::now().into_std());
-        tokio::select! {
-            r = client.publish(topic.clone(), plan.qos, false, sealed) => match r {
-                Ok(()) => Tally::bump(&tally.sent),
-                Err(e) => {
-                    ledger.unrecord(index, nonce);
-                    Tally::bump(&tally.publish_errors);
-                    tracing::warn!("device {}: publish failed: {e}", dev.id);
-                    break;
-                }
-            },
-            // The request never reached the client's queue: not sent.
-            _ = tokio::time::sleep_until(plan.end) => { ledger.unrecord(index, nonce); break; }
-            _ = stop.wait_for(|s| *s) => { ledger.unrecord(index, nonce); break; }
+        // Not raced against the deadline: a cancelled `publish` may already
+        // have handed the message to the event loop, which would then send
+        // a message the ledger no longer knows. It completes as soon as the
+        // client's queue has room, i.e. when the gateway takes more.
+        match client.publish(topic.clone(), plan.qos, false, sealed).await {
+            Ok(()) => Tally::bump(&tally.sent),
+            Err(e) => {
+                ledger.unrecord(index, nonce);
+                Tally::bump(&tally.publish_errors);
+                tracing::warn!("device {}: publish failed: {e}", dev.id);
+                break;
+            }
         }
         k += 1;
     }
