@@ -21,7 +21,7 @@ use crate::admin::{self, AdminState};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::envelope::MasterKey;
-use crate::front_door::{self, auth::Authenticator, Context};
+use crate::front_door::{self, auth::Authenticator, Context, Transport};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::replay::ReplayStore;
@@ -48,6 +48,8 @@ pub enum AppError {
     },
     #[error("router: {0}")]
     Router(String),
+    #[error("TLS listener: {0}")]
+    Tls(String),
 }
 
 /// Reads a hex secret from `path`, or creates one of `len` random bytes
@@ -199,6 +201,19 @@ pub async fn run(
         })
     };
     let mqtt = listen("mqtt", config.mqtt.listen).await?;
+    let mut extra = Vec::new();
+    if let (Some(addr), Some(cert), Some(key)) = (
+        config.mqtt.tls_listen,
+        &config.mqtt.tls_cert,
+        &config.mqtt.tls_key,
+    ) {
+        let acceptor = crate::front_door::transport::tls_acceptor(cert, key)
+            .map_err(|e| AppError::Tls(e.to_string()))?;
+        extra.push((listen("mqtts", addr).await?, Transport::Tls(acceptor)));
+    }
+    if let Some(addr) = config.mqtt.ws_listen {
+        extra.push((listen("ws", addr).await?, Transport::WebSocket));
+    }
     let http = listen("http", config.http.listen).await?;
     let mqtt_addr = mqtt
         .local_addr()
@@ -225,9 +240,28 @@ pub async fn run(
         stop: stop.clone(),
         verifier_done: verifier_done.clone(),
         revoked: revoked.clone(),
+        slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
     });
     let tracker = TaskTracker::new();
-    let front = tokio::spawn(front_door::serve(mqtt, ctx, tracker.clone()));
+    let mut extra_addrs = String::new();
+    let mut fronts = Vec::new();
+    for (listener, transport) in extra {
+        if let Ok(a) = listener.local_addr() {
+            extra_addrs.push_str(&format!(" {}={a}", transport.name()));
+        }
+        fronts.push(tokio::spawn(front_door::serve(
+            listener,
+            transport,
+            ctx.clone(),
+            tracker.clone(),
+        )));
+    }
+    fronts.push(tokio::spawn(front_door::serve(
+        mqtt,
+        Transport::Tcp,
+        ctx,
+        tracker.clone(),
+    )));
 
     let admin_state = Arc::new(AdminState {
         registry,
@@ -254,6 +288,7 @@ pub async fn run(
     tracing::info!(
         mqtt = %mqtt_addr,
         http = %http_addr,
+        also = %extra_addrs,
         data_dir = %config.data_dir.display(),
         "sealgate ready."
     );
@@ -261,7 +296,9 @@ pub async fn run(
     shutdown.await;
     tracing::info!("Shutting down: draining queued messages.");
     stop.cancel();
-    let _ = front.await;
+    for f in fronts {
+        let _ = f.await;
+    }
     // Every connection has stopped reading; what is queued gets verified,
     // committed, published and acknowledged.
     let _ = verifier_tx.send(Input::Close).await;

@@ -35,6 +35,16 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
     pub listen: SocketAddr,
+    /// MQTT over TLS; needs `tls_cert` and `tls_key` (PEM).
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// MQTT over WebSocket (subprotocol `mqtt`), for browser dashboards.
+    #[serde(default)]
+    pub ws_listen: Option<SocketAddr>,
     pub max_packet_bytes: usize,
     pub connect_timeout_ms: u64,
     pub refuse_tokens_without_expiry: bool,
@@ -300,6 +310,11 @@ impl Config {
                 "limits.device_rate",
                 "must be a number >= 0 (0 = unlimited)",
             );
+        }
+        if self.mqtt.tls_listen.is_some()
+            && (self.mqtt.tls_cert.is_none() || self.mqtt.tls_key.is_none())
+        {
+            return invalid("mqtt.tls_listen", "needs mqtt.tls_cert and mqtt.tls_key");
         }
         if self.limits.max_connections == 0 {
             return invalid("limits.max_connections", "must be at least 1");

@@ -103,7 +103,17 @@ fn overload_slows_devices_and_loses_nothing_acknowledged() {
     let gw = Gateway::start(&[("SEALGATE_CONFIG", cfg.to_str().unwrap())]);
     let (ok, r) = sim(
         &gw,
-        &["--devices", "20", "--rate", "0", "--duration", "4s", "--encrypt", "--qos", "1"],
+        &[
+            "--devices",
+            "20",
+            "--rate",
+            "0",
+            "--duration",
+            "4s",
+            "--encrypt",
+            "--qos",
+            "1",
+        ],
     );
     assert!(ok, "{r}");
     assert!(r["acknowledged"].as_u64().unwrap() > 1000, "{r}");

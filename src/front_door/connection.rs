@@ -18,7 +18,6 @@ use rumqttd::protocol::{
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::auth::Role;
@@ -79,7 +78,7 @@ enum End {
 pub(super) struct Session<P> {
     pub proto: P,
     pub v5: bool,
-    pub stream: TcpStream,
+    pub stream: super::transport::Stream,
     pub rbuf: BytesMut,
     pub ctx: Arc<Context>,
     pub role: Role,
@@ -381,9 +380,9 @@ impl<P: Protocol> Session<P> {
 
     /// Counts, logs and publishes (through the verifier's queue, so events
     /// stay in order) a refusal of this client.
-    async fn refuse(&self, reason: RejectReason) {
+    fn refuse(&self, reason: RejectReason) -> impl std::future::Future<Output = ()> + 'static {
         self.count_refusal(reason);
-        self.refusal_event(reason).await;
+        self.refusal_event(reason)
     }
 
     /// Counts and logs one refused packet of this client.
@@ -399,13 +398,17 @@ impl<P: Protocol> Session<P> {
 
     /// Publishes the refusal's event, through the verifier so that events
     /// stay in order.
-    async fn refusal_event(&self, reason: RejectReason) {
+    /// (Borrows nothing across the await, so the session's stream need not
+    /// be `Sync`.)
+    fn refusal_event(
+        &self,
+        reason: RejectReason,
+    ) -> impl std::future::Future<Output = ()> + 'static {
         let client = self.client_name().to_owned();
-        let _ = self
-            .ctx
-            .verifier
-            .send(Input::Event { reason, client })
-            .await;
+        let tx = self.ctx.verifier.clone();
+        async move {
+            let _ = tx.send(Input::Event { reason, client }).await;
+        }
     }
 
     /// Checks the rate limit for one publish; `Some` when it is over.

@@ -11,6 +11,7 @@ pub mod auth;
 mod connection;
 pub mod limits;
 mod packet;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,8 @@ use crate::metrics::Metrics;
 use crate::verifier::Input;
 use auth::{Authenticator, Role};
 use connection::{refusal, Session};
+use transport::Stream;
+pub use transport::Transport;
 
 /// What every connection needs.
 pub struct Context {
@@ -44,15 +47,20 @@ pub struct Context {
     pub stop: CancellationToken,
     /// Cancelled once the verifier has drained: connections may close.
     pub verifier_done: CancellationToken,
+    /// Connection slots shared by every listener (`limits.max_connections`).
+    pub slots: Arc<tokio::sync::Semaphore>,
     /// Device ids revoked while connected: their sessions are closed at once.
     pub revoked: tokio::sync::broadcast::Sender<String>,
 }
 
 /// Accepts connections until `ctx.stop`; each one runs on `tracker`.
-pub async fn serve(listener: TcpListener, ctx: Arc<Context>, tracker: TaskTracker) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(
-        ctx.config.limits.max_connections,
-    ));
+pub async fn serve(
+    listener: TcpListener,
+    transport: Transport,
+    ctx: Arc<Context>,
+    tracker: TaskTracker,
+) {
+    let slots = ctx.slots.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -64,10 +72,11 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, tracker: TaskTracke
                         continue;
                     };
                     let ctx = ctx.clone();
+                    let transport = transport.clone();
                     tracker.spawn(async move {
                         let _slot = slot;
                         ctx.metrics.connections.inc();
-                        if let Err(e) = handle(stream, ctx.clone()).await {
+                        if let Err(e) = handle(stream, transport, ctx.clone()).await {
                             tracing::debug!(%peer, error = %e, "Connection ended with an error.");
                         }
                         ctx.metrics.connections.dec();
@@ -82,14 +91,35 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, tracker: TaskTracke
             _ = ctx.stop.cancelled() => break,
         }
     }
-    tracing::info!("Stopped accepting MQTT connections.");
+    tracing::info!(
+        listener = transport.name(),
+        "Stopped accepting connections."
+    );
 }
 
-/// Reads the CONNECT, picks the protocol version it asks for, authenticates.
-async fn handle(mut stream: TcpStream, ctx: Arc<Context>) -> Result<(), connection::ConnError> {
-    stream.set_nodelay(true)?;
-    let mut buf = BytesMut::with_capacity(1024);
+/// Runs the transport handshake, reads the CONNECT, picks the protocol
+/// version it asks for, authenticates. The handshake and the CONNECT share
+/// one deadline, so a silent socket cannot hold a slot.
+async fn handle(
+    tcp: TcpStream,
+    transport: Transport,
+    ctx: Arc<Context>,
+) -> Result<(), connection::ConnError> {
+    tcp.set_nodelay(true)?;
     let timeout = Duration::from_millis(ctx.config.mqtt.connect_timeout_ms);
+    let mut stream = match tokio::time::timeout(timeout, transport.upgrade(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            ctx.metrics.connect_refused("handshake_failed");
+            tracing::debug!(listener = transport.name(), error = %e, "Transport handshake failed.");
+            return Ok(());
+        }
+        Err(_) => {
+            ctx.metrics.connect_refused("connect_timeout");
+            return Ok(());
+        }
+    };
+    let mut buf = BytesMut::with_capacity(1024);
     let level = tokio::time::timeout(timeout, async {
         loop {
             if let Some(level) = packet::connect_level(&buf) {
@@ -129,7 +159,7 @@ async fn handle(mut stream: TcpStream, ctx: Arc<Context>) -> Result<(), connecti
 async fn connect<P: Protocol + Send + 'static>(
     mut proto: P,
     v5: bool,
-    mut stream: TcpStream,
+    mut stream: Stream,
     mut buf: BytesMut,
     ctx: Arc<Context>,
 ) -> Result<(), connection::ConnError> {

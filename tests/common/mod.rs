@@ -48,6 +48,10 @@ pub struct Gateway {
     log_reader: Option<std::thread::JoinHandle<()>>,
     pub data_dir: PathBuf,
     pub mqtt_port: u16,
+    /// Set when the gateway was configured with a TLS listener.
+    pub tls_port: Option<u16>,
+    /// Set when the gateway was configured with a WebSocket listener.
+    pub ws_port: Option<u16>,
     pub http_url: String,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -128,7 +132,12 @@ impl Gateway {
                             .map(str::to_owned)
                             .unwrap_or_default()
                     };
-                    let _ = tx.send((field("mqtt="), field("http=")));
+                    let _ = tx.send((
+                        field("mqtt="),
+                        field("http="),
+                        field("mqtts="),
+                        field("ws="),
+                    ));
                     sent = true;
                 }
                 if std::env::var_os("SEALGATE_TEST_LOG").is_some() {
@@ -136,13 +145,16 @@ impl Gateway {
                 }
             }
         });
-        let (mqtt, http) = rx.recv_timeout(WAIT).expect("gateway did not become ready");
+        let (mqtt, http, mqtts, ws) = rx.recv_timeout(WAIT).expect("gateway did not become ready");
+        let port = |a: &str| a.rsplit(':').next().and_then(|p| p.parse().ok());
         Gateway {
             child,
             log,
             log_reader: Some(log_reader),
             data_dir: dir.to_path_buf(),
-            mqtt_port: mqtt.rsplit(':').next().unwrap().parse().unwrap(),
+            mqtt_port: port(&mqtt).expect("mqtt port"),
+            tls_port: port(&mqtts),
+            ws_port: port(&ws),
             http_url: format!("http://{http}"),
             _tmp: None,
         }
@@ -228,7 +240,7 @@ impl Drop for Gateway {
     }
 }
 
-fn options(port: u16, client_id: &str, user: &str, pass: &str) -> MqttOptions {
+pub fn options(port: u16, client_id: &str, user: &str, pass: &str) -> MqttOptions {
     let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
     o.set_credentials(user, pass);
     o.set_keep_alive(Duration::from_secs(30));
@@ -287,7 +299,12 @@ impl Client {
         user: &str,
         pass: &str,
     ) -> (Client, Result<(), String>) {
-        let (client, el) = AsyncClient::new(options(port, client_id, user, pass), 1000);
+        Client::connect_with(options(port, client_id, user, pass)).await
+    }
+
+    /// Connects with prepared options (another transport, a will, ...).
+    pub async fn connect_with(opts: MqttOptions) -> (Client, Result<(), String>) {
+        let (client, el) = AsyncClient::new(opts, 1000);
         let (tx, rx) = mpsc::unbounded_channel();
         drive(el, tx);
         let mut c = Client { client, rx };
