@@ -280,7 +280,9 @@ impl Config {
             }
             self.admin_token = Some(v.trim().to_owned());
         }
-        if let Some(v) = env.get("SEALGATE_USERS") {
+        // Empty means "not given", so a template can leave it blank and keep
+        // the file's [[users]].
+        if let Some(v) = env.get("SEALGATE_USERS").filter(|v| !v.trim().is_empty()) {
             self.users = parse_users(&v)?;
         }
         if let Some(v) = env.get("SEALGATE_AUTO_REGISTER") {
