@@ -240,6 +240,7 @@ pub async fn run(
         stop: stop.clone(),
         verifier_done: verifier_done.clone(),
         revoked: revoked.clone(),
+        sessions: Default::default(),
         slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
     });
     let tracker = TaskTracker::new();

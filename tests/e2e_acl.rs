@@ -214,3 +214,17 @@ async fn mqtt5_clients_are_told_why() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_of_a_device_takes_over_the_old_one() {
+    let gw = Gateway::start(&[]);
+    let a = gw.add_device("dev-a").await;
+    let mut sub = Client::subscriber(gw.mqtt_port).await;
+    let mut first = Client::device(gw.mqtt_port, &a).await;
+    let mut second = Client::device(gw.mqtt_port, &a).await;
+    closed(&mut first).await;
+    second
+        .publish_acked("sealed/dev-a/t", common::seal(&a, "t", 1, b"second"))
+        .await;
+    assert_eq!(sub.next_publish().await.1, b"second");
+}

@@ -86,14 +86,22 @@ pub(super) struct Session<P> {
     pub will: Option<LastWill>,
     /// Publish rate limit; devices only, and only when configured.
     pub rate: Option<super::limits::RateLimit>,
-    pub link_tx: LinkTx,
-    pub link_rx: LinkRx,
+    /// The router session, made at CONNECT or, for a clean-session device,
+    /// on its first packet that needs the router (a SUBSCRIBE): a device that
+    /// only publishes sealed messages never costs router state.
+    pub link: Option<(LinkTx, LinkRx)>,
+    /// Client id and clean-session flag for a link made later.
+    pub router_client_id: String,
+    pub clean_session: bool,
+    /// Cancelled when a newer connection of the same device takes over.
+    pub taken_over: tokio_util::sync::CancellationToken,
 }
 
 impl<P: Protocol> Session<P> {
     /// Serves the session until it ends, then cleans up with the router.
     pub async fn run(mut self, connack: Packet) -> Result<(), ConnError> {
-        let mut wbuf = BytesMut::with_capacity(4096);
+        // Small at first: an idle device never writes more than a PINGRESP or an ack.
+        let mut wbuf = BytesMut::with_capacity(128);
         self.write(connack, &mut wbuf).await?;
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<AckResult>();
         let mut own_pubrels: HashSet<u16> = HashSet::new();
@@ -147,10 +155,17 @@ impl<P: Protocol> Session<P> {
                         }
                     }
                 }
-                n = self.link_rx.next() => {
+                _ = self.taken_over.cancelled() => {
+                    break End::Refused(DisconnectReasonCode::SessionTakenOver);
+                }
+                n = next_notification(&mut self.link) => {
                     router_active = true;
                     match n {
-                        Ok(Some(Notification::Unschedule)) => self.link_rx.wake().await?,
+                        Ok(Some(Notification::Unschedule)) => {
+                            if let Some((_, rx)) = &self.link {
+                                rx.wake().await?;
+                            }
+                        }
                         Ok(Some(Notification::Disconnect(d, props))) => {
                             if self.v5 {
                                 self.write(Packet::Disconnect(d, props), &mut wbuf).await?;
@@ -221,6 +236,20 @@ impl<P: Protocol> Session<P> {
         Ok(())
     }
 
+    /// This session's router link, made now if it does not exist yet.
+    async fn router(&mut self) -> Result<&mut LinkTx, ConnError> {
+        if self.link.is_none() {
+            let broker = self.ctx.broker.clone();
+            let (id, clean) = (self.router_client_id.clone(), self.clean_session);
+            let (tx, rx, _connack) = tokio::task::spawn_blocking(move || broker.link(&id, clean))
+                .await
+                .map_err(|e| ConnError::Io(std::io::Error::other(e)))?
+                .map_err(ConnError::Link)?;
+            self.link = Some((tx, rx));
+        }
+        Ok(&mut self.link.as_mut().expect("made above").0)
+    }
+
     /// Tells an MQTT 5 client why the server closes the connection (MQTT
     /// 3.1.1 has no server DISCONNECT). Best effort: the socket may be gone.
     async fn tell_disconnect(&mut self, reason_code: DisconnectReasonCode, wbuf: &mut BytesMut) {
@@ -232,6 +261,7 @@ impl<P: Protocol> Session<P> {
             DisconnectReasonCode::ServerShuttingDown => "server shutting down",
             DisconnectReasonCode::QuotaExceeded => "rate limit exceeded",
             DisconnectReasonCode::PacketTooLarge => "packet too large",
+            DisconnectReasonCode::SessionTakenOver => "session taken over",
             _ => "closed by the server",
         };
         // rumqttd 0.20's v5 encoder writes a DISCONNECT without properties,
@@ -268,7 +298,7 @@ impl<P: Protocol> Session<P> {
         wbuf: &mut BytesMut,
     ) -> Result<Option<End>, ConnError> {
         let max = self.ctx.config.mqtt.max_packet_bytes;
-        let mut to_router = false;
+        let mut to_router: Vec<Packet> = Vec::new();
         while let Some((_, len)) = packet::frame(&self.rbuf) {
             // Refused on the header alone: an oversized packet is never buffered.
             if len > max {
@@ -335,10 +365,7 @@ impl<P: Protocol> Session<P> {
                             *owed += 1;
                         }
                     } else {
-                        self.link_tx
-                            .buffer()
-                            .push_back(Packet::Publish(publish, props));
-                        to_router = true;
+                        to_router.push(Packet::Publish(publish, props));
                     }
                 }
                 Packet::PubRel(rel, _) if own_pubrels.remove(&rel.pkid) => {
@@ -353,27 +380,22 @@ impl<P: Protocol> Session<P> {
                         if let Packet::SubAck(..) = p {
                             self.write(p, wbuf).await?;
                         } else {
-                            self.link_tx.buffer().push_back(p);
-                            to_router = true;
+                            to_router.push(p);
                         }
                     }
                 }
                 Packet::PingReq(_) => self.write(Packet::PingResp(PingResp), wbuf).await?,
                 Packet::Disconnect(..) => return Ok(Some(End::Graceful)),
                 Packet::Connect(..) => return Err(ConnError::DuplicateConnect),
-                other => {
-                    self.link_tx.buffer().push_back(other);
-                    to_router = true;
-                }
+                other => to_router.push(other),
             }
         }
-        if to_router {
-            // Wake the router once for everything queued above: `send`
-            // appends the last packet and notifies.
-            let last = self.link_tx.buffer().pop_back();
-            if let Some(last) = last {
-                self.link_tx.send(last).await?;
-            }
+        if let Some(last) = to_router.pop() {
+            let tx = self.router().await?;
+            // One router wake-up for everything: `send` appends the last
+            // packet and notifies.
+            tx.buffer().extend(to_router);
+            tx.send(last).await?;
         }
         Ok(None)
     }
@@ -558,15 +580,27 @@ impl<P: Protocol> Session<P> {
             let publish = Publish::new(will.topic, will.message, will.retain);
             if self.is_sealed(&publish.topic) {
                 self.hand_to_verifier(publish, None).await;
-            } else {
-                let _ = self.link_tx.send(Packet::Publish(publish, None)).await;
+            } else if let Ok(tx) = self.router().await {
+                let _ = tx.send(Packet::Publish(publish, None)).await;
             }
         }
-        let d = Disconnect {
-            reason_code: DisconnectReasonCode::NormalDisconnection,
-        };
-        let _ = self.link_tx.send(Packet::Disconnect(d, None)).await;
+        if let Some((tx, _)) = self.link.as_mut() {
+            let d = Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            };
+            let _ = tx.send(Packet::Disconnect(d, None)).await;
+        }
         let _ = self.stream.shutdown().await;
+    }
+}
+
+/// The next router notification, or never when there is no router link yet.
+async fn next_notification(
+    link: &mut Option<(LinkTx, LinkRx)>,
+) -> Result<Option<Notification>, rumqttd::local::LinkError> {
+    match link {
+        Some((_, rx)) => rx.next().await,
+        None => std::future::pending().await,
     }
 }
 

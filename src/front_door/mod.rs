@@ -47,6 +47,8 @@ pub struct Context {
     pub stop: CancellationToken,
     /// Cancelled once the verifier has drained: connections may close.
     pub verifier_done: CancellationToken,
+    /// Each device's live connection (takeover).
+    pub sessions: Sessions,
     /// Connection slots shared by every listener (`limits.max_connections`).
     pub slots: Arc<tokio::sync::Semaphore>,
     /// Device ids revoked while connected: their sessions are closed at once.
@@ -234,22 +236,39 @@ async fn connect<P: Protocol + Send + 'static>(
         }
         Role::Subscriber(_) => format!("{USER_NS}{}", connect.client_id),
     };
-    let broker = ctx.broker.clone();
     let clean = connect.clean_session;
-    let linked = tokio::task::spawn_blocking(move || broker.link(&router_client_id, clean)).await;
-    let (link_tx, link_rx, connack) = match linked {
-        Ok(Ok(l)) => l,
-        _ => {
-            let mut out = BytesMut::new();
-            let _ = proto.write(refusal(ConnectReturnCode::ServerUnavailable), &mut out);
-            stream.write_all(&out).await?;
-            ctx.metrics.connect_refused("router_full");
+    // A clean-session device needs no router session until it subscribes:
+    // its sealed publishes go straight to the verifier.
+    let lazy = clean && matches!(role, Role::Device(_));
+    let (link, connack) = if lazy {
+        let ack = rumqttd::protocol::ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::Success,
+        };
+        (None, Packet::ConnAck(ack, None))
+    } else {
+        let broker = ctx.broker.clone();
+        let id = router_client_id.clone();
+        let linked = tokio::task::spawn_blocking(move || broker.link(&id, clean)).await;
+        let (link_tx, link_rx, connack) = match linked {
+            Ok(Ok(l)) => l,
+            _ => {
+                let mut out = BytesMut::new();
+                let _ = proto.write(refusal(ConnectReturnCode::ServerUnavailable), &mut out);
+                stream.write_all(&out).await?;
+                ctx.metrics.connect_refused("router_full");
+                return Ok(());
+            }
+        };
+        let Some(connack) = Option::<Packet>::from(connack) else {
             return Ok(());
-        }
+        };
+        (Some((link_tx, link_rx)), connack)
     };
-    let Some(connack) = Option::<Packet>::from(connack) else {
-        return Ok(());
-    };
+    // One live connection per device: a newer one takes over (MQTT 5 clients
+    // hear DISCONNECT 0x8E), also when no router session exists to do it.
+    let taken_over = CancellationToken::new();
+    let serial = ctx.sessions.claim(&role, taken_over.clone());
     tracing::debug!(client_id = %connect.client_id, role = ?role, "Connected.");
     let rate = match &role {
         Role::Device(_) if ctx.config.limits.device_rate > 0.0 => Some(limits::RateLimit::new(
@@ -259,7 +278,9 @@ async fn connect<P: Protocol + Send + 'static>(
         )),
         _ => None,
     };
-    Session {
+    let role_for_release = role.clone();
+    let sessions_ctx = ctx.clone();
+    let result = Session {
         proto,
         v5,
         stream,
@@ -269,9 +290,44 @@ async fn connect<P: Protocol + Send + 'static>(
         keep_alive: connect.keep_alive,
         rate,
         will,
-        link_tx,
-        link_rx,
+        link,
+        router_client_id,
+        clean_session: clean,
+        taken_over,
     }
     .run(connack)
-    .await
+    .await;
+    sessions_ctx.sessions.release(&role_for_release, serial);
+    result
+}
+
+/// The live connection of each device, so a new CONNECT can end the old one.
+#[derive(Default)]
+pub struct Sessions {
+    live: std::sync::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Sessions {
+    /// Registers a device's new connection and ends the previous one.
+    fn claim(&self, role: &Role, token: CancellationToken) -> u64 {
+        let serial = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Role::Device(id) = role {
+            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, old)) = live.insert(id.clone(), (serial, token)) {
+                old.cancel();
+            }
+        }
+        serial
+    }
+
+    /// Forgets a connection that ended, unless a newer one replaced it.
+    fn release(&self, role: &Role, serial: u64) {
+        if let Role::Device(id) = role {
+            let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            if live.get(id).is_some_and(|(s, _)| *s == serial) {
+                live.remove(id);
+            }
+        }
+    }
 }
