@@ -20,7 +20,6 @@ use crate::device;
 use crate::fleet::{self, SimDevice};
 use crate::ledger::Tally;
 use crate::message::{self, first_nonce, plaintext};
-use crate::nodelay::NoDelay;
 use crate::report::{AttackReport, AttackSummary};
 use crate::Common;
 
@@ -98,29 +97,14 @@ pub async fn run(common: &Common, kind: AttackKind, hostile: u32) -> Result<Atta
         .try_into()
         .map_err(|_| "two devices are needed".to_owned())?;
 
-    let nodelay = Arc::new(NoDelay::new(&common.target.host, common.target.port));
     let (tx, rx) = mpsc::unbounded_channel();
-    let collector = collector::start(
-        &common.target,
-        &common.subscriber,
-        &common.topics,
-        nodelay.clone(),
-        tx,
-    )
-    .await?;
+    let collector =
+        collector::start(&common.target, &common.subscriber, &common.topics, tx).await?;
     let tally = Arc::new(Tally::new(std::time::Instant::now())?);
-    let link_a = device::connect(
-        &a,
-        &common.target,
-        common.link,
-        tally.clone(),
-        nodelay.clone(),
-    )
-    .await?;
+    let link_a = device::connect(&a, &common.target, common.link, tally.clone()).await?;
     // B publishes nothing; it is online so the foreign-topic attack targets
     // a live device, as it would in the field.
-    let link_b = device::connect(&b, &common.target, common.link, tally, nodelay.clone()).await?;
-    nodelay.sweep();
+    let link_b = device::connect(&b, &common.target, common.link, tally).await?;
 
     let mut arena = Arena {
         common,

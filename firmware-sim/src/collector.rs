@@ -14,10 +14,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
-use crate::device::{describe, MqttTarget};
+use crate::device::{describe, network_options, MqttTarget};
 use crate::message::device_of;
-use crate::nodelay::NoDelay;
-use std::sync::Arc;
 
 /// Topic prefixes, as configured on the gateway (`[topics]`).
 #[derive(Debug, Clone)]
@@ -82,7 +80,6 @@ pub async fn start(
     target: &MqttTarget,
     sub: &Subscriber,
     topics: &Topics,
-    nodelay: Arc<NoDelay>,
     tx: UnboundedSender<Observed>,
 ) -> Result<Collector, String> {
     let client_id = format!(
@@ -96,10 +93,10 @@ pub async fn start(
         .set_max_packet_size(1 << 20, 1 << 20)
         .set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+    eventloop.set_network_options(network_options());
 
     let who = format!("subscriber {:?}", sub.user);
     first_connack(&mut eventloop, target, &who).await?;
-    nodelay.mark();
     client
         .subscribe_many(filters(topics))
         .await
@@ -142,7 +139,6 @@ pub async fn start(
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                     // A clean session forgets subscriptions; ask again
                     // without blocking the loop that must carry the request.
-                    nodelay.mark();
                     if let Err(e) = resub.try_subscribe_many(filters(&topics)) {
                         tracing::warn!("subscriber: cannot resubscribe: {e}");
                     }

@@ -8,7 +8,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, Incoming, MqttOptions, Outgoing, QoS};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, Incoming, MqttOptions, NetworkOptions, Outgoing, QoS,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -17,7 +19,6 @@ use crate::collector::first_connack;
 use crate::fleet::SimDevice;
 use crate::ledger::{Ledger, Tally};
 use crate::message::{self, SealStyle};
-use crate::nodelay::NoDelay;
 
 /// `--mqtt HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +49,19 @@ pub fn describe(e: &ConnectionError, target: &MqttTarget) -> String {
     }
 }
 
+/// Socket options for every MQTT connection this tool opens: rumqttc's
+/// defaults with TCP_NODELAY on. With Nagle's algorithm on, a small PUBLISH
+/// written while an earlier one is still unacknowledged at the TCP level
+/// waits for that ACK, which the peer may delay by up to 40 ms: latency
+/// figures would measure the kernel, not the gateway. rumqttc applies these
+/// to every socket it opens, reconnects included.
+pub fn network_options() -> NetworkOptions {
+    // `new`, not `default`: `default` has a connection timeout of 0 s.
+    let mut net = NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net
+}
+
 /// Connection settings common to the fleet.
 #[derive(Debug, Clone, Copy)]
 pub struct LinkOptions {
@@ -76,7 +90,6 @@ pub async fn connect(
     target: &MqttTarget,
     opts: LinkOptions,
     tally: Arc<Tally>,
-    nodelay: Arc<NoDelay>,
 ) -> Result<Link, String> {
     let mut mo = MqttOptions::new(dev.id.clone(), target.host.clone(), target.port);
     mo.set_credentials(dev.id.clone(), dev.mqtt_password.clone())
@@ -84,8 +97,8 @@ pub async fn connect(
         .set_max_packet_size(opts.max_packet, opts.max_packet)
         .set_inflight(opts.inflight.max(1));
     let (client, mut eventloop) = AsyncClient::new(mo, 64);
+    eventloop.set_network_options(network_options());
     first_connack(&mut eventloop, target, &format!("device {}", dev.id)).await?;
-    nodelay.mark();
 
     let id = dev.id.clone();
     let target = target.clone();
@@ -97,7 +110,6 @@ pub async fn connect(
                     Tally::bump(&tally.acked);
                 }
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                    nodelay.mark();
                     refused_logged = false;
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,

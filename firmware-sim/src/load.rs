@@ -14,7 +14,6 @@ use crate::device::{self, Link, PublishPlan};
 use crate::fleet::{self, SimDevice};
 use crate::ledger::{Ledger, Tally};
 use crate::message;
-use crate::nodelay::NoDelay;
 use crate::report::{LoadCounts, LoadReport, LoadSettings};
 use crate::Common;
 
@@ -43,22 +42,13 @@ pub async fn run(common: &Common, plan: LoadPlan) -> Result<LoadReport, String> 
             .map(Arc::new)
             .collect();
 
-    let nodelay = Arc::new(NoDelay::new(&common.target.host, common.target.port));
-    let sweeper = nodelay.spawn_sweeper();
     let (tx, rx) = mpsc::unbounded_channel();
-    let collector = collector::start(
-        &common.target,
-        &common.subscriber,
-        &common.topics,
-        nodelay.clone(),
-        tx,
-    )
-    .await?;
+    let collector =
+        collector::start(&common.target, &common.subscriber, &common.topics, tx).await?;
 
     let epoch = std::time::Instant::now();
     let tally = Arc::new(Tally::new(epoch)?);
-    let links = connect_all(&fleet, common, &tally, &nodelay).await?;
-    nodelay.sweep();
+    let links = connect_all(&fleet, common, &tally).await?;
 
     let base = message::first_nonce(sealgate::now_ms());
     let ids: Vec<(String, u64)> = fleet.iter().map(|d| (d.id.clone(), base)).collect();
@@ -136,7 +126,6 @@ pub async fn run(common: &Common, plan: LoadPlan) -> Result<LoadReport, String> 
     collector.close().await;
     // The collector's sender is gone now; let the matcher finish the queue.
     let _ = tokio::time::timeout(Duration::from_secs(2), matcher).await;
-    sweeper.abort();
 
     let counts = LoadCounts {
         sent: Tally::get(&tally.sent),
@@ -172,19 +161,15 @@ async fn connect_all(
     fleet: &[Arc<SimDevice>],
     common: &Common,
     tally: &Arc<Tally>,
-    nodelay: &Arc<NoDelay>,
 ) -> Result<Vec<Link>, String> {
     let permits = Arc::new(Semaphore::new(CONNECT_PARALLEL));
     let mut set = JoinSet::new();
     for (i, dev) in fleet.iter().enumerate() {
         let (dev, target, opts) = (dev.clone(), common.target.clone(), common.link);
-        let (tally, nodelay, permits) = (tally.clone(), nodelay.clone(), permits.clone());
+        let (tally, permits) = (tally.clone(), permits.clone());
         set.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            (
-                i,
-                device::connect(&dev, &target, opts, tally, nodelay).await,
-            )
+            (i, device::connect(&dev, &target, opts, tally).await)
         });
     }
     let mut links: Vec<Option<Link>> = (0..fleet.len()).map(|_| None).collect();

@@ -9,7 +9,6 @@ mod fleet;
 mod ledger;
 mod load;
 mod message;
-mod nodelay;
 mod report;
 
 use std::path::PathBuf;
