@@ -130,6 +130,7 @@ pub async fn run(
     let db = sled::Config::new()
         .path(&db_path)
         .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
         .open()
         .map_err(db_err)?;
     let registry = Registry::open_reserving(&db, config.users.iter().map(|u| u.name.as_str()))
