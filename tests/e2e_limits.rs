@@ -13,14 +13,10 @@ use rumqttc::QoS;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_do_not_disturb_a_good_device() {
     rlimit::increase_nofile_limit(u64::MAX).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("limits.toml");
-    std::fs::write(
-        &cfg,
+    let gw = Gateway::start_with_config(
         "[limits]\ndevice_rate = 10.0\ndevice_burst = 10\n[mqtt]\nmax_packet_bytes = 4096\nconnect_timeout_ms = 2000\n",
-    )
-    .unwrap();
-    let gw = Gateway::start(&[("SEALGATE_CONFIG", cfg.to_str().unwrap())]);
+        &[],
+    );
     let good = gw.add_device("good").await;
     let flood = gw.add_device("flood").await;
     let big = gw.add_device("big").await;

@@ -7,27 +7,19 @@ mod common;
 use common::*;
 use rumqttc::{LastWill, QoS};
 
-fn gateway() -> (Gateway, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("sessions.toml");
-    std::fs::write(
-        &cfg,
+fn gateway() -> Gateway {
+    // An empty SEALGATE_USERS leaves the file's [[users]] in force.
+    Gateway::start_with_config(
         "[[users]]\nname = \"dash\"\npassword = \"dash-password\"\n\
          [[users]]\nname = \"ops\"\npassword = \"ops-password\"\n\
          subscribe = [\"status/#\"]\npublish = [\"status/#\"]\n",
+        &[("SEALGATE_USERS", "")],
     )
-    .unwrap();
-    // An empty SEALGATE_USERS leaves the file's [[users]] in force.
-    let gw = Gateway::start(&[
-        ("SEALGATE_CONFIG", cfg.to_str().unwrap()),
-        ("SEALGATE_USERS", ""),
-    ]);
-    (gw, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_subscriber_gets_what_it_missed() {
-    let (gw, _dir) = gateway();
+    let gw = gateway();
     let creds = gw.add_device("esp32-s").await;
     let mut o = options(gw.mqtt_port, "dash-persistent", SUB_USER, SUB_PASS);
     o.set_clean_session(false);
@@ -57,7 +49,7 @@ async fn persistent_subscriber_gets_what_it_missed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vanished_client_has_its_will_published() {
-    let (gw, _dir) = gateway();
+    let gw = gateway();
     let (mut watcher, r) = Client::connect(gw.mqtt_port, "ops-watch", "ops", "ops-password").await;
     r.unwrap();
     watcher.subscribe(&["status/#"]).await;

@@ -278,17 +278,10 @@ async fn auto_register_accepts_a_valid_mac_from_an_unknown_device() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsealed_payloads_go_to_unverified_only_when_allowed() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("unverified.toml");
-    std::fs::write(
-        &cfg,
+    let gw = Gateway::start_with_config(
         "[acl]\nsubscriber_subscribe = [\"clean/#\", \"sealgate/events/#\", \"unverified/#\"]\n",
-    )
-    .unwrap();
-    let gw = Gateway::start(&[
-        ("SEALGATE_ALLOW_UNSEALED", "true"),
-        ("SEALGATE_CONFIG", cfg.to_str().unwrap()),
-    ]);
+        &[("SEALGATE_ALLOW_UNSEALED", "true")],
+    );
     let creds = gw.add_device("legacy-1").await;
     let mut sub = Client::subscriber_to(
         gw.mqtt_port,
@@ -348,10 +341,7 @@ async fn retained_sealed_messages_stay_retained_on_clean() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn previous_kid_is_unknown_once_its_grace_period_is_over() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("no-grace.toml");
-    std::fs::write(&cfg, "[keys]\nrotation_grace_secs = 0\n").unwrap();
-    let gw = Gateway::start(&[("SEALGATE_CONFIG", cfg.to_str().unwrap())]);
+    let gw = Gateway::start_with_config("[keys]\nrotation_grace_secs = 0\n", &[]);
     let old = gw.add_device("esp32-g").await;
     let mut sub = Client::subscriber(gw.mqtt_port).await;
     let new = gw.admin_call(|a| a.rotate("esp32-g")).await.unwrap();

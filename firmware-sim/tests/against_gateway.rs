@@ -57,10 +57,7 @@ fn every_attack_is_refused() {
 fn attacks_are_caught_when_the_gateway_does_not_verify() {
     // The suite is only worth something if it fails against a gateway that
     // lets hostile traffic through: passthrough mode forwards it all.
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("passthrough.toml");
-    std::fs::write(&cfg, "[verifier]\npassthrough = true\n").unwrap();
-    let gw = Gateway::start(&[("SEALGATE_CONFIG", cfg.to_str().unwrap())]);
+    let gw = Gateway::start_with_config("[verifier]\npassthrough = true\n", &[]);
     let (ok, report) = sim(&gw, &["--attack", "tamper"]);
     assert!(!ok, "{report}");
     assert_eq!(
@@ -97,10 +94,7 @@ fn a_short_load_run_delivers_everything() {
 fn overload_slows_devices_and_loses_nothing_acknowledged() {
     // No rate limit: every device publishes back to back, as fast as its
     // inflight window allows, so the gateway is the bottleneck throughout.
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("unlimited.toml");
-    std::fs::write(&cfg, "[limits]\ndevice_rate = 0.0\n").unwrap();
-    let gw = Gateway::start(&[("SEALGATE_CONFIG", cfg.to_str().unwrap())]);
+    let gw = Gateway::start_with_config("[limits]\ndevice_rate = 0.0\n", &[]);
     let (ok, r) = sim(
         &gw,
         &[

@@ -65,6 +65,20 @@ impl Gateway {
         g
     }
 
+    /// Starts a gateway with a configuration file holding `toml` (merged
+    /// over the embedded defaults, key by key).
+    pub fn start_with_config(toml: &str, extra_env: &[(&str, &str)]) -> Gateway {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("sealgate.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let cfg = cfg.to_str().unwrap().to_owned();
+        let mut env = vec![("SEALGATE_CONFIG", cfg.as_str())];
+        env.extend_from_slice(extra_env);
+        let mut g = Gateway::spawn(&tmp.path().join("data"), &env, None);
+        g._tmp = Some(tmp);
+        g
+    }
+
     /// Starts a gateway on an existing data directory (restart tests).
     pub fn start_in(dir: &Path, extra_env: &[(&str, &str)]) -> Gateway {
         Gateway::spawn(dir, extra_env, None)
