@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::auth::Role;
 use super::packet;
+use super::subscribe;
 use super::Context;
 use crate::verifier::{AckResult, AckTo, Inbound, Input, Outcome};
 
@@ -174,7 +175,7 @@ impl<P: Protocol> Session<P> {
                         }
                         Ok(Some(n)) => {
                             if let Some(p) = Option::<Packet>::from(n) {
-                                let p = self.merge_suback(p, &mut pending_subacks);
+                                let p = subscribe::merge_suback(self.v5, p, &mut pending_subacks);
                                 self.write(p, &mut wbuf).await?;
                             }
                         }
@@ -376,12 +377,17 @@ impl<P: Protocol> Session<P> {
                     self.write(Packet::PubComp(comp, None), wbuf).await?;
                 }
                 Packet::Subscribe(sub, props) => {
-                    if let Some(p) = self.screen_subscribe(sub, props, pending_subacks) {
-                        if let Packet::SubAck(..) = p {
-                            self.write(p, wbuf).await?;
-                        } else {
-                            to_router.push(p);
-                        }
+                    let p = subscribe::screen(
+                        &self.ctx.acl,
+                        &self.role,
+                        self.v5,
+                        sub,
+                        props,
+                        pending_subacks,
+                    );
+                    match p {
+                        Packet::SubAck(..) => self.write(p, wbuf).await?,
+                        p => to_router.push(p),
                     }
                 }
                 Packet::PingReq(_) => self.write(Packet::PingResp(PingResp), wbuf).await?,
@@ -445,75 +451,6 @@ impl<P: Protocol> Session<P> {
         match &self.role {
             Role::Device(id) | Role::Subscriber(id) => id,
         }
-    }
-
-    /// Splits a SUBSCRIBE into allowed and refused filters. Returns what to
-    /// do: a SUBACK to write now when nothing is allowed, otherwise the
-    /// SUBSCRIBE (possibly narrowed) for the router; its SUBACK is completed
-    /// with the refusals by `merge_suback`.
-    fn screen_subscribe(
-        &self,
-        mut sub: rumqttd::protocol::Subscribe,
-        props: Option<rumqttd::protocol::SubscribeProperties>,
-        pending: &mut HashMap<u16, Vec<bool>>,
-    ) -> Option<Packet> {
-        let mask: Vec<bool> = sub
-            .filters
-            .iter()
-            .map(|f| self.ctx.acl.may_subscribe(&self.role, &f.path))
-            .collect();
-        if mask.iter().all(|a| *a) {
-            return Some(Packet::Subscribe(sub, props));
-        }
-        let denied: Vec<&str> = sub
-            .filters
-            .iter()
-            .zip(&mask)
-            .filter(|(_, a)| !**a)
-            .map(|(f, _)| f.path.as_str())
-            .collect();
-        tracing::info!(role = ?self.role, filters = ?denied, "Refused subscription.");
-        if !mask.iter().any(|a| *a) {
-            let codes = mask.iter().map(|_| self.refused_code()).collect();
-            return Some(Packet::SubAck(
-                rumqttd::protocol::SubAck {
-                    pkid: sub.pkid,
-                    return_codes: codes,
-                },
-                None,
-            ));
-        }
-        let mut keep = mask.iter();
-        sub.filters.retain(|_| *keep.next().unwrap_or(&false));
-        pending.insert(sub.pkid, mask);
-        Some(Packet::Subscribe(sub, props))
-    }
-
-    fn refused_code(&self) -> rumqttd::protocol::SubscribeReasonCode {
-        use rumqttd::protocol::SubscribeReasonCode;
-        if self.v5 {
-            SubscribeReasonCode::NotAuthorized
-        } else {
-            SubscribeReasonCode::Failure
-        }
-    }
-
-    /// Puts the refused filters' codes back into a narrowed SUBSCRIBE's SUBACK.
-    fn merge_suback(&self, packet: Packet, pending: &mut HashMap<u16, Vec<bool>>) -> Packet {
-        let Packet::SubAck(mut ack, props) = packet else {
-            return packet;
-        };
-        if let Some(mask) = pending.remove(&ack.pkid) {
-            let mut granted = ack.return_codes.into_iter();
-            ack.return_codes = mask
-                .iter()
-                .map(|allowed| match allowed {
-                    true => granted.next().unwrap_or(self.refused_code()),
-                    false => self.refused_code(),
-                })
-                .collect();
-        }
-        Packet::SubAck(ack, props)
     }
 
     fn is_sealed(&self, topic: &[u8]) -> bool {

@@ -11,6 +11,7 @@ pub mod auth;
 mod connection;
 pub mod limits;
 mod packet;
+mod subscribe;
 pub mod transport;
 
 use std::sync::Arc;
