@@ -131,7 +131,7 @@ impl<P: Protocol> Session<P> {
         let mut quiet: Option<tokio::time::Instant> = None;
         let mut hard_stop = tokio::time::Instant::now();
 
-        let end = loop {
+        let end = 'session: loop {
             let idle = async {
                 match keep_alive {
                     Some(d) => tokio::time::sleep(d).await,
@@ -161,33 +161,30 @@ impl<P: Protocol> Session<P> {
                 }
                 n = next_notification(&mut self.link) => {
                     router_active = true;
-                    match n {
-                        Ok(Some(Notification::Unschedule)) => {
-                            if let Some((_, rx)) = &self.link {
-                                rx.wake().await?;
-                            }
+                    // Take everything the router has ready: one socket write
+                    // for the lot instead of one per message.
+                    let mut n = n;
+                    loop {
+                        if let Some(end) = self.on_notification(n, &mut pending_subacks, &mut wbuf).await? {
+                            break 'session end;
                         }
-                        Ok(Some(Notification::Disconnect(d, props))) => {
-                            if self.v5 {
-                                self.write(Packet::Disconnect(d, props), &mut wbuf).await?;
-                            }
-                            break End::Lost;
+                        match ready_now(next_notification(&mut self.link)) {
+                            Some(more) => n = more,
+                            None => break,
                         }
-                        Ok(Some(n)) => {
-                            if let Some(p) = Option::<Packet>::from(n) {
-                                let p = subscribe::merge_suback(self.v5, p, &mut pending_subacks);
-                                self.write(p, &mut wbuf).await?;
-                            }
-                        }
-                        Ok(None) => {}
-                        // The router dropped us: another connection took this client id.
-                        Err(_) => break End::Lost,
                     }
                 }
                 Some(ack) = ack_rx.recv() => {
-                    owed = owed.saturating_sub(1);
-                    if let Some(p) = self.ack_packet(ack, &mut own_pubrels) {
-                        self.write(p, &mut wbuf).await?;
+                    let mut ack = ack;
+                    loop {
+                        owed = owed.saturating_sub(1);
+                        if let Some(p) = self.ack_packet(ack, &mut own_pubrels) {
+                            self.encode(p, &mut wbuf)?;
+                        }
+                        match ack_rx.try_recv() {
+                            Ok(more) => ack = more,
+                            Err(_) => break,
+                        }
                     }
                 }
                 _ = idle, if !draining => break End::Lost,
@@ -222,6 +219,10 @@ impl<P: Protocol> Session<P> {
                     self.tell_disconnect(DisconnectReasonCode::ServerShuttingDown, &mut wbuf).await;
                     break End::Shutdown;
                 }
+            }
+            if !wbuf.is_empty() {
+                self.stream.write_all(&wbuf).await?;
+                wbuf.clear();
             }
             if let Some(q) = quiet.as_mut() {
                 if router_active {
@@ -282,6 +283,46 @@ impl<P: Protocol> Session<P> {
             .await;
     }
 
+    /// Encodes a packet into the write buffer; the session loop writes the
+    /// buffer once per turn.
+    fn encode(&self, packet: Packet, wbuf: &mut BytesMut) -> Result<(), ConnError> {
+        self.proto.write(packet, wbuf).map_err(ConnError::from)?;
+        Ok(())
+    }
+
+    /// Handles one router notification; `Some` when the session must end.
+    async fn on_notification(
+        &mut self,
+        n: Result<Option<Notification>, rumqttd::local::LinkError>,
+        pending_subacks: &mut HashMap<u16, Vec<bool>>,
+        wbuf: &mut BytesMut,
+    ) -> Result<Option<End>, ConnError> {
+        match n {
+            Ok(Some(Notification::Unschedule)) => {
+                if let Some((_, rx)) = &self.link {
+                    rx.wake().await?;
+                }
+            }
+            Ok(Some(Notification::Disconnect(d, props))) => {
+                if self.v5 {
+                    self.encode(Packet::Disconnect(d, props), wbuf)?;
+                }
+                return Ok(Some(End::Lost));
+            }
+            Ok(Some(n)) => {
+                if let Some(p) = Option::<Packet>::from(n) {
+                    let p = subscribe::merge_suback(self.v5, p, pending_subacks);
+                    self.encode(p, wbuf)?;
+                }
+            }
+            Ok(None) => {}
+            // The router dropped us: another connection took this client id.
+            Err(_) => return Ok(Some(End::Lost)),
+        }
+        Ok(None)
+    }
+
+    /// Encodes a packet and writes everything buffered at once.
     async fn write(&mut self, packet: Packet, wbuf: &mut BytesMut) -> Result<(), ConnError> {
         self.proto.write(packet, wbuf).map_err(ConnError::from)?;
         self.stream.write_all(wbuf).await?;
@@ -352,7 +393,7 @@ impl<P: Protocol> Session<P> {
                                     None,
                                 )
                             };
-                            self.write(p, wbuf).await?;
+                            self.encode(p, wbuf)?;
                         }
                         continue;
                     }
@@ -374,7 +415,7 @@ impl<P: Protocol> Session<P> {
                         pkid: rel.pkid,
                         reason: PubCompReason::Success,
                     };
-                    self.write(Packet::PubComp(comp, None), wbuf).await?;
+                    self.encode(Packet::PubComp(comp, None), wbuf)?;
                 }
                 Packet::Subscribe(sub, props) => {
                     let p = subscribe::screen(
@@ -386,11 +427,11 @@ impl<P: Protocol> Session<P> {
                         pending_subacks,
                     );
                     match p {
-                        Packet::SubAck(..) => self.write(p, wbuf).await?,
+                        Packet::SubAck(..) => self.encode(p, wbuf)?,
                         p => to_router.push(p),
                     }
                 }
-                Packet::PingReq(_) => self.write(Packet::PingResp(PingResp), wbuf).await?,
+                Packet::PingReq(_) => self.encode(Packet::PingResp(PingResp), wbuf)?,
                 Packet::Disconnect(..) => return Ok(Some(End::Graceful)),
                 Packet::Connect(..) => return Err(ConnError::DuplicateConnect),
                 other => to_router.push(other),
@@ -528,6 +569,17 @@ impl<P: Protocol> Session<P> {
             let _ = tx.send(Packet::Disconnect(d, None)).await;
         }
         let _ = self.stream.shutdown().await;
+    }
+}
+
+/// The output of `fut` if it is ready without waiting. Used to drain what the
+/// router already queued; a future that would wait is dropped unpolled again.
+fn ready_now<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
     }
 }
 
