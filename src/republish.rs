@@ -26,10 +26,6 @@ impl Republisher {
         }
     }
 
-    pub fn topics(&self) -> &Topics {
-        &self.topics
-    }
-
     /// Queues a message for an exact topic (already under its prefix).
     pub fn queue(&mut self, topic: String, payload: Bytes, retain: bool) {
         self.pending

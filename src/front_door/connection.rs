@@ -255,37 +255,22 @@ impl<P: Protocol> Session<P> {
     /// Tells an MQTT 5 client why the server closes the connection (MQTT
     /// 3.1.1 has no server DISCONNECT). Best effort: the socket may be gone.
     async fn tell_disconnect(&mut self, reason_code: DisconnectReasonCode, wbuf: &mut BytesMut) {
-        if !self.v5 {
-            return;
+        if self.v5 {
+            let d = Packet::Disconnect(Disconnect { reason_code }, None);
+            let _ = self.write(d, wbuf).await;
         }
-        let why = match reason_code {
-            DisconnectReasonCode::NotAuthorized => "not authorized",
-            DisconnectReasonCode::ServerShuttingDown => "server shutting down",
-            DisconnectReasonCode::QuotaExceeded => "rate limit exceeded",
-            DisconnectReasonCode::PacketTooLarge => "packet too large",
-            DisconnectReasonCode::SessionTakenOver => "session taken over",
-            _ => "closed by the server",
-        };
-        // rumqttd 0.20's v5 encoder writes a DISCONNECT without properties,
-        // or with empty ones, wrongly (a lost reason code or a miscounted
-        // length); one with a reason string encodes correctly.
-        let props = rumqttd::protocol::DisconnectProperties {
-            session_expiry_interval: None,
-            reason_string: Some(why.to_owned()),
-            user_properties: Vec::new(),
-            server_reference: None,
-        };
-        let _ = self
-            .write(
-                Packet::Disconnect(Disconnect { reason_code }, Some(props)),
-                wbuf,
-            )
-            .await;
     }
 
     /// Encodes a packet into the write buffer; the session loop writes the
     /// buffer once per turn.
     fn encode(&self, packet: Packet, wbuf: &mut BytesMut) -> Result<(), ConnError> {
+        let packet = match packet {
+            Packet::Disconnect(d, None) => {
+                let props = disconnect_reason(d.reason_code);
+                Packet::Disconnect(d, Some(props))
+            }
+            p => p,
+        };
         self.proto.write(packet, wbuf).map_err(ConnError::from)?;
         Ok(())
     }
@@ -324,7 +309,7 @@ impl<P: Protocol> Session<P> {
 
     /// Encodes a packet and writes everything buffered at once.
     async fn write(&mut self, packet: Packet, wbuf: &mut BytesMut) -> Result<(), ConnError> {
-        self.proto.write(packet, wbuf).map_err(ConnError::from)?;
+        self.encode(packet, wbuf)?;
         self.stream.write_all(wbuf).await?;
         wbuf.clear();
         Ok(())
@@ -569,6 +554,27 @@ impl<P: Protocol> Session<P> {
             let _ = tx.send(Packet::Disconnect(d, None)).await;
         }
         let _ = self.stream.shutdown().await;
+    }
+}
+
+/// Properties for a DISCONNECT we send. rumqttd 0.20's v5 encoder writes a
+/// DISCONNECT without properties, or with empty ones, wrongly (a lost reason
+/// code or a miscounted length); one with a reason string encodes correctly.
+/// Applied in `encode`, so router-originated DISCONNECTs are covered too.
+fn disconnect_reason(code: DisconnectReasonCode) -> rumqttd::protocol::DisconnectProperties {
+    let why = match code {
+        DisconnectReasonCode::NotAuthorized => "not authorized",
+        DisconnectReasonCode::ServerShuttingDown => "server shutting down",
+        DisconnectReasonCode::QuotaExceeded => "rate limit exceeded",
+        DisconnectReasonCode::PacketTooLarge => "packet too large",
+        DisconnectReasonCode::SessionTakenOver => "session taken over",
+        _ => "closed by the server",
+    };
+    rumqttd::protocol::DisconnectProperties {
+        session_expiry_interval: None,
+        reason_string: Some(why.to_owned()),
+        user_properties: Vec::new(),
+        server_reference: None,
     }
 }
 

@@ -46,7 +46,9 @@ pub struct Checker {
     /// Derived keys by (device, kid): derivation is four HMACs, the cache
     /// makes it one lookup. Keys are a pure function of the master key, so
     /// the cache never goes stale.
-    keys: HashMap<(String, u32), DeviceKeys>,
+    /// Keyed by device, then by kid (a device has one or two live kids), so
+    /// a hit costs no allocation.
+    keys: HashMap<String, Vec<(u32, DeviceKeys)>>,
 }
 
 fn reject(reason: RejectReason, t: &SealedTopic, nonce: Option<u64>) -> Checked {
@@ -79,11 +81,22 @@ impl Checker {
         }
     }
 
-    fn keys(&mut self, device_id: &str, kid: u32) -> &DeviceKeys {
-        let master = &self.master;
-        self.keys
-            .entry((device_id.to_owned(), kid))
-            .or_insert_with(|| master.device_keys(device_id, kid))
+    fn keys(&mut self, device_id: &str, kid: u32) -> DeviceKeys {
+        if let Some(k) = self
+            .keys
+            .get(device_id)
+            .and_then(|v| v.iter().find(|(k, _)| *k == kid))
+        {
+            return k.1.clone();
+        }
+        let derived = self.master.device_keys(device_id, kid);
+        let per_device = self.keys.entry(device_id.to_owned()).or_default();
+        // Keep the newest few kids: rotation leaves at most two in use.
+        if per_device.len() >= 4 {
+            per_device.remove(0);
+        }
+        per_device.push((kid, derived.clone()));
+        derived
     }
 
     /// Checks one message against the registry and `store`'s windows,
@@ -137,7 +150,7 @@ impl Checker {
             None if self.auto_register => {}
             None => return Ok(reject(RejectReason::UnknownDevice, &t, nonce)),
         }
-        let keys = self.keys(&t.device_id, parsed.kid).clone();
+        let keys = self.keys(&t.device_id, parsed.kid);
         if !parsed.mac_matches(&keys.mac, &t.device_id, &t.stream) {
             // An unknown device with a bad MAC stays `unknown_device`: auto-
             // register must not turn the registry into a MAC oracle.

@@ -318,7 +318,10 @@ impl Client {
 
     /// Connects with prepared options (another transport, a will, ...).
     pub async fn connect_with(opts: MqttOptions) -> (Client, Result<(), String>) {
-        let (client, el) = AsyncClient::new(opts, 1000);
+        let (client, mut el) = AsyncClient::new(opts, 1000);
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        el.set_network_options(net);
         let (tx, rx) = mpsc::unbounded_channel();
         drive(el, tx);
         let mut c = Client { client, rx };
