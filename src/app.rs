@@ -152,6 +152,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let store_ok = Arc::new(AtomicBool::new(true));
 
+    let lag = crate::lag::Lag::new(config.limits.subscriber_max_lag, metrics.clone());
     let broker = Broker::start(&config.router);
     let (verifier_link, verifier_rx_link, _) = {
         let b = broker.clone();
@@ -173,7 +174,7 @@ pub async fn run(
         ),
         store,
         db: db.clone(),
-        out: Republisher::new(verifier_link, config.topics.clone()),
+        out: Republisher::new(verifier_link, config.topics.clone(), lag.clone()),
         topics: config.topics.clone(),
         metrics: metrics.clone(),
         store_ok: store_ok.clone(),
@@ -224,6 +225,7 @@ pub async fn run(
         .map_err(|e| AppError::Router(e.to_string()))?;
 
     let stop = CancellationToken::new();
+    let lag_monitor = tokio::spawn(lag.clone().monitor(stop.clone()));
     let (revoked, _) = tokio::sync::broadcast::channel::<String>(64);
     let ctx = Arc::new(Context {
         config: config.clone(),
@@ -243,6 +245,7 @@ pub async fn run(
         revoked: revoked.clone(),
         sessions: Default::default(),
         slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
+        lag,
     });
     let tracker = TaskTracker::new();
     let mut extra_addrs = String::new();
@@ -298,6 +301,8 @@ pub async fn run(
     shutdown.await;
     tracing::info!("Shutting down: draining queued messages.");
     stop.cancel();
+    // Released for good: no connection waits on a subscriber during drain.
+    let _ = lag_monitor.await;
     for f in fronts {
         let _ = f.await;
     }

@@ -90,6 +90,11 @@ pub struct RouterConfig {
     pub max_connections: usize,
 }
 
+/// The smallest message the router stores, for sizing its log against
+/// `limits.subscriber_max_lag`: rumqttd counts 4 bytes plus topic and payload,
+/// and a clean topic with a device id and a short reading is about this.
+pub const MIN_ROUTED_MESSAGE_BYTES: u64 = 64;
+
 /// Limits that keep one client from exhausting the gateway.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +104,25 @@ pub struct LimitsConfig {
     pub device_burst: u32,
     pub max_connections: usize,
     pub max_keep_alive_secs: u16,
+    /// What a subscriber account that falls behind costs: see `crate::lag`.
+    pub slow_subscriber: SlowSubscriber,
+    /// Messages a `block` subscriber may be behind before devices are held.
+    pub subscriber_max_lag: u64,
+    /// A connection whose socket takes no byte for this long is closed.
+    pub write_timeout_secs: u64,
+}
+
+/// The loss policy for a subscriber account that reads slower than messages
+/// are published for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowSubscriber {
+    /// Hold device publishes (no read, no PUBACK) while it is too far behind:
+    /// nothing acknowledged is lost to it, and every device slows to its pace.
+    Block,
+    /// Never wait for it: past the router's retention it misses the oldest
+    /// messages, counted in `sealgate_dropped_total{reason="subscriber_lagged"}`.
+    Drop,
 }
 
 /// Topic rules (see `front_door::acl`). Filters may use `+` and `#`; in
@@ -122,6 +146,9 @@ pub struct User {
     /// Topics this account may publish to; `acl.subscriber_publish` if absent.
     #[serde(default)]
     pub publish: Option<Vec<String>>,
+    /// This account's policy when it falls behind; `limits.slow_subscriber` if absent.
+    #[serde(default)]
+    pub slow_subscriber: Option<SlowSubscriber>,
 }
 
 impl std::fmt::Debug for User {
@@ -214,6 +241,7 @@ pub fn parse_users(v: &str) -> Result<Vec<User>, ConfigError> {
                 password: p.to_owned(),
                 subscribe: None,
                 publish: None,
+                slow_subscriber: None,
             }),
             _ => Err(ConfigError::Env {
                 var: "SEALGATE_USERS",
@@ -323,6 +351,32 @@ impl Config {
         }
         if self.limits.max_keep_alive_secs == 0 {
             return invalid("limits.max_keep_alive_secs", "must be at least 1");
+        }
+        if self.limits.write_timeout_secs == 0 {
+            return invalid("limits.write_timeout_secs", "must be at least 1");
+        }
+        // A held subscriber must still find its messages in the router's
+        // log: the lag bound, at a small message's size, has to fit in what
+        // the log keeps for certain (all segments but the one being dropped).
+        let kept =
+            self.router
+                .max_segment_size
+                .saturating_mul(self.router.max_segment_count.saturating_sub(1)) as u64;
+        let need = self
+            .limits
+            .subscriber_max_lag
+            .saturating_mul(MIN_ROUTED_MESSAGE_BYTES);
+        let may_block = self.users.iter().any(|u| {
+            u.slow_subscriber.unwrap_or(self.limits.slow_subscriber) == SlowSubscriber::Block
+        }) || self.limits.slow_subscriber == SlowSubscriber::Block;
+        if self.limits.subscriber_max_lag == 0 || (may_block && need > kept) {
+            return invalid(
+                "limits.subscriber_max_lag",
+                &format!(
+                    "must be at least 1, and {} messages of {MIN_ROUTED_MESSAGE_BYTES} bytes ({need} bytes) must fit in what the router keeps for certain, max_segment_size x (max_segment_count - 1) = {kept} bytes",
+                    self.limits.subscriber_max_lag
+                ),
+            );
         }
         if self.verifier.queue == 0 {
             return invalid("verifier.queue", "must be at least 1");

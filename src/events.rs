@@ -105,6 +105,21 @@ pub mod metric {
     pub const CONNECT_REFUSED: &str = "sealgate_connect_refused";
     pub const AUTO_REGISTERED: &str = "sealgate_auto_registered";
     pub const BATCH_SIZE: &str = "sealgate_commit_batch_messages";
+    pub const DROPPED: &str = "sealgate_dropped";
+    pub const SUBSCRIBER_LAG: &str = "sealgate_subscriber_lag_messages";
+    pub const DEVICES_HELD: &str = "sealgate_devices_held";
+}
+
+/// Values of the `reason` label on `sealgate_dropped_total`: messages the
+/// gateway had acknowledged to a device that a subscriber did not get.
+pub mod dropped {
+    /// A `drop` subscriber fell further behind than the router's log keeps
+    /// and the router skipped it ahead: exact, from the gap in offsets.
+    pub const SUBSCRIBER_LAGGED: &str = "subscriber_lagged";
+    /// A subscriber whose socket took nothing for `limits.write_timeout_secs`
+    /// was closed with this many messages still waiting for it in the router.
+    pub const SUBSCRIBER_STALLED: &str = "subscriber_stalled";
+    pub const ALL: [&str; 2] = [SUBSCRIBER_LAGGED, SUBSCRIBER_STALLED];
 }
 
 /// Values of the `result` label on `sealgate_messages_total`.

@@ -11,6 +11,8 @@
 //! * [`replay`]: the nonce windows, group-committed to sled before anything
 //!   of a batch is published.
 //! * [`republish`]: `clean/{device}/...` and `sealgate/events/{device}`.
+//! * [`lag`]: how far each subscriber is behind; holds devices for a `block`
+//!   subscriber, counts what a `drop` subscriber misses.
 //!
 //! Around it: [`envelope`] (the one wire-format implementation, shared with
 //! firmware-sim and the tests), [`registry`] (devices in sled),
@@ -25,6 +27,7 @@ pub mod config;
 pub mod envelope;
 pub mod events;
 pub mod front_door;
+pub mod lag;
 pub mod metrics;
 pub mod registry;
 pub mod replay;

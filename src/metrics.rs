@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::events::{metric, RejectReason};
+use crate::events::{dropped, metric, RejectReason};
 
 type Label = [(&'static str, &'static str); 1];
 
@@ -25,6 +25,11 @@ pub struct Metrics {
     pub connections: Gauge,
     connect_refused: Family<Label, Counter>,
     pub auto_registered: Counter,
+    dropped: Family<Label, Counter>,
+    /// The furthest any connected subscriber account is behind.
+    pub subscriber_lag: Gauge,
+    /// 1 while device publishes are held for a `block` subscriber.
+    pub devices_held: Gauge,
 }
 
 impl Default for Metrics {
@@ -47,6 +52,9 @@ impl Metrics {
             connections: Gauge::default(),
             connect_refused: Family::default(),
             auto_registered: Counter::default(),
+            dropped: Family::default(),
+            subscriber_lag: Gauge::default(),
+            devices_held: Gauge::default(),
             registry: PromRegistry::default(),
         };
         registry.register(
@@ -94,9 +102,27 @@ impl Metrics {
             "Devices registered by a valid MAC (auto-register)",
             m.auto_registered.clone(),
         );
+        registry.register(
+            metric::DROPPED,
+            "Acknowledged messages a subscriber did not get, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            metric::SUBSCRIBER_LAG,
+            "Messages the furthest-behind connected subscriber account has yet to receive",
+            m.subscriber_lag.clone(),
+        );
+        registry.register(
+            metric::DEVICES_HELD,
+            "1 while device publishes are held for a lagging block-policy subscriber",
+            m.devices_held.clone(),
+        );
         // Pre-create every reason so dashboards see zeros, not gaps.
         for r in RejectReason::ALL {
             let _ = m.rejects.get_or_create(&[("reason", r.as_str())]);
+        }
+        for r in dropped::ALL {
+            let _ = m.dropped.get_or_create(&[("reason", r)]);
         }
         Metrics { registry, ..m }
     }
@@ -109,6 +135,13 @@ impl Metrics {
         self.rejects
             .get_or_create(&[("reason", reason.as_str())])
             .inc();
+    }
+
+    /// Counts messages a subscriber did not get (`reason` from `events::dropped`).
+    pub fn dropped(&self, reason: &'static str, messages: u64) {
+        self.dropped
+            .get_or_create(&[("reason", reason)])
+            .inc_by(messages);
     }
 
     pub fn connect_refused(&self, reason: &'static str) {

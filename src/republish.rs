@@ -4,25 +4,31 @@
 //! A batch is queued in the link's buffer and handed to the router with one
 //! wake-up, so a group commit costs one router event, not one per message.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use rumqttd::local::{LinkError, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 
 use crate::config::Topics;
 use crate::events::{SecurityEvent, INVALID_DEVICE};
+use crate::lag::Lag;
 
 pub struct Republisher {
     link: LinkTx,
     topics: Topics,
     pending: Vec<Publish>,
+    /// Counts what goes to subscribers, so their lag is known.
+    lag: Arc<Lag>,
 }
 
 impl Republisher {
-    pub fn new(link: LinkTx, topics: Topics) -> Republisher {
+    pub fn new(link: LinkTx, topics: Topics, lag: Arc<Lag>) -> Republisher {
         Republisher {
             link,
             topics,
             pending: Vec::new(),
+            lag,
         }
     }
 
@@ -47,6 +53,8 @@ impl Republisher {
     /// Hands everything queued to the router with one wake-up. Blocks while
     /// the router's channel is full, which is the backpressure we want.
     pub fn flush(&mut self) -> Result<(), Box<LinkError>> {
+        self.lag
+            .published(self.pending.iter().map(|p| &p.topic[..]));
         let Some(last) = self.pending.pop() else {
             return Ok(());
         };

@@ -194,12 +194,14 @@ mod tests {
                 password: "x".into(),
                 subscribe: None,
                 publish: None,
+                slow_subscriber: None,
             },
             User {
                 name: "ops".into(),
                 password: "x".into(),
                 subscribe: Some(vec!["#".into()]),
                 publish: Some(vec!["cmd/+/reboot".into(), "#".into()]),
+                slow_subscriber: None,
             },
         ];
         Acl::new(&topics, &cfg, &users)

@@ -36,6 +36,8 @@ pub enum ConnError {
     Link(Box<rumqttd::local::LinkError>),
     #[error("second CONNECT on one connection")]
     DuplicateConnect,
+    #[error("the socket took nothing for the write timeout")]
+    Stalled,
 }
 
 impl From<rumqttd::local::LinkError> for ConnError {
@@ -62,6 +64,8 @@ struct Over {
 const DRAIN_QUIET: Duration = Duration::from_millis(300);
 /// The longest a connection keeps draining after the verifier stopped.
 const DRAIN_MAX: Duration = Duration::from_secs(5);
+/// The longest the closing handshake of a transport may take.
+const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
 
 /// How a session ended, which decides whether the will is published.
 enum End {
@@ -96,14 +100,81 @@ pub(super) struct Session<P> {
     pub clean_session: bool,
     /// Cancelled when a newer connection of the same device takes over.
     pub taken_over: tokio_util::sync::CancellationToken,
+    /// A subscriber account's positions in the router's logs.
+    pub cursor: Option<crate::lag::Cursor>,
+    pub unacked: Unacked,
+}
+
+/// QoS 1 and 2 messages written to the client that it has not acknowledged
+/// yet. A client that holds them for `limits.write_timeout_secs` without
+/// acknowledging one is stuck: the router sends it nothing more meanwhile.
+#[derive(Default)]
+pub(super) struct Unacked {
+    count: usize,
+    /// When the next acknowledgement is due.
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Unacked {
+    fn sent(&mut self, limit: Duration) {
+        if self.count == 0 {
+            self.deadline = Some(tokio::time::Instant::now() + limit);
+        }
+        self.count += 1;
+    }
+
+    fn acked(&mut self, limit: Duration) {
+        self.count = self.count.saturating_sub(1);
+        self.deadline = (self.count > 0).then(|| tokio::time::Instant::now() + limit);
+    }
 }
 
 impl<P: Protocol> Session<P> {
-    /// Serves the session until it ends, then cleans up with the router.
+    /// Serves the session until it ends, then cleans up with the router:
+    /// however it ends, the will and the router's DISCONNECT are not skipped.
     pub async fn run(mut self, connack: Packet) -> Result<(), ConnError> {
         // Small at first: an idle device never writes more than a PINGRESP or an ack.
         let mut wbuf = BytesMut::with_capacity(128);
-        self.write(connack, &mut wbuf).await?;
+        let end = match self.serve(connack, &mut wbuf).await {
+            Ok(end) => end,
+            Err(ConnError::Stalled) => {
+                self.stalled();
+                End::Lost
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "Connection failed.");
+                End::Lost
+            }
+        };
+        if let End::Refused(code) = end {
+            self.tell_disconnect(code, &mut wbuf).await;
+        }
+        tracing::debug!(role = ?self.role, "Session ended.");
+        self.finish(end).await;
+        Ok(())
+    }
+
+    /// A peer that took nothing (no byte, or no acknowledgement) for the
+    /// write timeout is closed. For a clean-session subscriber, what the
+    /// router still held for it goes with the session: counted as dropped. A
+    /// persistent session keeps it.
+    fn stalled(&self) {
+        let secs = self.ctx.config.limits.write_timeout_secs;
+        tracing::warn!(
+            client = self.client_name(),
+            secs,
+            "Closing a connection that took nothing for the write timeout."
+        );
+        if let (Some(c), true) = (&self.cursor, self.clean_session) {
+            self.ctx
+                .metrics
+                .dropped(crate::events::dropped::SUBSCRIBER_STALLED, c.behind());
+        }
+    }
+
+    /// The session loop; returns how it ended. An error is a lost connection.
+    async fn serve(&mut self, connack: Packet, wbuf: &mut BytesMut) -> Result<End, ConnError> {
+        self.write(connack, wbuf).await?;
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<AckResult>();
         let mut own_pubrels: HashSet<u16> = HashSet::new();
         // SUBSCRIBEs the router sees only part of: pkid -> which filters were allowed.
@@ -147,7 +218,7 @@ impl<P: Protocol> Session<P> {
                     if read? == 0 {
                         break End::Lost;
                     }
-                    match self.on_readable(&ack_tx, &mut own_pubrels, &mut owed, &mut pending_subacks, &mut wbuf).await {
+                    match self.on_readable(&ack_tx, &mut own_pubrels, &mut owed, &mut pending_subacks, wbuf).await {
                         Ok(Some(end)) => break end,
                         Ok(None) => {}
                         Err(e) => {
@@ -159,13 +230,16 @@ impl<P: Protocol> Session<P> {
                 _ = self.taken_over.cancelled() => {
                     break End::Refused(DisconnectReasonCode::SessionTakenOver);
                 }
+                _ = tokio::time::sleep_until(self.unacked.deadline.unwrap_or_else(tokio::time::Instant::now)), if self.unacked.deadline.is_some() => {
+                    return Err(ConnError::Stalled);
+                }
                 n = next_notification(&mut self.link) => {
                     router_active = true;
                     // Take everything the router has ready: one socket write
                     // for the lot instead of one per message.
                     let mut n = n;
                     loop {
-                        if let Some(end) = self.on_notification(n, &mut pending_subacks, &mut wbuf).await? {
+                        if let Some(end) = self.on_notification(n, &mut pending_subacks, wbuf).await? {
                             break 'session end;
                         }
                         match ready_now(next_notification(&mut self.link)) {
@@ -179,7 +253,7 @@ impl<P: Protocol> Session<P> {
                     loop {
                         owed = owed.saturating_sub(1);
                         if let Some(p) = self.ack_packet(ack, &mut own_pubrels) {
-                            self.encode(p, &mut wbuf)?;
+                            self.encode(p, wbuf)?;
                         }
                         match ack_rx.try_recv() {
                             Ok(more) => ack = more,
@@ -198,7 +272,7 @@ impl<P: Protocol> Session<P> {
                     };
                     if mine {
                         tracing::info!(device_id = device_id.as_deref().unwrap_or(""), "Closing the session of a revoked device.");
-                        self.tell_disconnect(DisconnectReasonCode::NotAuthorized, &mut wbuf).await;
+                        self.tell_disconnect(DisconnectReasonCode::NotAuthorized, wbuf).await;
                         // A revoked device's will is not published.
                         self.will = None;
                         break End::Lost;
@@ -216,13 +290,15 @@ impl<P: Protocol> Session<P> {
                     quiet = Some(now + DRAIN_QUIET);
                 }
                 _ = tokio::time::sleep_until(quiet.unwrap_or_else(tokio::time::Instant::now)), if quiet.is_some() => {
-                    self.tell_disconnect(DisconnectReasonCode::ServerShuttingDown, &mut wbuf).await;
+                    self.tell_disconnect(DisconnectReasonCode::ServerShuttingDown, wbuf).await;
                     break End::Shutdown;
                 }
             }
             if !wbuf.is_empty() {
-                self.stream.write_all(&wbuf).await?;
-                wbuf.clear();
+                self.flush(wbuf).await?;
+            }
+            if let Some(c) = &self.cursor {
+                c.set_idle(self.unacked.count == 0);
             }
             if let Some(q) = quiet.as_mut() {
                 if router_active {
@@ -230,12 +306,7 @@ impl<P: Protocol> Session<P> {
                 }
             }
         };
-        if let End::Refused(code) = end {
-            self.tell_disconnect(code, &mut wbuf).await;
-        }
-        tracing::debug!(role = ?self.role, "Session ended.");
-        self.finish(end).await;
-        Ok(())
+        Ok(end)
     }
 
     /// This session's router link, made now if it does not exist yet.
@@ -295,9 +366,20 @@ impl<P: Protocol> Session<P> {
                 return Ok(Some(End::Lost));
             }
             Ok(Some(n)) => {
+                if let (Notification::Forward(f), Some(c)) = (&n, self.cursor.as_mut()) {
+                    if let Some(at) = f.cursor {
+                        c.forwarded(&f.publish.topic, at);
+                    }
+                }
                 if let Some(p) = Option::<Packet>::from(n) {
                     let p = subscribe::merge_suback(self.v5, p, pending_subacks);
+                    let forward = matches!(p, Packet::Publish(..));
+                    let start = wbuf.len();
                     self.encode(p, wbuf)?;
+                    // QoS sits in the fixed header (rumqttd keeps the field private).
+                    if forward && (wbuf[start] >> 1) & 3 > 0 {
+                        self.unacked.sent(self.write_timeout());
+                    }
                 }
             }
             Ok(None) => {}
@@ -310,7 +392,20 @@ impl<P: Protocol> Session<P> {
     /// Encodes a packet and writes everything buffered at once.
     async fn write(&mut self, packet: Packet, wbuf: &mut BytesMut) -> Result<(), ConnError> {
         self.encode(packet, wbuf)?;
-        self.stream.write_all(wbuf).await?;
+        self.flush(wbuf).await
+    }
+
+    fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.ctx.config.limits.write_timeout_secs)
+    }
+
+    /// Writes the buffer out. A peer that takes nothing for
+    /// `limits.write_timeout_secs` is given up on, so a stuck subscriber can
+    /// neither hold its task for ever nor hold the devices (`crate::lag`).
+    async fn flush(&mut self, wbuf: &mut BytesMut) -> Result<(), ConnError> {
+        tokio::time::timeout(self.write_timeout(), self.stream.write_all(wbuf))
+            .await
+            .map_err(|_| ConnError::Stalled)??;
         wbuf.clear();
         Ok(())
     }
@@ -392,6 +487,7 @@ impl<P: Protocol> Session<P> {
                             *owed += 1;
                         }
                     } else {
+                        self.ctx.lag.published([&publish.topic[..]]);
                         to_router.push(Packet::Publish(publish, props));
                     }
                 }
@@ -413,8 +509,27 @@ impl<P: Protocol> Session<P> {
                     );
                     match p {
                         Packet::SubAck(..) => self.encode(p, wbuf)?,
-                        p => to_router.push(p),
+                        p => {
+                            if let Packet::Subscribe(s, _) = &p {
+                                let filters = s.filters.iter().map(|f| f.path.as_str());
+                                match self.cursor.as_mut() {
+                                    Some(c) => c.subscribed(filters),
+                                    None => self.ctx.lag.routed(filters),
+                                }
+                            }
+                            to_router.push(p)
+                        }
                     }
+                }
+                p @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
+                    self.unacked.acked(self.write_timeout());
+                    to_router.push(p);
+                }
+                Packet::Unsubscribe(u, props) => {
+                    if let Some(c) = self.cursor.as_mut() {
+                        c.unsubscribed(u.filters.iter().map(String::as_str));
+                    }
+                    to_router.push(Packet::Unsubscribe(u, props));
                 }
                 Packet::PingReq(_) => self.encode(Packet::PingResp(PingResp), wbuf)?,
                 Packet::Disconnect(..) => return Ok(Some(End::Graceful)),
@@ -489,6 +604,9 @@ impl<P: Protocol> Session<P> {
     /// backpressure. If the verifier no longer takes input (shutdown), the
     /// message is not acknowledged and the device will resend it.
     async fn hand_to_verifier(&mut self, publish: Publish, ack: Option<AckTo>) -> bool {
+        // Held here while a `block` subscriber catches up: this socket is
+        // not read and nothing is acknowledged meanwhile.
+        self.ctx.lag.admitted().await;
         let m = Inbound {
             topic: publish.topic,
             payload: publish.payload,
@@ -543,8 +661,11 @@ impl<P: Protocol> Session<P> {
             let publish = Publish::new(will.topic, will.message, will.retain);
             if self.is_sealed(&publish.topic) {
                 self.hand_to_verifier(publish, None).await;
-            } else if let Ok(tx) = self.router().await {
-                let _ = tx.send(Packet::Publish(publish, None)).await;
+            } else {
+                self.ctx.lag.published([&publish.topic[..]]);
+                if let Ok(tx) = self.router().await {
+                    let _ = tx.send(Packet::Publish(publish, None)).await;
+                }
             }
         }
         if let Some((tx, _)) = self.link.as_mut() {
@@ -553,7 +674,8 @@ impl<P: Protocol> Session<P> {
             };
             let _ = tx.send(Packet::Disconnect(d, None)).await;
         }
-        let _ = self.stream.shutdown().await;
+        // Bounded: a TLS close_notify to a peer that reads nothing would wait.
+        let _ = tokio::time::timeout(SHUTDOWN_WRITE, self.stream.shutdown()).await;
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Context {
     pub slots: Arc<tokio::sync::Semaphore>,
     /// Device ids revoked while connected: their sessions are closed at once.
     pub revoked: tokio::sync::broadcast::Sender<String>,
+    /// Subscriber positions and the device hold.
+    pub lag: Arc<crate::lag::Lag>,
 }
 
 /// Accepts connections until `ctx.stop`; each one runs on `tracker`.
@@ -279,6 +281,28 @@ async fn connect<P: Protocol + Send + 'static>(
         )),
         _ => None,
     };
+    // Subscriber accounts are tracked for lag (`crate::lag`); devices'
+    // downlink on `cmd/` is too thin to need it.
+    let cursor = match &role {
+        Role::Subscriber(name) => {
+            let policy = ctx
+                .config
+                .users
+                .iter()
+                .find(|u| &u.name == name)
+                .and_then(|u| u.slow_subscriber)
+                .unwrap_or(ctx.config.limits.slow_subscriber);
+            let resumed = matches!(&connack, Packet::ConnAck(a, _) if a.session_present);
+            Some(ctx.lag.reader(
+                name,
+                &router_client_id,
+                policy == crate::config::SlowSubscriber::Block,
+                !clean,
+                resumed,
+            ))
+        }
+        Role::Device(_) => None,
+    };
     let role_for_release = role.clone();
     let sessions_ctx = ctx.clone();
     let result = Session {
@@ -295,6 +319,8 @@ async fn connect<P: Protocol + Send + 'static>(
         router_client_id,
         clean_session: clean,
         taken_over,
+        cursor,
+        unacked: Default::default(),
     }
     .run(connack)
     .await;

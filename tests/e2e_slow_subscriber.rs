@@ -1,0 +1,281 @@
+//! A subscriber that stops reading while devices keep publishing, under each
+//! loss policy (`limits.slow_subscriber`):
+//! - `block`: devices are held, then released when it reads again, and it
+//!   gets every acknowledged message exactly once;
+//! - `drop`: devices are never held; what it misses is counted exactly in
+//!   `sealgate_dropped_total{reason="subscriber_lagged"}`;
+//! - a `block` subscriber that never reads again is cut off at the write
+//!   timeout, so it cannot hold the fleet for ever.
+//!
+//! The router's log is made small (6 segments of 32 KiB, about 1,700
+//! messages) so that a few thousand messages overflow it.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use rumqttc::{AsyncClient, Event, NetworkOptions, Packet, QoS};
+use sealgate::admin::client::Credentials;
+use tokio::sync::{mpsc, watch};
+
+const DEVICES: usize = 4;
+const PER_DEVICE: u64 = 1500;
+
+fn config(policy: &str, write_timeout_secs: u64) -> String {
+    format!(
+        "[router]\nmax_segment_size = 32768\nmax_segment_count = 6\n\
+         [limits]\ndevice_rate = 0.0\nslow_subscriber = \"{policy}\"\nsubscriber_max_lag = 200\n\
+         write_timeout_secs = {write_timeout_secs}\n\
+         [verifier]\nmax_batch = 32\nqueue = 64\n"
+    )
+}
+
+/// A dashboard whose reading can be paused: while paused its event loop is
+/// not polled, so the gateway's writes to it back up (a small receive
+/// buffer makes that quick).
+struct Dashboard {
+    client: AsyncClient,
+    reading: watch::Sender<bool>,
+    rx: mpsc::UnboundedReceiver<Option<(String, Vec<u8>)>>,
+}
+
+impl Dashboard {
+    /// A clean-session dashboard subscribed to `clean/#`.
+    async fn connect(port: u16) -> Dashboard {
+        Dashboard::connect_with(port, true, true).await
+    }
+
+    async fn connect_with(port: u16, clean: bool, subscribe: bool) -> Dashboard {
+        let mut opts = options(port, "slow-dash", SUB_USER, SUB_PASS);
+        opts.set_clean_session(clean);
+        let (client, mut el) = AsyncClient::new(opts, 10);
+        let mut net = NetworkOptions::new();
+        net.set_tcp_recv_buffer_size(4096);
+        el.set_network_options(net);
+        let (reading, mut gate) = watch::channel(true);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                if gate.wait_for(|r| *r).await.is_err() {
+                    return;
+                }
+                let seen = match el.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => Some((p.topic, p.payload.to_vec())),
+                    Ok(Event::Incoming(Packet::SubAck(_))) => Some((String::new(), Vec::new())),
+                    Ok(_) => continue,
+                    Err(_) => None,
+                };
+                let closed = seen.is_none();
+                if tx.send(seen).is_err() || closed {
+                    return;
+                }
+            }
+        });
+        if subscribe {
+            client.subscribe("clean/#", QoS::AtLeastOnce).await.unwrap();
+            let suback = tokio::time::timeout(WAIT, rx.recv()).await.unwrap();
+            assert_eq!(suback, Some(Some((String::new(), Vec::new()))), "SUBACK");
+        }
+        Dashboard {
+            client,
+            reading,
+            rx,
+        }
+    }
+
+    /// The next message, or `None` once the gateway closed the connection.
+    async fn next(&mut self) -> Option<(String, Vec<u8>)> {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("timed out waiting for the dashboard")
+            .flatten()
+    }
+}
+
+/// Each device publishes `PER_DEVICE` sealed QoS 1 messages as fast as its
+/// in-flight window allows; the task returns the PUBACKs it got.
+async fn publish_all(gw: &Gateway) -> (Vec<Credentials>, Vec<tokio::task::JoinHandle<u64>>) {
+    let mut creds = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..DEVICES {
+        let c = gw.add_device(&format!("d{i}")).await;
+        let mut dev = Client::device(gw.mqtt_port, &c).await;
+        let c2 = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = dev.client.clone();
+            let sender = tokio::spawn(async move {
+                for nonce in 1..=PER_DEVICE {
+                    let m = seal(&c2, "t", nonce, &plaintext(nonce));
+                    let topic = format!("sealed/{}/t", c2.device_id);
+                    client
+                        .publish(topic, QoS::AtLeastOnce, false, m)
+                        .await
+                        .unwrap();
+                }
+            });
+            let mut acked = 0;
+            while acked < PER_DEVICE {
+                match dev.next().await {
+                    Seen::PubAck(_) => acked += 1,
+                    Seen::Closed(e) => panic!("device cut off: {e}"),
+                    _ => {}
+                }
+            }
+            sender.await.unwrap();
+            acked
+        }));
+        creds.push(c);
+    }
+    (creds, tasks)
+}
+
+/// `publish_all`, then waits for every PUBACK.
+async fn publish_all_acked(gw: &Gateway) -> Vec<Credentials> {
+    let (creds, tasks) = publish_all(gw).await;
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await.unwrap();
+    }
+    assert_eq!(acked, DEVICES as u64 * PER_DEVICE);
+    creds
+}
+
+/// Publishes one more message, acknowledged after all the others and so the
+/// last in the log. Once `dash` has it, everything was either delivered to
+/// it or skipped: checks that delivered + counted as lagged is every message.
+async fn all_delivered_or_counted(gw: &Gateway, creds: &Credentials, dash: &mut Dashboard) {
+    let mut marker = Client::device(gw.mqtt_port, creds).await;
+    let last = PER_DEVICE + 1;
+    let topic = format!("sealed/{}/t", creds.device_id);
+    marker
+        .publish_acked(&topic, seal(creds, "t", last, &plaintext(last)))
+        .await;
+    dash.reading.send(true).unwrap();
+    let mut seen = HashSet::new();
+    loop {
+        let (t, p) = dash.next().await.expect("dashboard stays connected");
+        let (dev, nonce) = identify(&t, &p);
+        assert!(seen.insert((dev.clone(), nonce)), "duplicate {t}");
+        if dev == creds.device_id && nonce == last {
+            break;
+        }
+    }
+    let delivered = seen.len() as u64;
+    let dropped = gw.metric(LAGGED).await as u64;
+    assert!(dropped > 0, "the log was meant to overflow");
+    assert_eq!(
+        delivered + dropped,
+        DEVICES as u64 * PER_DEVICE + 1,
+        "delivered {delivered} + counted {dropped} must be every acknowledged message"
+    );
+}
+
+fn plaintext(nonce: u64) -> Vec<u8> {
+    format!("{nonce:0100}").into_bytes()
+}
+
+/// (device, nonce) of a delivered message.
+fn identify(topic: &str, payload: &[u8]) -> (String, u64) {
+    let dev = topic
+        .strip_prefix("clean/")
+        .and_then(|r| r.strip_suffix("/t"))
+        .expect("a clean telemetry topic");
+    let nonce = std::str::from_utf8(payload).unwrap().parse().unwrap();
+    (dev.to_owned(), nonce)
+}
+
+/// Polls a metric until `ok` holds; fails after `WAIT`.
+async fn await_metric(gw: &Gateway, sample: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = gw.metric(sample).await;
+        if ok(v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sample} stayed at {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const HELD: &str = "sealgate_devices_held";
+const LAG: &str = "sealgate_subscriber_lag_messages";
+const LAGGED: &str = "sealgate_dropped_total{reason=\"subscriber_lagged\"}";
+const STALLED: &str = "sealgate_dropped_total{reason=\"subscriber_stalled\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_holds_devices_and_the_subscriber_gets_everything_once() {
+    let gw = Gateway::start_with_config(&config("block", 30), &[]);
+    let mut dash = Dashboard::connect(gw.mqtt_port).await;
+    dash.reading.send(false).unwrap();
+
+    let (_creds, tasks) = publish_all(&gw).await;
+    // The devices are held once the dashboard is 200 messages behind...
+    await_metric(&gw, HELD, |v| v == 1.0).await;
+    assert!(gw.metric(LAG).await > 200.0);
+    assert!(
+        tasks.iter().all(|t| !t.is_finished()),
+        "held devices cannot have every PUBACK"
+    );
+
+    // ...and released once it reads again.
+    dash.reading.send(true).unwrap();
+    let total = DEVICES as u64 * PER_DEVICE;
+    let mut seen = HashSet::new();
+    while (seen.len() as u64) < total {
+        let (t, p) = dash.next().await.expect("dashboard stays connected");
+        assert!(seen.insert(identify(&t, &p)), "duplicate {t}");
+    }
+    let mut acked = 0;
+    for t in tasks {
+        acked += t.await.unwrap();
+    }
+    assert_eq!(acked, total);
+    assert_eq!(gw.metric(LAGGED).await, 0.0);
+    assert_eq!(gw.metric(STALLED).await, 0.0);
+    await_metric(&gw, HELD, |v| v == 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_never_holds_devices_and_counts_exactly_what_the_subscriber_missed() {
+    let gw = Gateway::start_with_config(&config("drop", 30), &[]);
+    let mut dash = Dashboard::connect(gw.mqtt_port).await;
+    dash.reading.send(false).unwrap();
+
+    // Every device gets every PUBACK while the dashboard reads nothing.
+    let creds = publish_all_acked(&gw).await;
+    assert_eq!(gw.metric(HELD).await, 0.0);
+    all_delivered_or_counted(&gw, &creds[0], &mut dash).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_subscriber_that_never_reads_again_is_cut_off_and_devices_go_on() {
+    let gw = Gateway::start_with_config(&config("block", 1), &[]);
+    let mut dash = Dashboard::connect(gw.mqtt_port).await;
+    dash.reading.send(false).unwrap();
+
+    publish_all_acked(&gw).await;
+    // What the router still held for it went with its clean session: counted.
+    assert!(gw.metric(STALLED).await > 0.0);
+    assert_eq!(gw.metric(HELD).await, 0.0);
+    dash.reading.send(true).unwrap();
+    while dash.next().await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_persistent_subscriber_missed_while_offline_is_counted_when_it_returns() {
+    let gw = Gateway::start_with_config(&config("block", 30), &[]);
+    let mut dash = Dashboard::connect_with(gw.mqtt_port, false, true).await;
+    dash.client.disconnect().await.unwrap();
+    while dash.next().await.is_some() {}
+
+    // Offline, it holds nobody: every device gets every PUBACK.
+    let creds = publish_all_acked(&gw).await;
+    // Back with its session: the router skips what rotated away; we count it.
+    let mut dash = Dashboard::connect_with(gw.mqtt_port, false, false).await;
+    all_delivered_or_counted(&gw, &creds[0], &mut dash).await;
+}
