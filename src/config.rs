@@ -514,4 +514,38 @@ mod tests {
         let err = Config::load(Some(&p), &[]).unwrap_err().to_string();
         assert!(err.contains("windwo"), "{err}");
     }
+
+    #[test]
+    fn the_slow_subscriber_policy_and_its_bound_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let load = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            Config::load(Some(&p), &[])
+        };
+        let c = load("[[users]]\nname = \"a\"\npassword = \"p\"\nslow_subscriber = \"drop\"\n")
+            .unwrap();
+        assert_eq!(c.limits.slow_subscriber, SlowSubscriber::Block);
+        assert_eq!(c.users[0].slow_subscriber, Some(SlowSubscriber::Drop));
+        let err = load("[limits]\nslow_subscriber = \"sometimes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sometimes"), "{err}");
+        // 2 segments of 64 KiB keep 64 KiB for certain: 1,024 messages of 64 B.
+        let small = "[router]\nmax_segment_size = 65536\nmax_segment_count = 2\n";
+        assert!(load(&format!("{small}[limits]\nsubscriber_max_lag = 1024\n")).is_ok());
+        let err = load(&format!("{small}[limits]\nsubscriber_max_lag = 1025\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.subscriber_max_lag"), "{err}");
+        // Nobody blocks: the bound does not matter.
+        assert!(load(&format!(
+            "{small}[limits]\nsubscriber_max_lag = 1025\nslow_subscriber = \"drop\"\n"
+        ))
+        .is_ok());
+        let err = load("[limits]\nwrite_timeout_secs = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.write_timeout_secs"), "{err}");
+    }
 }
