@@ -11,6 +11,7 @@ pub mod auth;
 mod connection;
 pub mod limits;
 mod packet;
+mod publish;
 mod subscribe;
 pub mod transport;
 

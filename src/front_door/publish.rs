@@ -1,0 +1,207 @@
+//! A client's PUBLISH: the topic rules and the rate limit first, then the
+//! sealed path (the verifier, acknowledged once the outcome is final) or the
+//! router; and the acknowledgement a verifier outcome turns into.
+
+use std::collections::HashSet;
+
+use bytes::BytesMut;
+use rumqttd::protocol::{
+    DisconnectReasonCode, Packet, Protocol, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
+    PublishProperties,
+};
+use tokio::sync::mpsc;
+
+use super::auth::Role;
+use super::connection::{ConnError, End, Session};
+use crate::events::RejectReason;
+use crate::verifier::{AckResult, AckTo, Inbound, Input, Outcome};
+
+/// A publish over the rate limit.
+struct Over {
+    event: bool,
+    cut_off: bool,
+}
+
+impl<P: Protocol> Session<P> {
+    /// Judges one PUBLISH of this client and sends it on its way: to the
+    /// verifier, or onto `to_router`. `Some` when the session must end.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn on_publish(
+        &mut self,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        qos: u8,
+        pkid: u16,
+        ack_tx: &mpsc::UnboundedSender<AckResult>,
+        owed: &mut usize,
+        to_router: &mut Vec<Packet>,
+        wbuf: &mut BytesMut,
+    ) -> Result<Option<End>, ConnError> {
+        let allowed = std::str::from_utf8(&publish.topic)
+            .is_ok_and(|t| self.ctx.acl.may_publish(&self.role, t));
+        if !allowed {
+            self.refuse(RejectReason::NotAllowed).await;
+            return Ok(Some(End::Refused(DisconnectReasonCode::NotAuthorized)));
+        }
+        if let Some(over) = self.over_rate() {
+            self.count_refusal(RejectReason::RateLimited);
+            if over.event {
+                self.refusal_event(RejectReason::RateLimited).await;
+            }
+            if over.cut_off {
+                return Ok(Some(End::Refused(DisconnectReasonCode::QuotaExceeded)));
+            }
+            // MQTT 5 hears "quota exceeded"; MQTT 3.1.1 gets no PUBACK for a
+            // message that was not taken in.
+            if self.v5 && qos > 0 {
+                let p = if qos == 2 {
+                    Packet::PubRec(
+                        PubRec {
+                            pkid,
+                            reason: PubRecReason::QuotaExceeded,
+                        },
+                        None,
+                    )
+                } else {
+                    Packet::PubAck(
+                        PubAck {
+                            pkid,
+                            reason: PubAckReason::QuotaExceeded,
+                        },
+                        None,
+                    )
+                };
+                self.encode(p, wbuf)?;
+            }
+            return Ok(None);
+        }
+        if !self.is_sealed(&publish.topic) {
+            self.ctx.lag.published([&publish.topic[..]]);
+            to_router.push(Packet::Publish(publish, props));
+            return Ok(None);
+        }
+        let ack = (qos > 0).then(|| AckTo {
+            tx: ack_tx.clone(),
+            pkid,
+            qos2: qos == 2,
+        });
+        if self.hand_to_verifier(publish, ack).await && qos > 0 {
+            *owed += 1;
+        }
+        Ok(None)
+    }
+
+    /// Counts, logs and publishes (through the verifier's queue, so events
+    /// stay in order) a refusal of this client.
+    pub(super) fn refuse(
+        &self,
+        reason: RejectReason,
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        self.count_refusal(reason);
+        self.refusal_event(reason)
+    }
+
+    /// Counts and logs one refused packet of this client.
+    fn count_refusal(&self, reason: RejectReason) {
+        self.ctx.metrics.reject(reason);
+        self.ctx.metrics.message(crate::events::result::REJECTED);
+        tracing::warn!(
+            reason = reason.as_str(),
+            client = self.client_name(),
+            "Refused packet."
+        );
+    }
+
+    /// Publishes the refusal's event, through the verifier so that events
+    /// stay in order.
+    /// (Borrows nothing across the await, so the session's stream need not
+    /// be `Sync`.)
+    fn refusal_event(
+        &self,
+        reason: RejectReason,
+    ) -> impl std::future::Future<Output = ()> + 'static {
+        let client = self.client_name().to_owned();
+        let tx = self.ctx.verifier.clone();
+        async move {
+            let _ = tx.send(Input::Event { reason, client }).await;
+        }
+    }
+
+    /// Checks the rate limit for one publish; `Some` when it is over.
+    fn over_rate(&mut self) -> Option<Over> {
+        match self.rate.as_mut()?.check(std::time::Instant::now()) {
+            super::limits::Verdict::Admit => None,
+            super::limits::Verdict::Over { event, cut_off } => Some(Over { event, cut_off }),
+        }
+    }
+
+    pub(super) fn client_name(&self) -> &str {
+        match &self.role {
+            Role::Device(id) | Role::Subscriber(id) => id,
+        }
+    }
+
+    pub(super) fn is_sealed(&self, topic: &[u8]) -> bool {
+        let prefix = self.ctx.config.topics.sealed.as_bytes();
+        topic.len() > prefix.len() && topic.starts_with(prefix) && topic[prefix.len()] == b'/'
+    }
+
+    /// Queues a sealed publish for the verifier. Waits while the verifier's
+    /// queue is full: this connection stops reading its socket, which is the
+    /// backpressure. If the verifier no longer takes input (shutdown), the
+    /// message is not acknowledged and the device will resend it.
+    pub(super) async fn hand_to_verifier(&mut self, publish: Publish, ack: Option<AckTo>) -> bool {
+        // Held here while a `block` subscriber catches up: this socket is
+        // not read and nothing is acknowledged meanwhile.
+        self.ctx.lag.admitted().await;
+        let m = Inbound {
+            topic: publish.topic,
+            payload: publish.payload,
+            retain: publish.retain,
+            ack,
+        };
+        self.ctx.verifier.send(Input::Message(m)).await.is_ok()
+    }
+
+    /// The packet that answers a verifier outcome, if any.
+    pub(super) fn ack_packet(
+        &self,
+        ack: AckResult,
+        own_pubrels: &mut HashSet<u16>,
+    ) -> Option<Packet> {
+        let reason = match ack.outcome {
+            Outcome::Delivered => PubAckReason::Success,
+            Outcome::Rejected(r) => match r {
+                crate::events::RejectReason::Malformed => PubAckReason::PayloadFormatInvalid,
+                _ => PubAckReason::NotAuthorized,
+            },
+            // MQTT 3.1.1 has no negative acknowledgement: stay silent so the
+            // device resends after reconnecting. MQTT 5 says so explicitly.
+            Outcome::Unavailable if !self.v5 => return None,
+            Outcome::Unavailable => PubAckReason::UnspecifiedError,
+        };
+        if ack.qos2 {
+            let reason = match reason {
+                PubAckReason::Success => PubRecReason::Success,
+                PubAckReason::PayloadFormatInvalid => PubRecReason::PayloadFormatInvalid,
+                PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
+                _ => PubRecReason::UnspecifiedError,
+            };
+            own_pubrels.insert(ack.pkid);
+            return Some(Packet::PubRec(
+                PubRec {
+                    pkid: ack.pkid,
+                    reason,
+                },
+                None,
+            ));
+        }
+        Some(Packet::PubAck(
+            PubAck {
+                pkid: ack.pkid,
+                reason,
+            },
+            None,
+        ))
+    }
+}
