@@ -48,6 +48,9 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// estimate above 0 is taken to be wrong and reset.
 const RESYNC_AFTER: Duration = Duration::from_secs(1);
 
+/// Holds are logged at most this often.
+const HOLD_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// A position before the reader's first message on a filter.
 const UNKNOWN: u64 = u64::MAX;
 /// A skew before any reader of the filter has seen a message.
@@ -197,6 +200,8 @@ pub struct Lag {
     released: Notify,
     max_lag: u64,
     metrics: Arc<Metrics>,
+    /// When a hold was last logged, and holds since.
+    hold_log: Mutex<(Option<tokio::time::Instant>, u64)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -215,6 +220,7 @@ impl Lag {
             released: Notify::new(),
             max_lag,
             metrics,
+            hold_log: Mutex::default(),
         })
     }
 
@@ -348,6 +354,27 @@ impl Lag {
         self.released.notify_waiters();
     }
 
+    /// Logs a hold, at most once per [`HOLD_LOG_EVERY`]: a subscriber that
+    /// is simply slower than the fleet is held several times a second.
+    fn log_hold(&self, name: &str, behind: u64, now: tokio::time::Instant) {
+        let mut log = lock(&self.hold_log);
+        log.1 += 1;
+        if log
+            .0
+            .is_some_and(|last| now.duration_since(last) < HOLD_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            subscriber = %name,
+            behind,
+            limit = self.max_lag,
+            holds = log.1,
+            "Holding device publishes: a block-policy subscriber is too far behind."
+        );
+        *log = (Some(now), 0);
+    }
+
     /// One monitor pass. The monitor alone changes `holding`, so a reader
     /// that closes while over the bound is released here, on the next pass.
     fn check(&self) {
@@ -374,19 +401,14 @@ impl Lag {
                 if self.holding.fetch_add(1, Ordering::AcqRel) == 0 {
                     self.metrics.devices_held.set(1);
                 }
-                tracing::warn!(
-                    subscriber = %r.name,
-                    behind,
-                    limit = self.max_lag,
-                    "Holding device publishes: a block-policy subscriber is too far behind."
-                );
+                self.log_hold(&r.name, behind, now);
             } else if holding && (closed || behind <= self.max_lag / 2) {
                 r.holding.store(false, Ordering::Relaxed);
                 if self.holding.fetch_sub(1, Ordering::AcqRel) == 1 {
                     self.metrics.devices_held.set(0);
                     released = true;
                 }
-                tracing::info!(subscriber = %r.name, behind, "Released device publishes.");
+                tracing::debug!(subscriber = %r.name, behind, "Released device publishes.");
             }
             !closed
         });
