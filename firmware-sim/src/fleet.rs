@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sealgate::admin::client::{AdminClient, BulkCredentials, Credentials};
+use sealgate::admin::client::{bulk_device_id, AdminClient, BulkCredentials, Credentials};
 use sealgate::envelope::{normalise_device_id, DeviceKeys};
 
 /// One simulated ESP32: what it would have in flash.
@@ -100,16 +100,6 @@ fn from_admin(client: &AdminClient, prefix: &str, count: u32) -> Result<Vec<Cred
             "cannot register {count} devices with prefix {prefix:?}: {e}"
         )),
     }
-}
-
-/// The id the bulk endpoint gives device `i` of `count`: the prefix and the
-/// index zero-padded to at least four digits. The rotate fallback has to name
-/// the devices the bulk call would have created; the rule is the gateway's
-/// (`src/admin/handlers.rs`), repeated here because the library does not
-/// export it.
-pub fn bulk_device_id(prefix: &str, i: u32, count: u32) -> String {
-    let width = count.to_string().len().max(4);
-    format!("{prefix}{i:0width$}")
 }
 
 fn to_device(c: &Credentials) -> Result<SimDevice, String> {

@@ -3,6 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The id the bulk endpoint gives device `i` (from 1) of `count`: the prefix
+/// and the index zero-padded to at least four digits. Part of the API: a
+/// client that must name the devices a bulk call created uses this.
+pub fn bulk_device_id(prefix: &str, i: u32, count: u32) -> String {
+    let width = count.to_string().len().max(4);
+    format!("{prefix}{i:0width$}")
+}
+
 /// The one response that carries a device secret: `add` and `rotate` only.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Credentials {

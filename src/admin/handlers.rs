@@ -95,9 +95,8 @@ pub async fn add_bulk(
             "count must be between 1 and {MAX_BULK}"
         )));
     }
-    let width = b.count.to_string().len().max(4);
     let ids: Vec<String> = (1..=b.count)
-        .map(|i| format!("{}{i:0width$}", b.prefix))
+        .map(|i| super::client::bulk_device_id(&b.prefix, i, b.count))
         .collect();
     let reg = state.registry.clone();
     let created = tokio::task::spawn_blocking(move || reg.add_many(&ids, now_ms()))
