@@ -415,13 +415,23 @@ impl<P: Protocol> Session<P> {
     ) -> Result<Option<End>, ConnError> {
         let max = self.ctx.config.mqtt.max_packet_bytes;
         let mut to_router: Vec<Packet> = Vec::new();
-        while let Some((_, len)) = packet::frame(&self.rbuf) {
+        loop {
+            let len = match packet::frame(&self.rbuf) {
+                packet::Frame::Incomplete => break,
+                // A fifth length byte never becomes a packet: waiting for one
+                // would let the client fill the buffer for ever.
+                packet::Frame::Malformed => {
+                    self.refuse(RejectReason::Malformed).await;
+                    return Ok(Some(End::Refused(DisconnectReasonCode::MalformedPacket)));
+                }
+                packet::Frame::Frame { len, .. } => len,
+            };
             // Refused on the header alone: an oversized packet is never buffered.
             if len > max {
                 self.refuse(RejectReason::TooLarge).await;
                 return Ok(Some(End::Refused(DisconnectReasonCode::PacketTooLarge)));
             }
-            if len > self.rbuf.len() && len <= max + 5 {
+            if len > self.rbuf.len() {
                 break;
             }
             let qos_pkid = packet::publish_qos_pkid(&self.rbuf);

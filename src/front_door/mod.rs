@@ -131,8 +131,10 @@ async fn handle(
             if let Some(level) = packet::connect_level(&buf) {
                 return Ok(Some(level));
             }
-            if buf.len() >= 2 && packet::frame(&buf).is_some_and(|(first, _)| first >> 4 != 1) {
-                return Ok(None);
+            match packet::frame(&buf) {
+                packet::Frame::Frame { first, .. } if first >> 4 != 1 => return Ok(None),
+                packet::Frame::Malformed => return Ok(None),
+                _ => {}
             }
             if buf.len() > 1024 || stream.read_buf(&mut buf).await? == 0 {
                 return Ok::<_, std::io::Error>(None);

@@ -1,27 +1,49 @@
 //! The little of MQTT framing we read ourselves. rumqttd's codec decodes
 //! packets, but keeps a PUBLISH's QoS and packet id private; the front door
 //! needs both to acknowledge sealed messages only after they are durable.
+//! Framing is also where a hostile client is cut off first: a header that
+//! can never become a packet must close the connection, not grow a buffer.
 
-/// Fixed header of the first packet in `buf`: first byte and total frame
-/// length. `None` while the header is incomplete or malformed; the codec
-/// reports those cases precisely.
-pub fn frame(buf: &[u8]) -> Option<(u8, usize)> {
-    let first = *buf.first()?;
+/// What the start of a read buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// Not enough bytes yet to know the packet's length.
+    Incomplete,
+    /// The remaining length has a fifth continuation byte (MQTT allows
+    /// four): no amount of further input makes this a packet.
+    Malformed,
+    /// The first byte and the whole frame's length, header included. The
+    /// frame may still be incomplete in the buffer.
+    Frame { first: u8, len: usize },
+}
+
+/// Reads the fixed header at the start of `buf`.
+pub fn frame(buf: &[u8]) -> Frame {
+    let Some(&first) = buf.first() else {
+        return Frame::Incomplete;
+    };
     let mut len: usize = 0;
     for i in 0..4 {
-        let b = *buf.get(1 + i)?;
+        let Some(&b) = buf.get(1 + i) else {
+            return Frame::Incomplete;
+        };
         len |= usize::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
-            return Some((first, 2 + i + len));
+            return Frame::Frame {
+                first,
+                len: 2 + i + len,
+            };
         }
     }
-    None
+    Frame::Malformed
 }
 
 /// QoS and packet id of a complete PUBLISH frame (`frame` already checked).
 /// Returns `None` when the frame is not a PUBLISH.
 pub fn publish_qos_pkid(buf: &[u8]) -> Option<(u8, u16)> {
-    let (first, _) = frame(buf)?;
+    let Frame::Frame { first, .. } = frame(buf) else {
+        return None;
+    };
     if first >> 4 != 3 {
         return None;
     }
@@ -43,7 +65,9 @@ pub fn publish_qos_pkid(buf: &[u8]) -> Option<(u8, u16)> {
 
 /// The protocol level of a CONNECT frame (4 = 3.1.1, 5 = 5.0, 3 = 3.1).
 pub fn connect_level(buf: &[u8]) -> Option<u8> {
-    let (first, _) = frame(buf)?;
+    let Frame::Frame { first, .. } = frame(buf) else {
+        return None;
+    };
     if first >> 4 != 1 {
         return None;
     }
@@ -66,13 +90,48 @@ mod tests {
     fn reads_publish_header() {
         // PUBLISH qos1, topic "a/b", pkid 0x1234, payload "x"
         let p = [0x32, 8, 0, 3, b'a', b'/', b'b', 0x12, 0x34, b'x'];
-        assert_eq!(frame(&p), Some((0x32, 10)));
+        assert_eq!(
+            frame(&p),
+            Frame::Frame {
+                first: 0x32,
+                len: 10
+            }
+        );
         assert_eq!(publish_qos_pkid(&p), Some((1, 0x1234)));
         assert_eq!(publish_qos_pkid(&[0x30, 4, 0, 1, b'a', b'x']), Some((0, 0)));
-        assert_eq!(frame(&[0x30]), None);
-        assert_eq!(frame(&[0x30, 0x80]), None);
-        assert_eq!(frame(&[0x30, 0x80, 0x01]).map(|f| f.1), Some(3 + 128));
-        assert_eq!(frame(&[0x30, 0x80, 0x80, 0x80, 0x80, 0x01]), None);
+        assert_eq!(
+            frame(&[0x30, 0x80, 0x01]),
+            Frame::Frame {
+                first: 0x30,
+                len: 3 + 128
+            }
+        );
+    }
+
+    #[test]
+    fn incomplete_and_malformed_headers_differ() {
+        assert_eq!(frame(&[]), Frame::Incomplete);
+        assert_eq!(frame(&[0x30]), Frame::Incomplete);
+        assert_eq!(frame(&[0x30, 0x80]), Frame::Incomplete);
+        assert_eq!(frame(&[0x30, 0x80, 0x80, 0x80]), Frame::Incomplete);
+        // Four length bytes is the maximum: 268,435,455.
+        assert_eq!(
+            frame(&[0x30, 0xff, 0xff, 0xff, 0x7f]),
+            Frame::Frame {
+                first: 0x30,
+                len: 5 + 268_435_455
+            }
+        );
+        // A fifth continuation byte can never become a packet.
+        assert_eq!(frame(&[0x30, 0x80, 0x80, 0x80, 0x80]), Frame::Malformed);
+        assert_eq!(
+            frame(&[0x30, 0x80, 0x80, 0x80, 0x80, 0x01]),
+            Frame::Malformed
+        );
+        assert_eq!(
+            publish_qos_pkid(&[0x32, 0x80, 0x80, 0x80, 0x80, 0x01]),
+            None
+        );
     }
 
     #[test]
