@@ -21,10 +21,29 @@ pub struct Broker {
     make_link: Arc<MakeLink>,
 }
 
-/// Router client-id namespaces, so that no subscriber account can take over
-/// a device's session by choosing its client id, nor the other way round.
-pub const DEVICE_NS: &str = "d.";
-pub const USER_NS: &str = "u.";
+/// The router session of a device: `d.{id}`.
+///
+/// Router client ids are namespaced so that no client reaches a session that
+/// is not its own by choosing a client id: devices live under `d.`, accounts
+/// under `u.`, and an account's sessions under its own name.
+pub fn device_client_id(device_id: &str) -> String {
+    format!("d.{device_id}")
+}
+
+/// The router session of `client_id` under `account`:
+/// `u.{len(account)}.{account}.{client_id}`. The account name's length comes
+/// first, so ("a.b", "c") and ("a", "b.c") cannot meet in one id: one
+/// account can neither take over nor inherit another's session.
+pub fn account_client_id(account: &str, client_id: &str) -> String {
+    format!("u.{}.{account}.{client_id}", account.len())
+}
+
+/// A client id for an account client that sent none (clean session only).
+/// It starts with `$`, which the front door refuses in clients' own ids,
+/// so it can never collide with one.
+pub fn assigned_client_id() -> String {
+    format!("$auto-{:016x}", rand::random::<u64>())
+}
 
 impl Broker {
     /// Spawns the router thread. rumqttd's router runs until the process ends.
@@ -58,5 +77,18 @@ impl Broker {
         clean_session: bool,
     ) -> Result<(LinkTx, LinkRx, Notification), Box<LinkError>> {
         (self.make_link)(client_id, clean_session)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_sessions_cannot_collide() {
+        assert_ne!(account_client_id("a.b", "c"), account_client_id("a", "b.c"));
+        assert_ne!(account_client_id("a", "x"), account_client_id("b", "x"));
+        assert_ne!(account_client_id("d", "x"), device_client_id("x"));
+        assert!(assigned_client_id().starts_with('$'));
     }
 }

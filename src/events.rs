@@ -77,6 +77,81 @@ impl std::fmt::Display for RejectReason {
     }
 }
 
+/// Why a connection ended before its session began: the `reason` label of
+/// `sealgate_connect_refused_total`, and the `reason` field of the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectRefusal {
+    /// `limits.max_connections` sockets were already open.
+    TooManyConnections,
+    /// The TLS or WebSocket handshake failed.
+    HandshakeFailed,
+    /// Handshake and CONNECT together took longer than `mqtt.connect_timeout_ms`.
+    ConnectTimeout,
+    /// MQTT 3.1 or an unknown protocol level.
+    ProtocolVersion,
+    /// The first packet was not a CONNECT.
+    NotConnect,
+    /// The CONNECT could not be decoded, or was larger than `mqtt.max_packet_bytes`.
+    MalformedConnect,
+    NoCredentials,
+    BadPassword,
+    UnknownDevice,
+    Revoked,
+    BadToken,
+    ExpiredToken,
+    /// A device's client id is not its device id.
+    ClientIdMismatch,
+    /// The will topic is one the client could not publish to.
+    WillNotAllowed,
+    /// An account's client id is empty (with a persistent session) or holds
+    /// a character MQTT reserves for topics.
+    ClientIdInvalid,
+    /// The router has no room for another session.
+    RouterFull,
+}
+
+impl ConnectRefusal {
+    pub const ALL: [ConnectRefusal; 16] = [
+        ConnectRefusal::TooManyConnections,
+        ConnectRefusal::HandshakeFailed,
+        ConnectRefusal::ConnectTimeout,
+        ConnectRefusal::ProtocolVersion,
+        ConnectRefusal::NotConnect,
+        ConnectRefusal::MalformedConnect,
+        ConnectRefusal::NoCredentials,
+        ConnectRefusal::BadPassword,
+        ConnectRefusal::UnknownDevice,
+        ConnectRefusal::Revoked,
+        ConnectRefusal::BadToken,
+        ConnectRefusal::ExpiredToken,
+        ConnectRefusal::ClientIdMismatch,
+        ConnectRefusal::WillNotAllowed,
+        ConnectRefusal::ClientIdInvalid,
+        ConnectRefusal::RouterFull,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectRefusal::TooManyConnections => "too_many_connections",
+            ConnectRefusal::HandshakeFailed => "handshake_failed",
+            ConnectRefusal::ConnectTimeout => "connect_timeout",
+            ConnectRefusal::ProtocolVersion => "protocol_version",
+            ConnectRefusal::NotConnect => "not_connect",
+            ConnectRefusal::MalformedConnect => "malformed_connect",
+            ConnectRefusal::NoCredentials => "no_credentials",
+            ConnectRefusal::BadPassword => "bad_password",
+            ConnectRefusal::UnknownDevice => "unknown_device",
+            ConnectRefusal::Revoked => "revoked",
+            ConnectRefusal::BadToken => "bad_token",
+            ConnectRefusal::ExpiredToken => "expired_token",
+            ConnectRefusal::ClientIdMismatch => "client_id_mismatch",
+            ConnectRefusal::WillNotAllowed => "will_not_allowed",
+            ConnectRefusal::ClientIdInvalid => "client_id_invalid",
+            ConnectRefusal::RouterFull => "router_full",
+        }
+    }
+}
+
 /// The JSON object published on `sealgate/events/{device}`. It carries what
 /// an operator needs to act and nothing an attacker could use: never the
 /// payload, the MAC, a key or a token.
@@ -141,6 +216,9 @@ mod tests {
         }
         assert!(!RejectReason::Duplicate.publishes_event());
         assert!(RejectReason::BadMac.publishes_event());
+        let names: std::collections::HashSet<_> =
+            ConnectRefusal::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), ConnectRefusal::ALL.len());
     }
 
     #[test]

@@ -144,9 +144,9 @@ impl Metrics {
             .inc_by(messages);
     }
 
-    pub fn connect_refused(&self, reason: &'static str) {
+    pub fn connect_refused(&self, reason: crate::events::ConnectRefusal) {
         self.connect_refused
-            .get_or_create(&[("reason", reason)])
+            .get_or_create(&[("reason", reason.as_str())])
             .inc();
     }
 

@@ -7,6 +7,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::User;
 use crate::envelope::{normalise_device_id, verify_connect_token, MasterKey};
+use crate::events::ConnectRefusal;
 use crate::registry::{DeviceState, Registry};
 
 /// Who a connection is, once authenticated.
@@ -16,32 +17,6 @@ pub enum Role {
     Device(String),
     /// A subscriber account from `users`.
     Subscriber(String),
-}
-
-/// Why a CONNECT was refused; the label of `sealgate_connect_refused_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    NoCredentials,
-    BadPassword,
-    UnknownDevice,
-    Revoked,
-    BadToken,
-    ExpiredToken,
-    ClientIdMismatch,
-}
-
-impl Refused {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refused::NoCredentials => "no_credentials",
-            Refused::BadPassword => "bad_password",
-            Refused::UnknownDevice => "unknown_device",
-            Refused::Revoked => "revoked",
-            Refused::BadToken => "bad_token",
-            Refused::ExpiredToken => "expired_token",
-            Refused::ClientIdMismatch => "client_id_mismatch",
-        }
-    }
 }
 
 pub struct Authenticator {
@@ -93,23 +68,23 @@ impl Authenticator {
         login: Option<(&str, &str)>,
         now_s: u64,
         now_ms: u64,
-    ) -> Result<Role, Refused> {
+    ) -> Result<Role, ConnectRefusal> {
         let Some((username, password)) = login else {
-            return Err(Refused::NoCredentials);
+            return Err(ConnectRefusal::NoCredentials);
         };
         if let Some((name, hash)) = self.users.iter().find(|(n, _)| n == username) {
             return if bool::from(hash.ct_eq(&digest(password))) {
                 Ok(Role::Subscriber(name.clone()))
             } else {
-                Err(Refused::BadPassword)
+                Err(ConnectRefusal::BadPassword)
             };
         }
-        let device_id = normalise_device_id(username).map_err(|_| Refused::UnknownDevice)?;
+        let device_id = normalise_device_id(username).map_err(|_| ConnectRefusal::UnknownDevice)?;
         if normalise_device_id(client_id).ok().as_deref() != Some(device_id.as_str()) {
-            return Err(Refused::ClientIdMismatch);
+            return Err(ConnectRefusal::ClientIdMismatch);
         }
         let kids: Vec<u32> = match self.registry.get(&device_id) {
-            Some(d) if d.state == DeviceState::Revoked => return Err(Refused::Revoked),
+            Some(d) if d.state == DeviceState::Revoked => return Err(ConnectRefusal::Revoked),
             Some(d) => std::iter::once(d.kid)
                 .chain(
                     d.previous_kid
@@ -119,14 +94,14 @@ impl Authenticator {
             // With auto-register on, a token under the kid 1 key proves the
             // master key made it; the device registers on its first message.
             None if self.auto_register => vec![1],
-            None => return Err(Refused::UnknownDevice),
+            None => return Err(ConnectRefusal::UnknownDevice),
         };
-        let mut refused = Refused::BadToken;
+        let mut refused = ConnectRefusal::BadToken;
         for kid in kids {
             let keys = self.master.device_keys(&device_id, kid);
             match verify_connect_token(&keys, &device_id, password, now_s, self.allow_no_expiry) {
                 Ok(()) => return Ok(Role::Device(device_id)),
-                Err(crate::envelope::TokenError::Expired) => refused = Refused::ExpiredToken,
+                Err(crate::envelope::TokenError::Expired) => refused = ConnectRefusal::ExpiredToken,
                 Err(_) => {}
             }
         }

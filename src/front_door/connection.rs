@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, PingResp,
-    Protocol, PubComp, PubCompReason, Publish,
+    Disconnect, DisconnectReasonCode, LastWill, Packet, PingResp, Protocol, PubComp, PubCompReason,
+    Publish,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,6 +97,10 @@ pub(super) struct Session<P> {
     /// A subscriber account's positions in the router's logs.
     pub cursor: Option<crate::lag::Cursor>,
     pub unacked: Unacked,
+    /// When the client's last complete packet arrived: keep-alive counts
+    /// packets, not bytes, so a client trickling one endless packet is
+    /// still silent.
+    pub last_packet: tokio::time::Instant,
 }
 
 /// QoS 1 and 2 messages written to the client that it has not acknowledged
@@ -183,7 +187,7 @@ impl<P: Protocol> Session<P> {
         } else {
             self.keep_alive.min(max_ka)
         };
-        let keep_alive = Some(Duration::from_millis(u64::from(ka) * 1500));
+        let keep_alive = Duration::from_millis(u64::from(ka) * 1500);
         let stop = self.ctx.stop.clone();
         let mut revoked = self.ctx.revoked.subscribe();
         let device_id = match &self.role {
@@ -197,12 +201,7 @@ impl<P: Protocol> Session<P> {
         let mut hard_stop = tokio::time::Instant::now();
 
         let end = 'session: loop {
-            let idle = async {
-                match keep_alive {
-                    Some(d) => tokio::time::sleep(d).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let idle = tokio::time::sleep_until(self.last_packet + keep_alive);
             let mut router_active = false;
             tokio::select! {
                 // Reading goes on while draining: subscribers' PUBACKs keep the
@@ -440,6 +439,7 @@ impl<P: Protocol> Session<P> {
                 Err(rumqttd::protocol::Error::InsufficientBytes(_)) => break,
                 Err(e) => return Err(e.into()),
             };
+            self.last_packet = tokio::time::Instant::now();
             match pkt {
                 Packet::Publish(publish, props) => {
                     let (qos, pkid) = qos_pkid.unwrap_or((0, 0));
@@ -580,15 +580,4 @@ async fn next_notification(
         Some((_, rx)) => rx.next().await,
         None => std::future::pending().await,
     }
-}
-
-/// CONNACK refusing a client.
-pub(super) fn refusal(code: ConnectReturnCode) -> Packet {
-    Packet::ConnAck(
-        ConnAck {
-            session_present: false,
-            code,
-        },
-        None,
-    )
 }

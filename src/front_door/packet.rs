@@ -4,8 +4,10 @@
 //! Framing is also where a hostile client is cut off first: a header that
 //! can never become a packet must close the connection, not grow a buffer.
 
-/// What the start of a read buffer holds.
+/// What the start of a read buffer holds. (`Frame::Frame` reads as the
+/// three answers framing has: incomplete, malformed, or a frame.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)]
 pub enum Frame {
     /// Not enough bytes yet to know the packet's length.
     Incomplete,

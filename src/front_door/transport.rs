@@ -6,6 +6,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
@@ -35,18 +36,39 @@ impl Transport {
         }
     }
 
-    /// Runs the transport's handshake on an accepted socket.
-    pub async fn upgrade(&self, tcp: TcpStream) -> std::io::Result<Stream> {
+    /// Runs the transport's handshake on an accepted socket. `max_packet`
+    /// bounds WebSocket messages and frames too: tungstenite buffers a whole
+    /// message before we see a byte of it, and its defaults (64 MiB
+    /// messages, 16 MiB frames) would let one client hold that much.
+    pub async fn upgrade(&self, tcp: TcpStream, max_packet: usize) -> std::io::Result<Stream> {
         match self {
             Transport::Tcp => Ok(Box::pin(tcp)),
             Transport::Tls(acceptor) => Ok(Box::pin(acceptor.accept(tcp).await?)),
             Transport::WebSocket => {
-                let ws = async_tungstenite::tokio::accept_hdr_async(tcp, MqttSubprotocol)
-                    .await
-                    .map_err(std::io::Error::other)?;
+                let ws = async_tungstenite::tokio::accept_hdr_async_with_config(
+                    tcp,
+                    MqttSubprotocol,
+                    Some(ws_limits(max_packet)),
+                )
+                .await
+                .map_err(std::io::Error::other)?;
                 Ok(Box::pin(ws_stream_tungstenite::WsStream::new(ws).compat()))
             }
         }
+    }
+}
+
+/// Room for MQTT's own fixed header around a packet of `max_packet` bytes
+/// when a client puts one packet per WebSocket message, with some slack for
+/// clients that pack a few small packets into one message.
+const WS_SLACK: usize = 4096;
+
+/// WebSocket limits for packets of at most `max_packet` bytes.
+fn ws_limits(max_packet: usize) -> WebSocketConfig {
+    WebSocketConfig {
+        max_message_size: Some(max_packet + WS_SLACK),
+        max_frame_size: Some(max_packet + WS_SLACK),
+        ..WebSocketConfig::default()
     }
 }
 

@@ -1,0 +1,365 @@
+//! From accepted socket to session: the transport handshake, the CONNECT,
+//! authentication and the router session. Everything here runs under one
+//! deadline (`mqtt.connect_timeout_ms`) taken at accept, so a client that
+//! trickles its handshake or its CONNECT one byte at a time still gives its
+//! connection slot back on time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::{ConnAck, ConnectReturnCode, Packet, Protocol};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::auth::Role;
+use super::connection::{ConnError, Session};
+use super::packet::{self, Frame};
+use super::transport::{Stream, Transport};
+use super::{limits, Context};
+use crate::broker;
+use crate::events::ConnectRefusal;
+
+/// Bytes read before the protocol level is known: a CONNECT's level sits
+/// in its first dozen bytes.
+const LEVEL_PEEK: usize = 1024;
+
+/// Serves one accepted socket until its session ends.
+pub(super) async fn handle(
+    tcp: TcpStream,
+    transport: Transport,
+    ctx: Arc<Context>,
+) -> Result<(), ConnError> {
+    tcp.set_nodelay(true)?;
+    let deadline = Instant::now() + Duration::from_millis(ctx.config.mqtt.connect_timeout_ms);
+    let max = ctx.config.mqtt.max_packet_bytes;
+    let mut stream = match timeout_at(deadline, transport.upgrade(tcp, max)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            ctx.metrics.connect_refused(ConnectRefusal::HandshakeFailed);
+            tracing::debug!(listener = transport.name(), error = %e, "Transport handshake failed.");
+            return Ok(());
+        }
+        Err(_) => {
+            ctx.metrics.connect_refused(ConnectRefusal::ConnectTimeout);
+            return Ok(());
+        }
+    };
+    let mut buf = BytesMut::with_capacity(LEVEL_PEEK);
+    let level = timeout_at(deadline, async {
+        loop {
+            if let Some(level) = packet::connect_level(&buf) {
+                return Ok(Some(level));
+            }
+            match packet::frame(&buf) {
+                Frame::Frame { first, .. } if first >> 4 != 1 => return Ok(None),
+                Frame::Malformed => return Ok(None),
+                _ => {}
+            }
+            if buf.len() > LEVEL_PEEK || stream.read_buf(&mut buf).await? == 0 {
+                return Ok::<_, std::io::Error>(None);
+            }
+        }
+    })
+    .await;
+    match level {
+        Ok(Ok(Some(5))) => connect(V5, true, stream, buf, deadline, ctx).await,
+        Ok(Ok(Some(4))) => connect(V4, false, stream, buf, deadline, ctx).await,
+        Ok(Ok(Some(_))) => {
+            // MQTT 3.1 and unknown levels: 3.1.1's "unacceptable protocol version".
+            let mut out = BytesMut::new();
+            let _ = V4.write(connack(ConnectReturnCode::RefusedProtocolVersion), &mut out);
+            let _ = timeout_at(deadline, stream.write_all(&out)).await;
+            ctx.metrics.connect_refused(ConnectRefusal::ProtocolVersion);
+            Ok(())
+        }
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            ctx.metrics.connect_refused(ConnectRefusal::NotConnect);
+            Ok(())
+        }
+        Err(_) => {
+            ctx.metrics.connect_refused(ConnectRefusal::ConnectTimeout);
+            Ok(())
+        }
+    }
+}
+
+/// The CONNACK code that tells a client why it was refused; `None` where
+/// the connection is closed without an answer.
+fn return_code(reason: ConnectRefusal) -> Option<ConnectReturnCode> {
+    use ConnectRefusal as R;
+    match reason {
+        R::NoCredentials
+        | R::BadPassword
+        | R::UnknownDevice
+        | R::Revoked
+        | R::BadToken
+        | R::ExpiredToken
+        | R::ClientIdMismatch
+        | R::WillNotAllowed => Some(ConnectReturnCode::NotAuthorized),
+        R::ClientIdInvalid => Some(ConnectReturnCode::ClientIdentifierNotValid),
+        R::RouterFull => Some(ConnectReturnCode::ServerUnavailable),
+        R::ProtocolVersion => Some(ConnectReturnCode::RefusedProtocolVersion),
+        R::TooManyConnections
+        | R::HandshakeFailed
+        | R::ConnectTimeout
+        | R::NotConnect
+        | R::MalformedConnect => None,
+    }
+}
+
+/// Refuses a CONNECT: the CONNACK that says why (written within the
+/// connect deadline), the counter, and one log line. Client id and username
+/// are the client's own bytes, so they are logged quoted: a newline in
+/// either cannot forge a log line.
+async fn refuse<P: Protocol>(
+    proto: &mut P,
+    stream: &mut Stream,
+    deadline: Instant,
+    ctx: &Context,
+    reason: ConnectRefusal,
+    client_id: &str,
+    username: &str,
+) {
+    ctx.metrics.connect_refused(reason);
+    tracing::info!(reason = reason.as_str(), client_id = ?client_id, username = ?username, "Refused CONNECT.");
+    if let Some(code) = return_code(reason) {
+        let mut out = BytesMut::new();
+        if proto.write(connack(code), &mut out).is_ok() {
+            let _ = timeout_at(deadline, stream.write_all(&out)).await;
+        }
+    }
+}
+
+async fn connect<P: Protocol + Send + 'static>(
+    mut proto: P,
+    v5: bool,
+    mut stream: Stream,
+    mut buf: BytesMut,
+    deadline: Instant,
+    ctx: Arc<Context>,
+) -> Result<(), ConnError> {
+    let max = ctx.config.mqtt.max_packet_bytes;
+    // The codec refuses a CONNECT larger than `max` on its header, so the
+    // buffer never holds more than one CONNECT and one read.
+    let packet = loop {
+        match proto.read_mut(&mut buf, max) {
+            Ok(p) => break p,
+            Err(rumqttd::protocol::Error::InsufficientBytes(_)) => {
+                match timeout_at(deadline, stream.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => return Ok(()),
+                    Err(_) => {
+                        ctx.metrics.connect_refused(ConnectRefusal::ConnectTimeout);
+                        return Ok(());
+                    }
+                }
+            }
+            Err(e) => {
+                ctx.metrics
+                    .connect_refused(ConnectRefusal::MalformedConnect);
+                return Err(e.into());
+            }
+        }
+    };
+    let Packet::Connect(connect, _props, will, _will_props, login) = packet else {
+        ctx.metrics.connect_refused(ConnectRefusal::NotConnect);
+        return Ok(());
+    };
+    let username = login.as_ref().map(|l| l.username.as_str()).unwrap_or("");
+    let now_ms = crate::now_ms();
+    let role = ctx.auth.authenticate(
+        &connect.client_id,
+        login
+            .as_ref()
+            .map(|l| (l.username.as_str(), l.password.as_str())),
+        now_ms / 1000,
+        now_ms,
+    );
+    let role = match role {
+        Ok(role) => role,
+        Err(reason) => {
+            let id = &connect.client_id;
+            refuse(
+                &mut proto,
+                &mut stream,
+                deadline,
+                &ctx,
+                reason,
+                id,
+                username,
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    if let Some(w) = &will {
+        let allowed = std::str::from_utf8(&w.topic).is_ok_and(|t| ctx.acl.may_publish(&role, t));
+        if !allowed {
+            let (id, reason) = (&connect.client_id, ConnectRefusal::WillNotAllowed);
+            refuse(
+                &mut proto,
+                &mut stream,
+                deadline,
+                &ctx,
+                reason,
+                id,
+                username,
+            )
+            .await;
+            return Ok(());
+        }
+    }
+    let router_client_id = match &role {
+        Role::Device(id) => broker::device_client_id(id),
+        Role::Subscriber(account) if connect.client_id.is_empty() && connect.clean_session => {
+            broker::account_client_id(account, &broker::assigned_client_id())
+        }
+        Role::Subscriber(_)
+            if connect.client_id.is_empty() || connect.client_id.contains(['+', '#', '/', '$']) =>
+        {
+            let (id, reason) = (&connect.client_id, ConnectRefusal::ClientIdInvalid);
+            refuse(
+                &mut proto,
+                &mut stream,
+                deadline,
+                &ctx,
+                reason,
+                id,
+                username,
+            )
+            .await;
+            return Ok(());
+        }
+        Role::Subscriber(account) => broker::account_client_id(account, &connect.client_id),
+    };
+    let clean = connect.clean_session;
+    // A clean-session device needs no router session until it subscribes:
+    // its sealed publishes go straight to the verifier.
+    let lazy = clean && matches!(role, Role::Device(_));
+    let (link, connack) = if lazy {
+        (None, connack(ConnectReturnCode::Success))
+    } else {
+        let broker = ctx.broker.clone();
+        let id = router_client_id.clone();
+        let linked = tokio::task::spawn_blocking(move || broker.link(&id, clean)).await;
+        let (link_tx, link_rx, connack) = match linked {
+            Ok(Ok(l)) => l,
+            _ => {
+                let (id, reason) = (&connect.client_id, ConnectRefusal::RouterFull);
+                refuse(
+                    &mut proto,
+                    &mut stream,
+                    deadline,
+                    &ctx,
+                    reason,
+                    id,
+                    username,
+                )
+                .await;
+                return Ok(());
+            }
+        };
+        let Some(connack) = Option::<Packet>::from(connack) else {
+            return Ok(());
+        };
+        (Some((link_tx, link_rx)), connack)
+    };
+    // One live connection per device: a newer one takes over (MQTT 5 clients
+    // hear DISCONNECT 0x8E), also when no router session exists to do it.
+    let taken_over = CancellationToken::new();
+    let serial = ctx.sessions.claim(&role, taken_over.clone());
+    tracing::debug!(client_id = ?connect.client_id, role = ?role, "Connected.");
+    let rate = match &role {
+        Role::Device(_) if ctx.config.limits.device_rate > 0.0 => Some(limits::RateLimit::new(
+            ctx.config.limits.device_rate,
+            ctx.config.limits.device_burst,
+            std::time::Instant::now(),
+        )),
+        _ => None,
+    };
+    // Subscriber accounts are tracked for lag (`crate::lag`); devices'
+    // downlink on `cmd/` is too thin to need it.
+    let cursor = match &role {
+        Role::Subscriber(name) => {
+            let policy = ctx
+                .config
+                .users
+                .iter()
+                .find(|u| &u.name == name)
+                .and_then(|u| u.slow_subscriber)
+                .unwrap_or(ctx.config.limits.slow_subscriber);
+            let resumed = matches!(&connack, Packet::ConnAck(a, _) if a.session_present);
+            Some(ctx.lag.reader(
+                name,
+                &router_client_id,
+                policy == crate::config::SlowSubscriber::Block,
+                !clean,
+                resumed,
+            ))
+        }
+        Role::Device(_) => None,
+    };
+    let role_for_release = role.clone();
+    let sessions_ctx = ctx.clone();
+    let result = Session {
+        proto,
+        v5,
+        stream,
+        rbuf: buf,
+        ctx,
+        role,
+        keep_alive: connect.keep_alive,
+        rate,
+        will,
+        link,
+        router_client_id,
+        clean_session: clean,
+        taken_over,
+        cursor,
+        unacked: Default::default(),
+        last_packet: Instant::now(),
+    }
+    .run(connack)
+    .await;
+    sessions_ctx.sessions.release(&role_for_release, serial);
+    result
+}
+
+/// A CONNACK with `code` and no session.
+pub(super) fn connack(code: ConnectReturnCode) -> Packet {
+    Packet::ConnAck(
+        ConnAck {
+            session_present: false,
+            code,
+        },
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_after_the_connect_is_answered() {
+        // Refusals decided on a decoded CONNECT owe the client a CONNACK;
+        // the others have no CONNECT to answer.
+        for r in ConnectRefusal::ALL {
+            let answered = return_code(r).is_some();
+            let before_connect = matches!(
+                r,
+                ConnectRefusal::TooManyConnections
+                    | ConnectRefusal::HandshakeFailed
+                    | ConnectRefusal::ConnectTimeout
+                    | ConnectRefusal::NotConnect
+                    | ConnectRefusal::MalformedConnect
+            );
+            assert_eq!(answered, !before_connect, "{}", r.as_str());
+        }
+    }
+}
