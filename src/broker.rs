@@ -38,11 +38,16 @@ pub fn account_client_id(account: &str, client_id: &str) -> String {
     format!("u.{}.{account}.{client_id}", account.len())
 }
 
-/// A client id for an account client that sent none (clean session only).
-/// It starts with `$`, which the front door refuses in clients' own ids,
-/// so it can never collide with one.
-pub fn assigned_client_id() -> String {
-    format!("$auto-{:016x}", rand::random::<u64>())
+/// A router session for an account client that sent no client id (clean
+/// session only). It lives in its own namespace, `a.`, so it can never
+/// meet an id a client chose. (The router refuses `+$#/` in ids, so no
+/// reserved character can mark it instead.)
+pub fn assigned_client_id(account: &str) -> String {
+    format!(
+        "a.{}.{account}.{:016x}",
+        account.len(),
+        rand::random::<u64>()
+    )
 }
 
 impl Broker {
@@ -89,6 +94,6 @@ mod tests {
         assert_ne!(account_client_id("a.b", "c"), account_client_id("a", "b.c"));
         assert_ne!(account_client_id("a", "x"), account_client_id("b", "x"));
         assert_ne!(account_client_id("d", "x"), device_client_id("x"));
-        assert!(assigned_client_id().starts_with('$'));
+        assert!(!assigned_client_id("a").starts_with("u."));
     }
 }

@@ -217,7 +217,7 @@ async fn connect<P: Protocol + Send + 'static>(
     let router_client_id = match &role {
         Role::Device(id) => broker::device_client_id(id),
         Role::Subscriber(account) if connect.client_id.is_empty() && connect.clean_session => {
-            broker::account_client_id(account, &broker::assigned_client_id())
+            broker::assigned_client_id(account)
         }
         Role::Subscriber(_)
             if connect.client_id.is_empty() || connect.client_id.contains(['+', '#', '/', '$']) =>
