@@ -50,6 +50,8 @@ pub enum AppError {
     Router(String),
     #[error("TLS listener: {0}")]
     Tls(String),
+    #[error("the {0} thread died; exiting so that a supervisor restarts the gateway")]
+    ThreadDied(String),
 }
 
 /// Reads a hex secret from `path`, or creates one of `len` random bytes
@@ -151,6 +153,7 @@ pub async fn run(
     }
     let metrics = Arc::new(Metrics::new());
     let store_ok = Arc::new(AtomicBool::new(true));
+    let health = crate::health::watch();
 
     let lag = crate::lag::Lag::new(config.limits.subscriber_max_lag, metrics.clone());
     let broker = Broker::start(&config.router);
@@ -224,6 +227,7 @@ pub async fn run(
         .local_addr()
         .map_err(|e| AppError::Router(e.to_string()))?;
 
+    let broker_for_failpoint = broker.clone();
     let stop = CancellationToken::new();
     let lag_monitor = tokio::spawn(lag.clone().monitor(stop.clone()));
     let (revoked, _) = tokio::sync::broadcast::channel::<String>(64);
@@ -237,7 +241,7 @@ pub async fn run(
             config.verifier.auto_register,
         ),
         acl: crate::front_door::acl::Acl::new(&config.topics, &config.acl, &config.users),
-        broker,
+        broker: broker.clone(),
         verifier: verifier_tx.clone(),
         metrics: metrics.clone(),
         stop: stop.clone(),
@@ -279,6 +283,7 @@ pub async fn run(
         token_digest: admin::digest(&secrets.admin_token),
         rotation_grace_ms: config.keys.rotation_grace_secs.saturating_mul(1000),
         revoked,
+        health: health.clone(),
     });
     let admin_stop = CancellationToken::new();
     let admin_task = {
@@ -298,8 +303,21 @@ pub async fn run(
         "sealgate ready."
     );
 
-    shutdown.await;
-    tracing::info!("Shutting down: draining queued messages.");
+    if crate::failpoint::enabled(crate::failpoint::ROUTER_PANIC) {
+        poison_router(&broker_for_failpoint);
+    }
+    let died = tokio::select! {
+        _ = shutdown => None,
+        _ = health.died() => health.which().map(str::to_owned),
+    };
+    match &died {
+        None => tracing::info!("Shutting down: draining queued messages."),
+        Some(thread) => {
+            tracing::error!(thread = %thread, "A critical thread died: /readyz answers 503, the gateway exits.");
+            // Nothing will drain through a dead stage: connections close now.
+            verifier_done.cancel();
+        }
+    }
     stop.cancel();
     // Released for good: no connection waits on a subscriber during drain.
     let _ = lag_monitor.await;
@@ -312,10 +330,10 @@ pub async fn run(
     drop(verifier_tx);
     let _ = tokio::task::spawn_blocking(move || verifier_thread.join()).await;
     tracker.close();
-    if tokio::time::timeout(Duration::from_secs(15), tracker.wait())
-        .await
-        .is_err()
-    {
+    // After a thread died, connections may wait on acknowledgements that
+    // will never come: exit soon, their devices resend what was not acked.
+    let grace = Duration::from_secs(if died.is_some() { 1 } else { 15 });
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("Some connections did not close in time.");
     }
     admin_stop.cancel();
@@ -323,6 +341,25 @@ pub async fn run(
     if let Err(e) = db.flush_async().await {
         tracing::error!(error = %e, "Final database flush failed.");
     }
+    if let Some(thread) = died {
+        return Err(AppError::ThreadDied(thread));
+    }
     tracing::info!("sealgate stopped.");
     Ok(())
+}
+
+/// The `router_panic` fail point: a topic whose first character is
+/// multi-byte UTF-8 makes rumqttd 0.20's matcher panic on the router thread.
+/// The front door never lets a client's topic through like this; the fail
+/// point does it on purpose, so tests see a real router death.
+fn poison_router(broker: &Broker) {
+    let broker = broker.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Ok((mut tx, _rx, _)) = broker.link("sealgate.failpoint", true) {
+            let _ = tx.subscribe("failpoint/#");
+            let _ = tx.publish("\u{e9}/failpoint", "x");
+            // Keep the link until the router has read the publish.
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
 }

@@ -18,7 +18,8 @@
 //! firmware-sim and the tests), [`registry`] (devices in sled),
 //! [`admin`] (HTTP API, health, metrics), [`events`] and [`metrics`] (every
 //! reason and metric name, once), [`config`], [`app`] (startup and shutdown
-//! order) and [`shutdown`].
+//! order), [`shutdown`], [`health`] (a dead router, verifier or commit
+//! thread ends the process) and [`failpoint`] (faults for tests).
 
 pub mod admin;
 pub mod app;
@@ -26,7 +27,9 @@ pub mod broker;
 pub mod config;
 pub mod envelope;
 pub mod events;
+pub mod failpoint;
 pub mod front_door;
+pub mod health;
 pub mod lag;
 pub mod metrics;
 pub mod registry;

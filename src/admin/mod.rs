@@ -32,6 +32,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// False once the replay store failed: `/readyz` answers 503.
     pub store_ok: Arc<AtomicBool>,
+    /// A dead router, verifier or commit thread: `/readyz` answers 503.
+    pub health: Arc<crate::health::Health>,
     pub stopping: CancellationToken,
     /// Read-only view of the persisted windows, for `show` and `list`.
     pub windows: sled::Tree,
@@ -83,6 +85,8 @@ async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next:
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     if state.stopping.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response()
+    } else if !state.health.ok() {
+        (StatusCode::SERVICE_UNAVAILABLE, "thread_died\n").into_response()
     } else if !state.store_ok.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable\n").into_response()
     } else {

@@ -199,6 +199,9 @@ impl Verifier {
             let Some(first) = rx.blocking_recv() else {
                 break;
             };
+            if crate::failpoint::enabled(crate::failpoint::VERIFIER_PANIC) {
+                panic!("fail point {}", crate::failpoint::VERIFIER_PANIC);
+            }
             batch.push(first);
             while batch.len() < max_batch {
                 match rx.try_recv() {

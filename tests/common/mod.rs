@@ -438,3 +438,26 @@ pub fn seal(creds: &Credentials, stream: &str, nonce: u64, plaintext: &[u8]) -> 
 pub fn event(payload: &[u8]) -> serde_json::Value {
     serde_json::from_slice(payload).expect("event is JSON")
 }
+
+impl Gateway {
+    /// Waits for the gateway to exit on its own; returns its status and
+    /// everything it logged. Panics if it is still running after `WAIT`.
+    pub async fn wait_exit(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let deadline = std::time::Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gateway did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        let log = std::mem::take(&mut *self.log.lock().unwrap());
+        (status, log)
+    }
+}
