@@ -17,8 +17,8 @@ use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Role;
-use super::connection::{ConnError, Session};
 use super::packet::{self, Frame};
+use super::session::{ConnError, Login, Session};
 use super::transport::{Stream, Transport};
 use super::{limits, Context};
 use crate::broker;
@@ -135,7 +135,7 @@ async fn refuse<P: Protocol>(
     }
 }
 
-async fn connect<P: Protocol + Send + 'static>(
+async fn connect<P: Protocol + Clone + Send + 'static>(
     mut proto: P,
     v5: bool,
     mut stream: Stream,
@@ -305,29 +305,23 @@ async fn connect<P: Protocol + Send + 'static>(
         Role::Device(_) => None,
     };
     let role_for_release = role.clone();
-    let sessions_ctx = ctx.clone();
-    let result = Session {
-        proto,
-        v5,
-        stream,
-        rbuf: buf,
-        ctx,
+    let sessions = ctx.clone();
+    let login = Login {
         role,
         keep_alive: connect.keep_alive,
-        rate,
         will,
+        rate,
         link,
         router_client_id,
         clean_session: clean,
         taken_over,
         cursor,
-        unacked: Default::default(),
-        last_packet: Instant::now(),
-    }
-    .run(connack)
-    .await;
-    sessions_ctx.sessions.release(&role_for_release, serial);
-    result
+    };
+    Session::new(ctx, proto, v5, stream, buf, login)
+        .run(connack)
+        .await;
+    sessions.sessions.release(&role_for_release, serial);
+    Ok(())
 }
 
 /// A CONNACK with `code` and no session.

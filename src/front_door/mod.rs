@@ -9,12 +9,16 @@
 pub mod acl;
 pub mod auth;
 mod connect;
-mod connection;
+mod inbound;
 pub mod limits;
 mod packet;
 mod publish;
+mod session;
 mod subscribe;
+#[cfg(test)]
+mod tests;
 pub mod transport;
+mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;

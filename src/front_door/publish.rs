@@ -2,17 +2,13 @@
 //! sealed path (the verifier, acknowledged once the outcome is final) or the
 //! router; and the acknowledgement a verifier outcome turns into.
 
-use std::collections::HashSet;
-
-use bytes::BytesMut;
 use rumqttd::protocol::{
     DisconnectReasonCode, Packet, Protocol, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
     PublishProperties,
 };
-use tokio::sync::mpsc;
 
 use super::auth::Role;
-use super::connection::{ConnError, End, Session};
+use super::session::{ConnError, End, Session};
 use crate::events::RejectReason;
 use crate::verifier::{AckResult, AckTo, Inbound, Input, Outcome};
 
@@ -25,20 +21,16 @@ struct Over {
 impl<P: Protocol> Session<P> {
     /// Judges one PUBLISH of this client and sends it on its way: to the
     /// verifier, or onto `to_router`. `Some` when the session must end.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn on_publish(
         &mut self,
         publish: Publish,
         props: Option<PublishProperties>,
         qos: u8,
         pkid: u16,
-        ack_tx: &mpsc::UnboundedSender<AckResult>,
-        owed: &mut usize,
         to_router: &mut Vec<Packet>,
-        wbuf: &mut BytesMut,
     ) -> Result<Option<End>, ConnError> {
         let allowed = std::str::from_utf8(&publish.topic)
-            .is_ok_and(|t| self.ctx.acl.may_publish(&self.role, t));
+            .is_ok_and(|t| self.ctx.acl.may_publish(&self.login.role, t));
         if !allowed {
             self.refuse(RejectReason::NotAllowed).await;
             return Ok(Some(End::Refused(DisconnectReasonCode::NotAuthorized)));
@@ -71,7 +63,7 @@ impl<P: Protocol> Session<P> {
                         None,
                     )
                 };
-                self.encode(p, wbuf)?;
+                self.out.encode(p)?;
             }
             return Ok(None);
         }
@@ -81,12 +73,12 @@ impl<P: Protocol> Session<P> {
             return Ok(None);
         }
         let ack = (qos > 0).then(|| AckTo {
-            tx: ack_tx.clone(),
+            tx: self.ack_tx.clone(),
             pkid,
             qos2: qos == 2,
         });
         if self.hand_to_verifier(publish, ack).await && qos > 0 {
-            *owed += 1;
+            self.owed += 1;
         }
         Ok(None)
     }
@@ -107,7 +99,7 @@ impl<P: Protocol> Session<P> {
         self.ctx.metrics.message(crate::events::result::REJECTED);
         tracing::warn!(
             reason = reason.as_str(),
-            client = self.client_name(),
+            client = ?self.client_name(),
             "Refused packet."
         );
     }
@@ -129,14 +121,14 @@ impl<P: Protocol> Session<P> {
 
     /// Checks the rate limit for one publish; `Some` when it is over.
     fn over_rate(&mut self) -> Option<Over> {
-        match self.rate.as_mut()?.check(std::time::Instant::now()) {
+        match self.login.rate.as_mut()?.check(std::time::Instant::now()) {
             super::limits::Verdict::Admit => None,
             super::limits::Verdict::Over { event, cut_off } => Some(Over { event, cut_off }),
         }
     }
 
     pub(super) fn client_name(&self) -> &str {
-        match &self.role {
+        match &self.login.role {
             Role::Device(id) | Role::Subscriber(id) => id,
         }
     }
@@ -164,11 +156,7 @@ impl<P: Protocol> Session<P> {
     }
 
     /// The packet that answers a verifier outcome, if any.
-    pub(super) fn ack_packet(
-        &self,
-        ack: AckResult,
-        own_pubrels: &mut HashSet<u16>,
-    ) -> Option<Packet> {
+    pub(super) fn ack_packet(&mut self, ack: AckResult) -> Option<Packet> {
         let reason = match ack.outcome {
             Outcome::Delivered => PubAckReason::Success,
             Outcome::Rejected(r) => match r {
@@ -187,7 +175,7 @@ impl<P: Protocol> Session<P> {
                 PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
                 _ => PubRecReason::UnspecifiedError,
             };
-            own_pubrels.insert(ack.pkid);
+            self.own_pubrels.insert(ack.pkid);
             return Some(Packet::PubRec(
                 PubRec {
                     pkid: ack.pkid,

@@ -1,0 +1,464 @@
+//! One client's session, from its CONNACK to close: the loop that waits on
+//! the socket, the router, the verifier's acknowledgements, keep-alive,
+//! takeover, revocation and shutdown, and the clean-up however it ends.
+//!
+//! Sealed publishes go straight to the verifier and are acknowledged only
+//! when their outcome is final (durable and republished, or refused), so a
+//! PUBACK is a promise. Everything else is relayed to the router through the
+//! session's own local link, and the router's notifications are written
+//! back to the socket. Reading packets is `inbound.rs`, writing them
+//! `writer.rs`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol, Publish};
+use rumqttd::Notification;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::Role;
+use super::subscribe;
+use super::transport::Stream;
+use super::writer::Writer;
+use super::Context;
+use crate::verifier::AckResult;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0:?}")]
+    Protocol(Box<rumqttd::protocol::Error>),
+    #[error("router link: {0}")]
+    Link(Box<rumqttd::local::LinkError>),
+    #[error("second CONNECT on one connection")]
+    DuplicateConnect,
+    #[error("the socket took nothing for the write timeout")]
+    Stalled,
+}
+
+impl From<rumqttd::local::LinkError> for ConnError {
+    fn from(e: rumqttd::local::LinkError) -> Self {
+        ConnError::Link(Box::new(e))
+    }
+}
+
+impl From<rumqttd::protocol::Error> for ConnError {
+    fn from(e: rumqttd::protocol::Error) -> Self {
+        ConnError::Protocol(Box::new(e))
+    }
+}
+
+/// How long the router must be quiet before a draining connection closes.
+const DRAIN_QUIET: Duration = Duration::from_millis(300);
+/// The longest a connection keeps draining after the verifier stopped.
+const DRAIN_MAX: Duration = Duration::from_secs(5);
+/// The longest the closing handshake of a transport may take.
+const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
+
+/// How a session ended, which decides whether the will is published.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum End {
+    /// The client sent DISCONNECT.
+    Graceful,
+    /// Gateway shutdown; the session is closed by the server.
+    Shutdown,
+    /// Socket closed, error, keep-alive expiry or takeover.
+    Lost,
+    /// The device was revoked while connected: closed, and its will is not
+    /// published.
+    Revoked,
+    /// The client broke a rule (topic, size, rate): MQTT 5 clients are told
+    /// why with this DISCONNECT reason, then the connection is closed.
+    Refused(DisconnectReasonCode),
+}
+
+/// Who connected and what the CONNECT asked for, as the connect path
+/// decided it.
+pub(super) struct Login {
+    pub role: Role,
+    pub keep_alive: u16,
+    pub will: Option<LastWill>,
+    /// Publish rate limit; devices only, and only when configured.
+    pub rate: Option<super::limits::RateLimit>,
+    /// The router session, made at CONNECT or, for a clean-session device,
+    /// on its first packet that needs the router (a SUBSCRIBE): a device that
+    /// only publishes sealed messages never costs router state.
+    pub link: Option<(LinkTx, LinkRx)>,
+    /// Client id and clean-session flag for a link made later.
+    pub router_client_id: String,
+    pub clean_session: bool,
+    /// Cancelled when a newer connection of the same device takes over.
+    pub taken_over: CancellationToken,
+    /// A subscriber account's positions in the router's logs.
+    pub cursor: Option<crate::lag::Cursor>,
+}
+
+pub(super) struct Session<P> {
+    pub(super) ctx: Arc<Context>,
+    pub(super) stream: Stream,
+    /// Bytes read and not yet decoded: at most one incomplete packet (of at
+    /// most `mqtt.max_packet_bytes`) and one read.
+    pub(super) rbuf: BytesMut,
+    /// Decodes; the writer has its own copy to encode.
+    pub(super) proto: P,
+    pub(super) out: Writer<P>,
+    pub(super) v5: bool,
+    pub(super) login: Login,
+    /// In-flight QoS 1/2 messages to the client (stuck-peer detection).
+    pub(super) unacked: Unacked,
+    /// When the client's last complete packet arrived: keep-alive counts
+    /// packets, not bytes, so a client trickling one endless packet is
+    /// still silent.
+    pub(super) last_packet: Instant,
+    /// The verifier's outcomes for this client's sealed publishes.
+    pub(super) ack_tx: mpsc::UnboundedSender<AckResult>,
+    ack_rx: mpsc::UnboundedReceiver<AckResult>,
+    /// Acknowledgements still owed by the verifier; draining waits for them.
+    pub(super) owed: usize,
+    /// PUBRECs we sent for sealed QoS 2 publishes, whose PUBREL we answer.
+    pub(super) own_pubrels: HashSet<u16>,
+    /// SUBSCRIBEs the router sees only part of: pkid -> which filters were
+    /// allowed.
+    pub(super) pending_subacks: HashMap<u16, Vec<bool>>,
+}
+
+/// QoS 1 and 2 messages written to the client that it has not acknowledged
+/// yet. A client that holds them for `limits.write_timeout_secs` without
+/// acknowledging one is stuck: the router sends it nothing more meanwhile.
+#[derive(Default)]
+pub(super) struct Unacked {
+    count: usize,
+    /// When the next acknowledgement is due.
+    deadline: Option<Instant>,
+}
+
+impl Unacked {
+    fn sent(&mut self, limit: Duration) {
+        if self.count == 0 {
+            self.deadline = Some(Instant::now() + limit);
+        }
+        self.count += 1;
+    }
+
+    pub(super) fn acked(&mut self, limit: Duration) {
+        self.count = self.count.saturating_sub(1);
+        self.deadline = (self.count > 0).then(|| Instant::now() + limit);
+    }
+}
+
+impl<P: Protocol + Clone> Session<P> {
+    /// A session for a client whose CONNECT was accepted; `rbuf` holds what
+    /// was read after the CONNECT.
+    pub fn new(
+        ctx: Arc<Context>,
+        proto: P,
+        v5: bool,
+        stream: Stream,
+        rbuf: BytesMut,
+        login: Login,
+    ) -> Session<P> {
+        let timeout = Duration::from_secs(ctx.config.limits.write_timeout_secs);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        Session {
+            out: Writer::new(proto.clone(), v5, timeout),
+            proto,
+            v5,
+            stream,
+            rbuf,
+            ctx,
+            login,
+            unacked: Unacked::default(),
+            last_packet: Instant::now(),
+            ack_tx,
+            ack_rx,
+            owed: 0,
+            own_pubrels: HashSet::new(),
+            pending_subacks: HashMap::new(),
+        }
+    }
+}
+
+impl<P: Protocol> Session<P> {
+    /// Serves the session until it ends, then cleans up with the router:
+    /// however it ends, the will and the router's DISCONNECT are not skipped.
+    pub async fn run(mut self, connack: Packet) -> End {
+        let end = match self.serve(connack).await {
+            Ok(end) => end,
+            Err(ConnError::Stalled) => {
+                self.stalled();
+                End::Lost
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "Connection failed.");
+                End::Lost
+            }
+        };
+        match end {
+            End::Refused(code) => self.out.tell_disconnect(code, &mut self.stream).await,
+            End::Revoked => {
+                let code = DisconnectReasonCode::NotAuthorized;
+                self.out.tell_disconnect(code, &mut self.stream).await
+            }
+            _ => {}
+        }
+        tracing::debug!(role = ?self.login.role, end = ?end, "Session ended.");
+        self.finish(&end).await;
+        end
+    }
+
+    /// A peer that took nothing (no byte, or no acknowledgement) for the
+    /// write timeout is closed. For a clean-session subscriber, what the
+    /// router still held for it goes with the session: counted as dropped. A
+    /// persistent session keeps it.
+    fn stalled(&self) {
+        let secs = self.ctx.config.limits.write_timeout_secs;
+        tracing::warn!(
+            client = ?self.client_name(),
+            secs,
+            "Closing a connection that took nothing for the write timeout."
+        );
+        if let (Some(c), true) = (&self.login.cursor, self.login.clean_session) {
+            self.ctx
+                .metrics
+                .dropped(crate::events::dropped::SUBSCRIBER_STALLED, c.behind());
+        }
+    }
+
+    /// MQTT's 1.5 x keep-alive, capped; "no keep-alive" gets the cap, so an
+    /// idle socket cannot stay open for ever.
+    fn keep_alive(&self) -> Duration {
+        let max_ka = self.ctx.config.limits.max_keep_alive_secs;
+        let ka = match self.login.keep_alive {
+            0 => max_ka,
+            ka => ka.min(max_ka),
+        };
+        Duration::from_millis(u64::from(ka) * 1500)
+    }
+
+    /// The session loop; returns how it ended. An error is a lost connection.
+    async fn serve(&mut self, connack: Packet) -> Result<End, ConnError> {
+        // Listening for revocations before the CONNACK: a revocation the
+        // client could have seen coming is never missed.
+        let mut revoked = self.ctx.revoked.subscribe();
+        self.out.write(connack, &mut self.stream).await?;
+        let keep_alive = self.keep_alive();
+        let stop = self.ctx.stop.clone();
+        let device_id = match &self.login.role {
+            Role::Device(id) => Some(id.clone()),
+            Role::Subscriber(_) => None,
+        };
+        let verifier_done = self.ctx.verifier_done.clone();
+        let taken_over = self.login.taken_over.clone();
+        let mut draining = false;
+        // Set once the verifier has drained: close when the router is quiet.
+        let mut quiet: Option<Instant> = None;
+        let mut hard_stop = Instant::now();
+
+        let end = 'session: loop {
+            let idle = tokio::time::sleep_until(self.last_packet + keep_alive);
+            let mut router_active = false;
+            tokio::select! {
+                // Reading goes on while draining: subscribers' PUBACKs keep the
+                // router forwarding. New sealed publishes then find the
+                // verifier closed and are not acknowledged.
+                read = self.stream.read_buf(&mut self.rbuf) => {
+                    if read? == 0 {
+                        break End::Lost;
+                    }
+                    match self.on_readable().await {
+                        Ok(Some(end)) => break end,
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::info!(error = %e, "Closing connection.");
+                            break End::Lost;
+                        }
+                    }
+                }
+                _ = taken_over.cancelled() => {
+                    break End::Refused(DisconnectReasonCode::SessionTakenOver);
+                }
+                _ = tokio::time::sleep_until(self.unacked.deadline.unwrap_or_else(Instant::now)), if self.unacked.deadline.is_some() => {
+                    return Err(ConnError::Stalled);
+                }
+                n = next_notification(&mut self.login.link) => {
+                    router_active = true;
+                    // Take everything the router has ready: one socket write
+                    // for the lot instead of one per message.
+                    let mut n = n;
+                    loop {
+                        if let Some(end) = self.on_notification(n).await? {
+                            break 'session end;
+                        }
+                        match ready_now(next_notification(&mut self.login.link)) {
+                            Some(more) => n = more,
+                            None => break,
+                        }
+                    }
+                }
+                Some(ack) = self.ack_rx.recv() => {
+                    let mut ack = ack;
+                    loop {
+                        self.owed = self.owed.saturating_sub(1);
+                        if let Some(p) = self.ack_packet(ack) {
+                            self.out.encode(p)?;
+                        }
+                        match self.ack_rx.try_recv() {
+                            Ok(more) => ack = more,
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = idle, if !draining => break End::Lost,
+                r = revoked.recv(), if device_id.is_some() => {
+                    // A lagged receiver may have missed our id: re-check the registry.
+                    let mine = match r {
+                        Ok(id) => device_id.as_deref() == Some(id.as_str()),
+                        Err(_) => device_id.as_deref().is_some_and(|id| {
+                            self.ctx.auth.is_revoked(id)
+                        }),
+                    };
+                    if mine {
+                        tracing::info!(device_id = device_id.as_deref().unwrap_or(""), "Closing the session of a revoked device.");
+                        break End::Revoked;
+                    }
+                }
+                _ = stop.cancelled(), if !draining => {
+                    draining = true;
+                }
+                _ = verifier_done.cancelled(), if draining && self.owed == 0 && quiet.is_none() => {
+                    // Keep serving until the router has been quiet for a
+                    // moment, so what the verifier published last reaches
+                    // subscribers (their PUBACKs are still read above).
+                    let now = Instant::now();
+                    hard_stop = now + DRAIN_MAX;
+                    quiet = Some(now + DRAIN_QUIET);
+                }
+                _ = tokio::time::sleep_until(quiet.unwrap_or_else(Instant::now)), if quiet.is_some() => {
+                    self.out.tell_disconnect(DisconnectReasonCode::ServerShuttingDown, &mut self.stream).await;
+                    break End::Shutdown;
+                }
+            }
+            self.out.flush(&mut self.stream).await?;
+            if let Some(c) = &self.login.cursor {
+                c.set_idle(self.unacked.count == 0);
+            }
+            if let Some(q) = quiet.as_mut() {
+                if router_active {
+                    *q = (Instant::now() + DRAIN_QUIET).min(hard_stop);
+                }
+            }
+        };
+        Ok(end)
+    }
+
+    /// This session's router link, made now if it does not exist yet.
+    pub(super) async fn router(&mut self) -> Result<&mut LinkTx, ConnError> {
+        if self.login.link.is_none() {
+            let broker = self.ctx.broker.clone();
+            let (id, clean) = (
+                self.login.router_client_id.clone(),
+                self.login.clean_session,
+            );
+            let (tx, rx, _connack) = tokio::task::spawn_blocking(move || broker.link(&id, clean))
+                .await
+                .map_err(|e| ConnError::Io(std::io::Error::other(e)))?
+                .map_err(ConnError::Link)?;
+            self.login.link = Some((tx, rx));
+        }
+        match self.login.link.as_mut() {
+            Some((tx, _)) => Ok(tx),
+            None => Err(ConnError::Io(std::io::Error::other("no router link"))),
+        }
+    }
+
+    /// Handles one router notification; `Some` when the session must end.
+    async fn on_notification(
+        &mut self,
+        n: Result<Option<Notification>, rumqttd::local::LinkError>,
+    ) -> Result<Option<End>, ConnError> {
+        match n {
+            Ok(Some(Notification::Unschedule)) => {
+                if let Some((_, rx)) = &self.login.link {
+                    rx.wake().await?;
+                }
+            }
+            Ok(Some(Notification::Disconnect(d, props))) => {
+                if self.v5 {
+                    self.out.encode(Packet::Disconnect(d, props))?;
+                }
+                return Ok(Some(End::Lost));
+            }
+            Ok(Some(n)) => {
+                if let (Notification::Forward(f), Some(c)) = (&n, self.login.cursor.as_mut()) {
+                    if let Some(at) = f.cursor {
+                        c.forwarded(&f.publish.topic, at);
+                    }
+                }
+                if let Some(p) = Option::<Packet>::from(n) {
+                    let p = subscribe::merge_suback(self.v5, p, &mut self.pending_subacks);
+                    let forward = matches!(p, Packet::Publish(..));
+                    let first = self.out.encode(p)?;
+                    if forward && (first >> 1) & 3 > 0 {
+                        self.unacked.sent(self.out.timeout());
+                    }
+                }
+            }
+            Ok(None) => {}
+            // The router dropped us: another connection took this client id.
+            Err(_) => return Ok(Some(End::Lost)),
+        }
+        Ok(None)
+    }
+
+    /// Ends the router session: publishes the will when the client vanished,
+    /// then tells the router this connection is gone.
+    async fn finish(mut self, end: &End) {
+        if let (End::Lost, Some(will)) = (end, self.login.will.take()) {
+            let publish = Publish::new(will.topic, will.message, will.retain);
+            if self.is_sealed(&publish.topic) {
+                self.hand_to_verifier(publish, None).await;
+            } else {
+                self.ctx.lag.published([&publish.topic[..]]);
+                if let Ok(tx) = self.router().await {
+                    let _ = tx.send(Packet::Publish(publish, None)).await;
+                }
+            }
+        }
+        if let Some((tx, _)) = self.login.link.as_mut() {
+            let d = Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            };
+            let _ = tx.send(Packet::Disconnect(d, None)).await;
+        }
+        // Bounded: a TLS close_notify to a peer that reads nothing would wait.
+        let _ = tokio::time::timeout(SHUTDOWN_WRITE, self.stream.shutdown()).await;
+    }
+}
+
+/// The output of `fut` if it is ready without waiting. Used to drain what the
+/// router already queued; a future that would wait is dropped unpolled again.
+fn ready_now<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// The next router notification, or never when there is no router link yet.
+async fn next_notification(
+    link: &mut Option<(LinkTx, LinkRx)>,
+) -> Result<Option<Notification>, rumqttd::local::LinkError> {
+    match link {
+        Some((_, rx)) => rx.next().await,
+        None => std::future::pending().await,
+    }
+}
