@@ -279,7 +279,10 @@ impl<T> Trie<T> {
 
     /// Calls `f` with every value whose filter matches `topic`, and returns
     /// how many nodes were visited. A topic starting with `$` is matched by
-    /// no filter starting with a wildcard (MQTT 4.7.2).
+    /// no filter starting with a wildcard (MQTT 4.7.2). rumqttd 0.20 goes
+    /// further and appends such a topic to no filter at all: a count here for
+    /// a `$...` filter overstates its lag until the idle resync, and a hold
+    /// it causes is bounded like any other.
     pub(super) fn for_each_match<'a>(&'a self, topic: &[u8], mut f: impl FnMut(&'a T)) -> usize {
         let dollar = topic.first() == Some(&b'$');
         let mut visited = 0;
