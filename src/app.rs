@@ -155,7 +155,11 @@ pub async fn run(
     let store_ok = Arc::new(AtomicBool::new(true));
     let health = crate::health::watch();
 
-    let lag = crate::lag::Lag::new(config.limits.subscriber_max_lag, metrics.clone());
+    let lag = crate::lag::Lag::new(
+        config.limits.subscriber_max_lag,
+        Duration::from_secs(config.limits.max_hold_secs),
+        metrics.clone(),
+    );
     let broker = Broker::start(&config.router);
     let (verifier_link, verifier_rx_link, _) = {
         let b = broker.clone();

@@ -110,6 +110,9 @@ pub struct LimitsConfig {
     pub subscriber_max_lag: u64,
     /// A connection whose socket takes no byte for this long is closed.
     pub write_timeout_secs: u64,
+    /// The longest one `block` subscriber account may hold the devices per
+    /// episode before it is treated as `drop` (see `crate::lag`).
+    pub max_hold_secs: u64,
 }
 
 /// The loss policy for a subscriber account that reads slower than messages
@@ -355,6 +358,14 @@ impl Config {
         if self.limits.write_timeout_secs == 0 {
             return invalid("limits.write_timeout_secs", "must be at least 1");
         }
+        // 0 would mean "never hold", which is `slow_subscriber = "drop"`;
+        // "hold for ever" is what the bound exists to prevent.
+        if self.limits.max_hold_secs == 0 {
+            return invalid(
+                "limits.max_hold_secs",
+                "must be at least 1 (use slow_subscriber = \"drop\" to never hold devices)",
+            );
+        }
         // A held subscriber must still find its messages in the router's
         // log: the lag bound, at a small message's size, has to fit in what
         // the log keeps for certain (all segments but the one being dropped).
@@ -547,5 +558,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.write_timeout_secs"), "{err}");
+        assert_eq!(load("").unwrap().limits.max_hold_secs, 60);
+        let err = load("[limits]\nmax_hold_secs = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_hold_secs"), "{err}");
     }
 }

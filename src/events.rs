@@ -194,7 +194,11 @@ pub mod dropped {
     /// A subscriber whose socket took nothing for `limits.write_timeout_secs`
     /// was closed with this many messages still waiting for it in the router.
     pub const SUBSCRIBER_STALLED: &str = "subscriber_stalled";
-    pub const ALL: [&str; 2] = [SUBSCRIBER_LAGGED, SUBSCRIBER_STALLED];
+    /// A `block` subscriber held the devices for `limits.max_hold_secs` and
+    /// was treated as `drop` until it kept up again: what it missed
+    /// meanwhile, exact, from the gap in offsets.
+    pub const HOLD_EXCEEDED: &str = "hold_exceeded";
+    pub const ALL: [&str; 3] = [SUBSCRIBER_LAGGED, SUBSCRIBER_STALLED, HOLD_EXCEEDED];
 }
 
 /// Values of the `result` label on `sealgate_messages_total`.

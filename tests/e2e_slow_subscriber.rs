@@ -5,7 +5,10 @@
 //! - `drop`: devices are never held; what it misses is counted exactly in
 //!   `sealgate_dropped_total{reason="subscriber_lagged"}`;
 //! - a `block` subscriber that never reads again is cut off at the write
-//!   timeout, so it cannot hold the fleet for ever.
+//!   timeout, so it cannot hold the fleet for ever;
+//! - nor can one that reads, but too slowly, acknowledging just often enough
+//!   never to be stuck: it holds the fleet for `limits.max_hold_secs` at
+//!   most, then is treated as `drop`, and what it misses is counted.
 //!
 //! The router's log is made small (6 segments of 32 KiB, about 1,700
 //! messages) so that a few thousand messages overflow it.
@@ -24,10 +27,14 @@ const DEVICES: usize = 4;
 const PER_DEVICE: u64 = 1500;
 
 fn config(policy: &str, write_timeout_secs: u64) -> String {
+    config_with_hold(policy, write_timeout_secs, 60)
+}
+
+fn config_with_hold(policy: &str, write_timeout_secs: u64, max_hold_secs: u64) -> String {
     format!(
         "[router]\nmax_segment_size = 32768\nmax_segment_count = 6\n\
          [limits]\ndevice_rate = 0.0\nslow_subscriber = \"{policy}\"\nsubscriber_max_lag = 200\n\
-         write_timeout_secs = {write_timeout_secs}\n\
+         write_timeout_secs = {write_timeout_secs}\nmax_hold_secs = {max_hold_secs}\n\
          [verifier]\nmax_batch = 32\nqueue = 64\n"
     )
 }
@@ -206,6 +213,7 @@ const HELD: &str = "sealgate_devices_held";
 const LAG: &str = "sealgate_subscriber_lag_messages";
 const LAGGED: &str = "sealgate_dropped_total{reason=\"subscriber_lagged\"}";
 const STALLED: &str = "sealgate_dropped_total{reason=\"subscriber_stalled\"}";
+const HOLD_EXCEEDED: &str = "sealgate_dropped_total{reason=\"hold_exceeded\"}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_holds_devices_and_the_subscriber_gets_everything_once() {
@@ -278,4 +286,95 @@ async fn what_a_persistent_subscriber_missed_while_offline_is_counted_when_it_re
     // Back with its session: the router skips what rotated away; we count it.
     let mut dash = Dashboard::connect_with(gw.mqtt_port, false, false).await;
     all_delivered_or_counted(&gw, &creds[0], &mut dash).await;
+}
+
+/// A `block` subscriber that acknowledges its QoS 1 messages one every
+/// `SLOW_ACK`, in order, until told to hurry: it is never stuck for the write
+/// timeout, yet falls ever further behind the fleet.
+struct SlowAcker {
+    _client: AsyncClient,
+    hurry: watch::Sender<bool>,
+}
+
+const SLOW_ACK: Duration = Duration::from_millis(250);
+
+impl SlowAcker {
+    async fn connect(port: u16) -> SlowAcker {
+        let mut opts = options(port, "slow-acker", SUB_USER, SUB_PASS);
+        opts.set_manual_acks(true);
+        let (client, mut el) = AsyncClient::new(opts, 10);
+        let (publishes, mut to_ack) = mpsc::unbounded_channel();
+        let (subacked, mut suback) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if publishes.send(p).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subacked.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        let (hurry, mut hurried) = watch::channel(false);
+        let acks = client.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SLOW_ACK);
+            while let Some(p) = to_ack.recv().await {
+                if !*hurried.borrow() {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = hurried.changed() => {}
+                    }
+                }
+                if acks.ack(&p).await.is_err() {
+                    return;
+                }
+            }
+        });
+        client.subscribe("clean/#", QoS::AtLeastOnce).await.unwrap();
+        tokio::time::timeout(WAIT, suback.recv())
+            .await
+            .expect("SUBACK")
+            .expect("SUBACK");
+        SlowAcker {
+            _client: client,
+            hurry,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_subscriber_that_acks_too_slowly_holds_devices_for_max_hold_at_most() {
+    let gw = Gateway::start_with_config(&config_with_hold("block", 30, 2), &[]);
+    let acker = SlowAcker::connect(gw.mqtt_port).await;
+
+    let (_creds, tasks) = publish_all(&gw).await;
+    await_metric(&gw, HELD, |v| v == 1.0).await;
+    // Released after 2 s of holding, though the subscriber stays behind: every
+    // device gets every PUBACK. (Only a guard against hanging: held for
+    // ever, they never would.)
+    let all = async {
+        let mut acked = 0;
+        for t in tasks {
+            acked += t.await.unwrap();
+        }
+        acked
+    };
+    let acked = tokio::time::timeout(Duration::from_secs(45), all)
+        .await
+        .expect("devices held for longer than max_hold_secs");
+    assert_eq!(acked, DEVICES as u64 * PER_DEVICE);
+    await_metric(&gw, HELD, |v| v == 0.0).await;
+
+    // What it missed meanwhile is counted once it reads on: it was not cut off.
+    acker.hurry.send(true).unwrap();
+    await_metric(&gw, HOLD_EXCEEDED, |v| v > 0.0).await;
+    assert_eq!(gw.metric(STALLED).await, 0.0);
+    assert_eq!(gw.metric(LAGGED).await, 0.0);
 }
