@@ -23,10 +23,13 @@ pub enum RejectReason {
     StoreUnavailable,
     NotAllowed,
     RateLimited,
+    /// A client's topic name that MQTT forbids or the router cannot take
+    /// (`crate::topic`); refused before any topic rule is asked.
+    InvalidTopic,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 14] = [
         RejectReason::Malformed,
         RejectReason::TooLarge,
         RejectReason::UnknownDevice,
@@ -40,6 +43,7 @@ impl RejectReason {
         RejectReason::StoreUnavailable,
         RejectReason::NotAllowed,
         RejectReason::RateLimited,
+        RejectReason::InvalidTopic,
     ];
 
     /// The spec's stable name.
@@ -58,6 +62,7 @@ impl RejectReason {
             RejectReason::StoreUnavailable => "store_unavailable",
             RejectReason::NotAllowed => "not_allowed",
             RejectReason::RateLimited => "rate_limited",
+            RejectReason::InvalidTopic => "invalid_topic",
         }
     }
 
@@ -108,6 +113,30 @@ pub mod metric {
     pub const DROPPED: &str = "sealgate_dropped";
     pub const SUBSCRIBER_LAG: &str = "sealgate_subscriber_lag_messages";
     pub const DEVICES_HELD: &str = "sealgate_devices_held";
+    pub const SUBSCRIPTIONS_REFUSED: &str = "sealgate_subscriptions_refused";
+    pub const ROUTER_FILTERS: &str = "sealgate_router_filters";
+}
+
+/// Values of the `reason` label on `sealgate_subscriptions_refused_total`:
+/// why one filter of a SUBSCRIBE was refused.
+pub mod subscription_refused {
+    /// Not a valid MQTT filter, or one the router cannot take (`crate::topic`).
+    pub const INVALID_FILTER: &str = "invalid_filter";
+    /// Outside the client's topic rules (`front_door::acl`).
+    pub const NOT_ALLOWED: &str = "not_allowed";
+    /// `limits.max_subscriptions_per_connection` reached.
+    pub const CONNECTION_CAP: &str = "connection_cap";
+    /// `limits.max_subscriptions_per_account` reached.
+    pub const ACCOUNT_CAP: &str = "account_cap";
+    /// `limits.max_router_filters` reached and the filter is new to the router.
+    pub const ROUTER_CAP: &str = "router_cap";
+    pub const ALL: [&str; 5] = [
+        INVALID_FILTER,
+        NOT_ALLOWED,
+        CONNECTION_CAP,
+        ACCOUNT_CAP,
+        ROUTER_CAP,
+    ];
 }
 
 /// Values of the `reason` label on `sealgate_dropped_total`: messages the

@@ -97,6 +97,8 @@ pub(super) struct Session<P> {
     /// A subscriber account's positions in the router's logs.
     pub cursor: Option<crate::lag::Cursor>,
     pub unacked: Unacked,
+    /// The filters this connection holds, counted against the caps.
+    pub subs: subscribe::Subscriptions,
 }
 
 /// QoS 1 and 2 messages written to the client that it has not acknowledged
@@ -172,7 +174,7 @@ impl<P: Protocol> Session<P> {
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<AckResult>();
         let mut own_pubrels: HashSet<u16> = HashSet::new();
         // SUBSCRIBEs the router sees only part of: pkid -> which filters were allowed.
-        let mut pending_subacks: HashMap<u16, Vec<bool>> = HashMap::new();
+        let mut pending_subacks: subscribe::Pending = HashMap::new();
         // Acks still owed by the verifier; drain waits for them.
         let mut owed: usize = 0;
         // MQTT's 1.5 x keep-alive, capped; "no keep-alive" gets the cap, so an
@@ -344,7 +346,7 @@ impl<P: Protocol> Session<P> {
     async fn on_notification(
         &mut self,
         n: Result<Option<Notification>, rumqttd::local::LinkError>,
-        pending_subacks: &mut HashMap<u16, Vec<bool>>,
+        pending_subacks: &mut subscribe::Pending,
         wbuf: &mut BytesMut,
     ) -> Result<Option<End>, ConnError> {
         match n {
@@ -410,7 +412,7 @@ impl<P: Protocol> Session<P> {
         ack_tx: &mpsc::UnboundedSender<AckResult>,
         own_pubrels: &mut HashSet<u16>,
         owed: &mut usize,
-        pending_subacks: &mut HashMap<u16, Vec<bool>>,
+        pending_subacks: &mut subscribe::Pending,
         wbuf: &mut BytesMut,
     ) -> Result<Option<End>, ConnError> {
         let max = self.ctx.config.mqtt.max_packet_bytes;
@@ -467,14 +469,7 @@ impl<P: Protocol> Session<P> {
                     self.encode(Packet::PubComp(comp, None), wbuf)?;
                 }
                 Packet::Subscribe(sub, props) => {
-                    let p = subscribe::screen(
-                        &self.ctx.acl,
-                        &self.role,
-                        self.v5,
-                        sub,
-                        props,
-                        pending_subacks,
-                    );
+                    let p = self.screen_subscribe(sub, props, pending_subacks);
                     match p {
                         Packet::SubAck(..) => self.encode(p, wbuf)?,
                         p => {
@@ -494,6 +489,9 @@ impl<P: Protocol> Session<P> {
                     to_router.push(p);
                 }
                 Packet::Unsubscribe(u, props) => {
+                    let Some(u) = self.screen_unsubscribe(u, wbuf)? else {
+                        continue;
+                    };
                     if let Some(c) = self.cursor.as_mut() {
                         c.unsubscribed(u.filters.iter().map(String::as_str));
                     }
@@ -551,6 +549,7 @@ fn disconnect_reason(code: DisconnectReasonCode) -> rumqttd::protocol::Disconnec
         DisconnectReasonCode::QuotaExceeded => "rate limit exceeded",
         DisconnectReasonCode::PacketTooLarge => "packet too large",
         DisconnectReasonCode::SessionTakenOver => "session taken over",
+        DisconnectReasonCode::TopicNameInvalid => "topic name invalid",
         _ => "closed by the server",
     };
     rumqttd::protocol::DisconnectProperties {

@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::verifier::Input;
 use auth::{Authenticator, Role};
 use connection::{refusal, Session};
+pub use subscribe::SubscriptionCaps;
 use transport::Stream;
 pub use transport::Transport;
 
@@ -57,6 +58,9 @@ pub struct Context {
     pub revoked: tokio::sync::broadcast::Sender<String>,
     /// Subscriber positions and the device hold.
     pub lag: Arc<crate::lag::Lag>,
+    /// Subscription counts against `limits.max_subscriptions_*` and
+    /// `limits.max_router_filters`.
+    pub subscriptions: Arc<SubscriptionCaps>,
 }
 
 /// Accepts connections until `ctx.stop`; each one runs on `tracker`.
@@ -213,7 +217,21 @@ async fn connect<P: Protocol + Send + 'static>(
         }
     };
     if let Some(w) = &will {
-        let allowed = std::str::from_utf8(&w.topic).is_ok_and(|t| ctx.acl.may_publish(&role, t));
+        let topic = crate::topic::topic_name(&w.topic).and_then(crate::topic::router_takes);
+        if let Err(why) = topic {
+            ctx.metrics.connect_refused("will_topic_invalid");
+            tracing::info!(client_id = %connect.client_id, reason = %why, "Refused CONNECT: the will topic is invalid.");
+            // MQTT 3.1.1 has no code for it; 5 says "topic name invalid".
+            let code = match v5 {
+                true => ConnectReturnCode::TopicNameInvalid,
+                false => ConnectReturnCode::NotAuthorized,
+            };
+            let mut out = BytesMut::new();
+            let _ = proto.write(refusal(code), &mut out);
+            stream.write_all(&out).await?;
+            return Ok(());
+        }
+        let allowed = topic.is_ok_and(|t| ctx.acl.may_publish(&role, t));
         if !allowed {
             ctx.metrics.connect_refused("will_not_allowed");
             tracing::info!(client_id = %connect.client_id, "Refused CONNECT: will topic not allowed.");
@@ -324,6 +342,7 @@ async fn connect<P: Protocol + Send + 'static>(
         taken_over,
         cursor,
         unacked: Default::default(),
+        subs: subscribe::Subscriptions::new(sessions_ctx.subscriptions.clone(), &role_for_release),
     }
     .run(connack)
     .await;

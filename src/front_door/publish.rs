@@ -37,8 +37,16 @@ impl<P: Protocol> Session<P> {
         to_router: &mut Vec<Packet>,
         wbuf: &mut BytesMut,
     ) -> Result<Option<End>, ConnError> {
-        let allowed = std::str::from_utf8(&publish.topic)
-            .is_ok_and(|t| self.ctx.acl.may_publish(&self.role, t));
+        // Before any rule or matcher sees it: MQTT's rules and the router's.
+        let topic = crate::topic::topic_name(&publish.topic).and_then(crate::topic::router_takes);
+        let allowed = match topic {
+            Ok(t) => self.ctx.acl.may_publish(&self.role, t),
+            Err(why) => {
+                tracing::info!(client = self.client_name(), reason = %why, "Refused a PUBLISH: its topic name is invalid.");
+                self.refuse(RejectReason::InvalidTopic).await;
+                return Ok(Some(End::Refused(DisconnectReasonCode::TopicNameInvalid)));
+            }
+        };
         if !allowed {
             self.refuse(RejectReason::NotAllowed).await;
             return Ok(Some(End::Refused(DisconnectReasonCode::NotAuthorized)));

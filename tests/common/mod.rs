@@ -438,3 +438,20 @@ pub fn seal(creds: &Credentials, stream: &str, nonce: u64, plaintext: &[u8]) -> 
 pub fn event(payload: &[u8]) -> serde_json::Value {
     serde_json::from_slice(payload).expect("event is JSON")
 }
+
+/// Waits until a Prometheus sample satisfies `ok` (a state the gateway
+/// reaches on its own, such as a closed connection being counted out).
+pub async fn wait_metric(gw: &Gateway, sample: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = gw.metric(sample).await;
+        if ok(v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sample} stayed at {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
