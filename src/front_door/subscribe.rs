@@ -102,8 +102,8 @@ impl Subscriptions {
         }
         let mut shared = self.caps.lock();
         let Shared { accounts, router } = &mut *shared;
-        let count = accounts.entry(self.account.clone()).or_default();
-        if *count >= self.caps.per_account {
+        let count = accounts.get(&self.account).copied().unwrap_or(0);
+        if count >= self.caps.per_account {
             return Err(refused::ACCOUNT_CAP);
         }
         if !router.contains(filter) {
@@ -113,7 +113,7 @@ impl Subscriptions {
             router.insert(filter.to_owned());
             self.caps.metrics.router_filters.set(router.len() as i64);
         }
-        *count += 1;
+        accounts.insert(self.account.clone(), count + 1);
         self.held.insert(filter.to_owned());
         Ok(())
     }
