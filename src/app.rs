@@ -254,6 +254,10 @@ pub async fn run(
         sessions: Default::default(),
         slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
         lag,
+        subscriptions: Arc::new(front_door::SubscriptionCaps::new(
+            &config.limits,
+            metrics.clone(),
+        )),
     });
     let tracker = TaskTracker::new();
     let mut extra_addrs = String::new();

@@ -113,6 +113,15 @@ pub struct LimitsConfig {
     /// The longest one `block` subscriber account may hold the devices per
     /// episode before it is treated as `drop` (see `crate::lag`).
     pub max_hold_secs: u64,
+    /// Filters one connection may hold; each one costs the router a scan
+    /// per new topic and a copy per matching message.
+    pub max_subscriptions_per_connection: usize,
+    /// Filters all connections of one account (or one device) may hold
+    /// together, so opening more connections does not lift the first cap.
+    pub max_subscriptions_per_account: usize,
+    /// Distinct filters handed to the router over the process lifetime:
+    /// rumqttd never forgets a filter, so unsubscribing frees nothing there.
+    pub max_router_filters: usize,
 }
 
 /// The loss policy for a subscriber account that reads slower than messages
@@ -389,6 +398,25 @@ impl Config {
                 ),
             );
         }
+        let l = &self.limits;
+        if l.max_subscriptions_per_connection == 0 {
+            return invalid(
+                "limits.max_subscriptions_per_connection",
+                "must be at least 1",
+            );
+        }
+        if l.max_subscriptions_per_account < l.max_subscriptions_per_connection {
+            return invalid(
+                "limits.max_subscriptions_per_account",
+                "must be at least limits.max_subscriptions_per_connection",
+            );
+        }
+        if l.max_router_filters < l.max_subscriptions_per_account {
+            return invalid(
+                "limits.max_router_filters",
+                "must be at least limits.max_subscriptions_per_account",
+            );
+        }
         if self.verifier.queue == 0 {
             return invalid("verifier.queue", "must be at least 1");
         }
@@ -401,22 +429,21 @@ impl Config {
             ("topics.events", &self.topics.events),
             ("topics.unverified", &self.topics.unverified),
         ] {
-            if prefix.is_empty()
-                || prefix.starts_with('/')
-                || prefix.ends_with('/')
-                || prefix.contains(['+', '#'])
-            {
-                return invalid(
-                    key,
-                    "must be a topic prefix without wildcards or leading/trailing '/'",
-                );
+            let checked =
+                crate::topic::topic_name(prefix.as_bytes()).and_then(crate::topic::router_takes);
+            if let Err(why) = checked {
+                return invalid(key, &format!("is not a usable topic prefix: it {why}"));
+            }
+            if prefix.starts_with('/') || prefix.ends_with('/') {
+                return invalid(key, "must not start or end with '/'");
             }
         }
         let t = &self.topics;
-        if t.sealed == t.clean
-            || t.sealed == t.events
-            || t.clean == t.events
-            || t.unverified == t.clean
+        let all = [&t.sealed, &t.clean, &t.events, &t.unverified];
+        if all
+            .iter()
+            .enumerate()
+            .any(|(i, a)| all[i + 1..].contains(a))
         {
             return invalid(
                 "topics",
@@ -451,8 +478,11 @@ impl Config {
                 s.chain(u.publish.iter().flatten().map(|f| ("users.publish", f)))
             }));
         for (key, f) in filters {
-            if !crate::front_door::acl::valid_filter(f) {
-                return invalid(key, &format!("{f:?} is not a valid MQTT topic filter"));
+            if let Err(why) = crate::topic::filter(f) {
+                return invalid(
+                    key,
+                    &format!("{f:?} is not a valid MQTT topic filter: it {why}"),
+                );
             }
         }
         let mut names: Vec<&str> = self.users.iter().map(|u| u.name.as_str()).collect();
@@ -563,5 +593,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.max_hold_secs"), "{err}");
+    }
+
+    #[test]
+    fn subscription_caps_and_topics_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let err = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            Config::load(Some(&p), &[]).unwrap_err().to_string()
+        };
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c.limits.max_subscriptions_per_connection, 100);
+        assert_eq!(c.limits.max_subscriptions_per_account, 1000);
+        assert_eq!(c.limits.max_router_filters, 100_000);
+        for (text, key) in [
+            (
+                "[limits]\nmax_subscriptions_per_connection = 0\n",
+                "limits.max_subscriptions_per_connection",
+            ),
+            (
+                "[limits]\nmax_subscriptions_per_account = 99\n",
+                "limits.max_subscriptions_per_account",
+            ),
+            (
+                "[limits]\nmax_router_filters = 999\n",
+                "limits.max_router_filters",
+            ),
+            ("[topics]\nclean = \"é\"\n", "topics.clean"),
+            ("[topics]\nunverified = \"$x\"\n", "topics.unverified"),
+            ("[topics]\nevents = \"a/\"\n", "topics.events"),
+            ("[topics]\nunverified = \"sealed\"\n", "topics"),
+            (
+                "[acl]\nsubscriber_subscribe = [\"$share/g\"]\n",
+                "acl.subscriber_subscribe",
+            ),
+            (
+                "[acl]\nsubscriber_publish = [\"a/#/b\"]\n",
+                "acl.subscriber_publish",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

@@ -23,10 +23,13 @@ pub enum RejectReason {
     StoreUnavailable,
     NotAllowed,
     RateLimited,
+    /// A client's topic name that MQTT forbids or the router cannot take
+    /// (`crate::topic`); refused before any topic rule is asked.
+    InvalidTopic,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 14] = [
         RejectReason::Malformed,
         RejectReason::TooLarge,
         RejectReason::UnknownDevice,
@@ -40,6 +43,7 @@ impl RejectReason {
         RejectReason::StoreUnavailable,
         RejectReason::NotAllowed,
         RejectReason::RateLimited,
+        RejectReason::InvalidTopic,
     ];
 
     /// The spec's stable name.
@@ -58,6 +62,7 @@ impl RejectReason {
             RejectReason::StoreUnavailable => "store_unavailable",
             RejectReason::NotAllowed => "not_allowed",
             RejectReason::RateLimited => "rate_limited",
+            RejectReason::InvalidTopic => "invalid_topic",
         }
     }
 
@@ -103,6 +108,9 @@ pub enum ConnectRefusal {
     ClientIdMismatch,
     /// The will topic is one the client could not publish to.
     WillNotAllowed,
+    /// The will topic is not a valid MQTT topic name, or one the router
+    /// cannot take (see `crate::topic`).
+    WillTopicInvalid,
     /// An account's client id is empty (with a persistent session) or holds
     /// a character MQTT reserves for topics.
     ClientIdInvalid,
@@ -111,7 +119,7 @@ pub enum ConnectRefusal {
 }
 
 impl ConnectRefusal {
-    pub const ALL: [ConnectRefusal; 16] = [
+    pub const ALL: [ConnectRefusal; 17] = [
         ConnectRefusal::TooManyConnections,
         ConnectRefusal::HandshakeFailed,
         ConnectRefusal::ConnectTimeout,
@@ -126,6 +134,7 @@ impl ConnectRefusal {
         ConnectRefusal::ExpiredToken,
         ConnectRefusal::ClientIdMismatch,
         ConnectRefusal::WillNotAllowed,
+        ConnectRefusal::WillTopicInvalid,
         ConnectRefusal::ClientIdInvalid,
         ConnectRefusal::RouterFull,
     ];
@@ -146,10 +155,56 @@ impl ConnectRefusal {
             ConnectRefusal::ExpiredToken => "expired_token",
             ConnectRefusal::ClientIdMismatch => "client_id_mismatch",
             ConnectRefusal::WillNotAllowed => "will_not_allowed",
+            ConnectRefusal::WillTopicInvalid => "will_topic_invalid",
             ConnectRefusal::ClientIdInvalid => "client_id_invalid",
             ConnectRefusal::RouterFull => "router_full",
         }
     }
+}
+
+/// Lets through at most one log line per key per interval, so that a client
+/// repeating a refused action cannot flood the log; the counters still see
+/// every occurrence. The line that gets through says how many were held
+/// back since the last one.
+pub struct LogGate {
+    every: std::time::Duration,
+    last: std::sync::Mutex<std::collections::HashMap<&'static str, (std::time::Instant, u64)>>,
+}
+
+impl LogGate {
+    pub fn new(every: std::time::Duration) -> LogGate {
+        LogGate {
+            every,
+            last: Default::default(),
+        }
+    }
+
+    /// `Some(held back)` when a line for `key` may be written now.
+    pub fn admit(&self, key: &'static str, now: std::time::Instant) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match last.get_mut(key) {
+            Some((at, held)) if now.duration_since(*at) < self.every => {
+                *held += 1;
+                None
+            }
+            Some((at, held)) => {
+                *at = now;
+                Some(std::mem::take(held))
+            }
+            None => {
+                last.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// The gate for per-packet refusal lines at the front door (refused
+/// publishes and subscriptions), keyed by reason: at most one line per
+/// reason every ten seconds.
+pub fn refusal_log() -> &'static LogGate {
+    static GATE: std::sync::OnceLock<LogGate> = std::sync::OnceLock::new();
+    GATE.get_or_init(|| LogGate::new(std::time::Duration::from_secs(10)))
 }
 
 /// The JSON object published on `sealgate/events/{device}`. It carries what
@@ -183,6 +238,30 @@ pub mod metric {
     pub const DROPPED: &str = "sealgate_dropped";
     pub const SUBSCRIBER_LAG: &str = "sealgate_subscriber_lag_messages";
     pub const DEVICES_HELD: &str = "sealgate_devices_held";
+    pub const SUBSCRIPTIONS_REFUSED: &str = "sealgate_subscriptions_refused";
+    pub const ROUTER_FILTERS: &str = "sealgate_router_filters";
+}
+
+/// Values of the `reason` label on `sealgate_subscriptions_refused_total`:
+/// why one filter of a SUBSCRIBE was refused.
+pub mod subscription_refused {
+    /// Not a valid MQTT filter, or one the router cannot take (`crate::topic`).
+    pub const INVALID_FILTER: &str = "invalid_filter";
+    /// Outside the client's topic rules (`front_door::acl`).
+    pub const NOT_ALLOWED: &str = "not_allowed";
+    /// `limits.max_subscriptions_per_connection` reached.
+    pub const CONNECTION_CAP: &str = "connection_cap";
+    /// `limits.max_subscriptions_per_account` reached.
+    pub const ACCOUNT_CAP: &str = "account_cap";
+    /// `limits.max_router_filters` reached and the filter is new to the router.
+    pub const ROUTER_CAP: &str = "router_cap";
+    pub const ALL: [&str; 5] = [
+        INVALID_FILTER,
+        NOT_ALLOWED,
+        CONNECTION_CAP,
+        ACCOUNT_CAP,
+        ROUTER_CAP,
+    ];
 }
 
 /// Values of the `reason` label on `sealgate_dropped_total`: messages the
@@ -223,6 +302,21 @@ mod tests {
         let names: std::collections::HashSet<_> =
             ConnectRefusal::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(names.len(), ConnectRefusal::ALL.len());
+    }
+
+    #[test]
+    fn the_log_gate_lets_one_line_per_key_and_interval_through() {
+        let gate = LogGate::new(std::time::Duration::from_secs(10));
+        let t0 = std::time::Instant::now();
+        assert_eq!(gate.admit("a", t0), Some(0));
+        for _ in 0..99 {
+            assert_eq!(gate.admit("a", t0), None);
+        }
+        // Another key is not held back by the first.
+        assert_eq!(gate.admit("b", t0), Some(0));
+        let later = t0 + std::time::Duration::from_secs(10);
+        assert_eq!(gate.admit("a", later), Some(99));
+        assert_eq!(gate.admit("a", later), None);
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! * [`replay`]: the nonce windows, group-committed to sled before anything
 //!   of a batch is published.
 //! * [`republish`]: `clean/{device}/...` and `sealgate/events/{device}`.
+//! * [`topic`]: what MQTT and the router allow of topic names and filters,
+//!   and how a filter matches a topic; used by the config, the topic rules
+//!   and `lag`.
 //! * [`lag`]: how far each subscriber is behind; holds devices for a `block`
 //!   subscriber, counts what a `drop` subscriber misses.
 //!
@@ -36,6 +39,7 @@ pub mod registry;
 pub mod replay;
 pub mod republish;
 pub mod shutdown;
+pub mod topic;
 pub mod verifier;
 
 /// Milliseconds since the Unix epoch; 0 if the clock is before 1970.

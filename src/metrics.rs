@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::events::{dropped, metric, RejectReason};
+use crate::events::{dropped, metric, subscription_refused, RejectReason};
 
 type Label = [(&'static str, &'static str); 1];
 
@@ -30,6 +30,9 @@ pub struct Metrics {
     pub subscriber_lag: Gauge,
     /// 1 while device publishes are held for a `block` subscriber.
     pub devices_held: Gauge,
+    subscriptions_refused: Family<Label, Counter>,
+    /// Distinct filters handed to the router so far (it never forgets one).
+    pub router_filters: Gauge,
 }
 
 impl Default for Metrics {
@@ -55,6 +58,8 @@ impl Metrics {
             dropped: Family::default(),
             subscriber_lag: Gauge::default(),
             devices_held: Gauge::default(),
+            subscriptions_refused: Family::default(),
+            router_filters: Gauge::default(),
             registry: PromRegistry::default(),
         };
         registry.register(
@@ -117,12 +122,25 @@ impl Metrics {
             "1 while device publishes are held for a lagging block-policy subscriber",
             m.devices_held.clone(),
         );
+        registry.register(
+            metric::SUBSCRIPTIONS_REFUSED,
+            "SUBSCRIBE filters refused, by reason",
+            m.subscriptions_refused.clone(),
+        );
+        registry.register(
+            metric::ROUTER_FILTERS,
+            "Distinct subscription filters handed to the router since start",
+            m.router_filters.clone(),
+        );
         // Pre-create every reason so dashboards see zeros, not gaps.
         for r in RejectReason::ALL {
             let _ = m.rejects.get_or_create(&[("reason", r.as_str())]);
         }
         for r in dropped::ALL {
             let _ = m.dropped.get_or_create(&[("reason", r)]);
+        }
+        for r in subscription_refused::ALL {
+            let _ = m.subscriptions_refused.get_or_create(&[("reason", r)]);
         }
         Metrics { registry, ..m }
     }
@@ -142,6 +160,14 @@ impl Metrics {
         self.dropped
             .get_or_create(&[("reason", reason)])
             .inc_by(messages);
+    }
+
+    /// Counts one refused SUBSCRIBE filter (`reason` from
+    /// `events::subscription_refused`).
+    pub fn subscription_refused(&self, reason: &'static str) {
+        self.subscriptions_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     pub fn connect_refused(&self, reason: crate::events::ConnectRefusal) {

@@ -228,3 +228,29 @@ async fn a_new_connection_of_a_device_takes_over_the_old_one() {
         .await;
     assert_eq!(sub.next_publish().await.1, b"second");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_of_everything_never_opens_the_gateways_prefixes() {
+    let users = "[[users]]\nname = \"dash\"\npassword = \"dash-password\"\n\n[[users]]\nname = \"ops\"\npassword = \"ops-password\"\npublish = [\"#\"]\n";
+    let gw = Gateway::start_with_config(users, &[("SEALGATE_USERS", "")]);
+    let a = gw.add_device("dev-a").await;
+    let mut sub = Client::subscriber_to(gw.mqtt_port, &["sealgate/events/#", "clean/#"]).await;
+    // Unsealed device traffic, verified data and security events are the
+    // gateway's to write, whatever an account is granted.
+    for topic in [
+        "unverified/dev-a/t",
+        "unverified",
+        "clean/dev-a/t",
+        "sealgate/events/dev-a",
+    ] {
+        let (mut ops, r) = Client::connect(gw.mqtt_port, "ops-1", "ops", "ops-password").await;
+        r.unwrap();
+        ops.client
+            .publish(topic, QoS::AtLeastOnce, false, b"spoofed".to_vec())
+            .await
+            .unwrap();
+        expect_event(&mut sub, "sealgate/events/ops", "not_allowed").await;
+        closed(&mut ops).await;
+    }
+    still_delivers(gw.mqtt_port, &a, 1, &mut sub).await;
+}

@@ -5,17 +5,22 @@
 //!   configured filters (default `cmd/{id}/#`).
 //! * A subscriber account subscribes within its grants (default `clean/#`,
 //!   `sealgate/events/#`) and publishes only where granted (default nowhere).
-//! * Nobody but the gateway publishes under the clean or events prefixes,
-//!   and nobody but the verifier reads the sealed prefix.
+//! * Nobody but the gateway publishes under the prefixes it publishes
+//!   under (clean, events, unverified), and nobody but the verifier reads
+//!   the sealed prefix.
 //!
 //! Wildcard filters are judged by every topic they could match, so `#`,
-//! `+/+/#` or `clean/+` are refused to a device.
+//! `+/+/#` or `clean/+` are refused to a device; a shared subscription
+//! `$share/{group}/{filter}` is judged by `{filter}`, what the router uses.
+//! Whether a topic or filter is well-formed is `crate::topic`'s question,
+//! asked before these.
 
 use std::collections::HashMap;
 
 use super::auth::Role;
 use crate::config::{AclConfig, Topics, User};
 use crate::envelope::normalise_device_id;
+use crate::topic::{self, overlaps, under};
 
 /// The grants of one subscriber account.
 #[derive(Debug, Clone)]
@@ -60,28 +65,6 @@ fn within(filter: &str, grant: &str, id: Option<&str>) -> bool {
     f.len() == g.len()
 }
 
-/// Whether `filter` could match a topic under `prefix` (or the prefix itself).
-fn overlaps(filter: &str, prefix: &str) -> bool {
-    let mut f = filter.split('/');
-    for pl in prefix.split('/') {
-        match f.next() {
-            Some("#") => return true,
-            Some("+") => continue,
-            Some(lit) if lit == pl => continue,
-            _ => return false,
-        }
-    }
-    true
-}
-
-/// Whether `topic` is the prefix itself or under it.
-fn under(topic: &str, prefix: &str) -> bool {
-    topic == prefix
-        || topic
-            .strip_prefix(prefix)
-            .is_some_and(|r| r.starts_with('/'))
-}
-
 impl Acl {
     pub fn new(topics: &Topics, acl: &AclConfig, users: &[User]) -> Acl {
         let users = users
@@ -107,9 +90,13 @@ impl Acl {
         }
     }
 
-    /// Topics only the gateway itself writes.
+    /// Topics only the gateway itself writes: a client publishing there
+    /// could pass for verified data, a security event or a device's
+    /// unsealed traffic.
     fn reserved_for_gateway(&self, topic: &str) -> bool {
-        under(topic, &self.topics.clean) || under(topic, &self.topics.events)
+        under(topic, &self.topics.clean)
+            || under(topic, &self.topics.events)
+            || under(topic, &self.topics.unverified)
     }
 
     /// Whether `topic` is `{sealed}/{raw id}[/...]` with `raw id` naming
@@ -128,6 +115,8 @@ impl Acl {
             .eq_ignore_ascii_case(id)
     }
 
+    /// Whether this client may publish on `topic`, a topic name that
+    /// `topic::topic_name` accepted.
     pub fn may_publish(&self, role: &Role, topic: &str) -> bool {
         match role {
             Role::Device(id) => self.own_sealed_topic(id, topic),
@@ -142,7 +131,12 @@ impl Acl {
         }
     }
 
+    /// Whether this client may subscribe to `filter`, as the client sent it
+    /// (a `$share/{group}/` prefix included). An invalid filter is refused.
     pub fn may_subscribe(&self, role: &Role, filter: &str) -> bool {
+        let Ok(filter) = topic::filter(filter) else {
+            return false;
+        };
         if overlaps(filter, &self.topics.sealed) {
             return false;
         }
@@ -157,19 +151,6 @@ impl Acl {
                 .is_some_and(|g| g.subscribe.iter().any(|s| within(filter, s, None))),
         }
     }
-}
-
-/// Checks that `filter` is a valid MQTT topic filter (for configuration).
-pub fn valid_filter(filter: &str) -> bool {
-    if filter.is_empty() {
-        return false;
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    levels.iter().enumerate().all(|(i, l)| match *l {
-        "#" => i == levels.len() - 1,
-        "+" => true,
-        l => !l.contains(['+', '#']),
-    })
 }
 
 #[cfg(test)]
@@ -265,27 +246,36 @@ mod tests {
         assert!(a.may_subscribe(&dash, "sealgate/events/#"));
         assert!(!a.may_subscribe(&dash, "#"));
         assert!(!a.may_subscribe(&dash, "+/esp32-a1/#"));
+        // A shared subscription is judged by the filter the router uses.
+        assert!(a.may_subscribe(&dash, "$share/g/clean/#"));
+        assert!(!a.may_subscribe(&dash, "$share/g/sealed/#"));
+        assert!(!a.may_subscribe(&dash, "$share/clean/#"), "filter #");
+        assert!(!a.may_subscribe(&dash, "$share/g/clean/#/x"));
         assert!(!a.may_publish(&dash, "clean/esp32-a1/t"));
         assert!(!a.may_publish(&dash, "anything"));
         // Even a grant of everything never opens the reserved prefixes.
         let ops = Role::Subscriber("ops".into());
         assert!(a.may_subscribe(&ops, "cmd/#"));
+        assert!(a.may_subscribe(&ops, "$share/g/cmd/#"));
+        assert!(!a.may_subscribe(&ops, "$share/g/sealed/#"));
+        assert!(
+            !a.may_subscribe(&ops, "$share/g/+/x"),
+            "could match sealed/x"
+        );
         assert!(!a.may_subscribe(&ops, "#"), "# could match sealed/");
         assert!(!a.may_subscribe(&ops, "+/x"), "+/x could match sealed/x");
         assert!(a.may_publish(&ops, "cmd/esp32-a1/reboot"));
-        for no in ["clean/x", "sealgate/events/x", "sealed/x/y", "clean"] {
+        for no in [
+            "clean/x",
+            "sealgate/events/x",
+            "sealed/x/y",
+            "clean",
+            "unverified/dev-a/t",
+            "unverified",
+        ] {
             assert!(!a.may_publish(&ops, no), "{no}");
         }
+        assert!(a.may_publish(&ops, "unverifiedx/t"));
         assert!(!a.may_publish(&Role::Subscriber("ghost".into()), "cmd/x/reboot"));
-    }
-
-    #[test]
-    fn filter_syntax() {
-        for ok in ["#", "a/+/b", "a/#", "+"] {
-            assert!(valid_filter(ok), "{ok}");
-        }
-        for no in ["", "a/#/b", "a+/b", "a/b#"] {
-            assert!(!valid_filter(no), "{no}");
-        }
     }
 }

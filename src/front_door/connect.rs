@@ -90,9 +90,13 @@ pub(super) async fn handle(
 
 /// The CONNACK code that tells a client why it was refused; `None` where
 /// the connection is closed without an answer.
-fn return_code(reason: ConnectRefusal) -> Option<ConnectReturnCode> {
+fn return_code(reason: ConnectRefusal, v5: bool) -> Option<ConnectReturnCode> {
     use ConnectRefusal as R;
     match reason {
+        // MQTT 3.1.1 has no code for it (and rumqttd's 3.1.1 encoder cannot
+        // write 5's codes); 5 says "topic name invalid".
+        R::WillTopicInvalid if v5 => Some(ConnectReturnCode::TopicNameInvalid),
+        R::WillTopicInvalid => Some(ConnectReturnCode::NotAuthorized),
         R::NoCredentials
         | R::BadPassword
         | R::UnknownDevice
@@ -118,16 +122,16 @@ fn return_code(reason: ConnectRefusal) -> Option<ConnectReturnCode> {
 /// either cannot forge a log line.
 async fn refuse<P: Protocol>(
     proto: &mut P,
+    v5: bool,
     stream: &mut Stream,
     deadline: Instant,
     ctx: &Context,
     reason: ConnectRefusal,
-    client_id: &str,
-    username: &str,
+    (client_id, username): (&str, &str),
 ) {
     ctx.metrics.connect_refused(reason);
     tracing::info!(reason = reason.as_str(), client_id = ?client_id, username = ?username, "Refused CONNECT.");
-    if let Some(code) = return_code(reason) {
+    if let Some(code) = return_code(reason, v5) {
         let mut out = BytesMut::new();
         if proto.write(connack(code), &mut out).is_ok() {
             let _ = timeout_at(deadline, stream.write_all(&out)).await;
@@ -186,29 +190,46 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
             let id = &connect.client_id;
             refuse(
                 &mut proto,
+                v5,
                 &mut stream,
                 deadline,
                 &ctx,
                 reason,
-                id,
-                username,
+                (id, username),
             )
             .await;
             return Ok(());
         }
     };
     if let Some(w) = &will {
-        let allowed = std::str::from_utf8(&w.topic).is_ok_and(|t| ctx.acl.may_publish(&role, t));
-        if !allowed {
-            let (id, reason) = (&connect.client_id, ConnectRefusal::WillNotAllowed);
+        // Before any rule or matcher sees it: MQTT's rules and the router's.
+        let topic = crate::topic::topic_name(&w.topic).and_then(crate::topic::router_takes);
+        if let Err(why) = topic {
+            tracing::debug!(reason = %why, "The will topic is invalid.");
+            let (id, reason) = (&connect.client_id, ConnectRefusal::WillTopicInvalid);
             refuse(
                 &mut proto,
+                v5,
                 &mut stream,
                 deadline,
                 &ctx,
                 reason,
-                id,
-                username,
+                (id, username),
+            )
+            .await;
+            return Ok(());
+        }
+        let allowed = topic.is_ok_and(|t| ctx.acl.may_publish(&role, t));
+        if !allowed {
+            let (id, reason) = (&connect.client_id, ConnectRefusal::WillNotAllowed);
+            refuse(
+                &mut proto,
+                v5,
+                &mut stream,
+                deadline,
+                &ctx,
+                reason,
+                (id, username),
             )
             .await;
             return Ok(());
@@ -225,12 +246,12 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
             let (id, reason) = (&connect.client_id, ConnectRefusal::ClientIdInvalid);
             refuse(
                 &mut proto,
+                v5,
                 &mut stream,
                 deadline,
                 &ctx,
                 reason,
-                id,
-                username,
+                (id, username),
             )
             .await;
             return Ok(());
@@ -253,12 +274,12 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
                 let (id, reason) = (&connect.client_id, ConnectRefusal::RouterFull);
                 refuse(
                     &mut proto,
+                    v5,
                     &mut stream,
                     deadline,
                     &ctx,
                     reason,
-                    id,
-                    username,
+                    (id, username),
                 )
                 .await;
                 return Ok(());
@@ -344,7 +365,7 @@ mod tests {
         // Refusals decided on a decoded CONNECT owe the client a CONNACK;
         // the others have no CONNECT to answer.
         for r in ConnectRefusal::ALL {
-            let answered = return_code(r).is_some();
+            let answered = return_code(r, false).is_some() && return_code(r, true).is_some();
             let before_connect = matches!(
                 r,
                 ConnectRefusal::TooManyConnections

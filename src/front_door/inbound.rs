@@ -8,7 +8,6 @@ use rumqttd::protocol::{DisconnectReasonCode, Packet, PingResp, Protocol, PubCom
 
 use super::packet::{self, Frame};
 use super::session::{ConnError, End, Session};
-use super::subscribe;
 use crate::events::RejectReason;
 
 impl<P: Protocol> Session<P> {
@@ -61,21 +60,14 @@ impl<P: Protocol> Session<P> {
                     self.out.encode(Packet::PubComp(comp, None))?;
                 }
                 Packet::Subscribe(sub, props) => {
-                    let p = subscribe::screen(
-                        &self.ctx.acl,
-                        &self.login.role,
-                        self.v5,
-                        sub,
-                        props,
-                        &mut self.pending_subacks,
-                    );
+                    let p = self.screen_subscribe(sub, props);
                     match p {
                         Packet::SubAck(..) => {
                             self.out.encode(p)?;
                         }
                         p => {
                             if let Packet::Subscribe(s, _) = &p {
-                                let filters = s.filters.iter().map(|f| f.path.as_str());
+                                let filters = s.filters.iter().map(|f| routed(&f.path));
                                 match self.login.cursor.as_mut() {
                                     Some(c) => c.subscribed(filters),
                                     None => self.ctx.lag.routed(filters),
@@ -90,8 +82,11 @@ impl<P: Protocol> Session<P> {
                     to_router.push(p);
                 }
                 Packet::Unsubscribe(u, props) => {
+                    let Some(u) = self.screen_unsubscribe(u)? else {
+                        continue;
+                    };
                     if let Some(c) = self.login.cursor.as_mut() {
-                        c.unsubscribed(u.filters.iter().map(String::as_str));
+                        c.unsubscribed(u.filters.iter().map(|f| routed(f)));
                     }
                     to_router.push(Packet::Unsubscribe(u, props));
                 }
@@ -112,4 +107,10 @@ impl<P: Protocol> Session<P> {
         }
         Ok(None)
     }
+}
+
+/// The filter the router files a subscription under (`$share/{group}/`
+/// stripped), which is what lag accounting must match topics against.
+fn routed(filter: &str) -> &str {
+    crate::topic::filter(filter).unwrap_or(filter)
 }

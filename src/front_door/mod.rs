@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::verifier::Input;
 use auth::{Authenticator, Role};
+pub use subscribe::SubscriptionCaps;
 pub use transport::Transport;
 
 /// What every connection needs.
@@ -55,6 +56,9 @@ pub struct Context {
     pub revoked: tokio::sync::broadcast::Sender<String>,
     /// Subscriber positions and the device hold.
     pub lag: Arc<crate::lag::Lag>,
+    /// Subscription counts against `limits.max_subscriptions_*` and
+    /// `limits.max_router_filters`.
+    pub subscriptions: Arc<SubscriptionCaps>,
 }
 
 /// Accepts connections until `ctx.stop`; each one runs on `tracker`.

@@ -29,8 +29,16 @@ impl<P: Protocol> Session<P> {
         pkid: u16,
         to_router: &mut Vec<Packet>,
     ) -> Result<Option<End>, ConnError> {
-        let allowed = std::str::from_utf8(&publish.topic)
-            .is_ok_and(|t| self.ctx.acl.may_publish(&self.login.role, t));
+        // Before any rule or matcher sees it: MQTT's rules and the router's.
+        let topic = crate::topic::topic_name(&publish.topic).and_then(crate::topic::router_takes);
+        let allowed = match topic {
+            Ok(t) => self.ctx.acl.may_publish(&self.login.role, t),
+            Err(why) => {
+                tracing::debug!(client = ?self.client_name(), reason = %why, "The PUBLISH topic name is invalid.");
+                self.refuse(RejectReason::InvalidTopic).await;
+                return Ok(Some(End::Refused(DisconnectReasonCode::TopicNameInvalid)));
+            }
+        };
         if !allowed {
             self.refuse(RejectReason::NotAllowed).await;
             return Ok(Some(End::Refused(DisconnectReasonCode::NotAuthorized)));
@@ -93,15 +101,20 @@ impl<P: Protocol> Session<P> {
         self.refusal_event(reason)
     }
 
-    /// Counts and logs one refused packet of this client.
+    /// Counts one refused packet of this client, and logs it unless a line
+    /// for the same reason was written in the last seconds.
     fn count_refusal(&self, reason: RejectReason) {
         self.ctx.metrics.reject(reason);
         self.ctx.metrics.message(crate::events::result::REJECTED);
-        tracing::warn!(
-            reason = reason.as_str(),
-            client = ?self.client_name(),
-            "Refused packet."
-        );
+        let gate = crate::events::refusal_log();
+        if let Some(held_back) = gate.admit(reason.as_str(), std::time::Instant::now()) {
+            tracing::warn!(
+                reason = reason.as_str(),
+                client = ?self.client_name(),
+                held_back,
+                "Refused packet."
+            );
+        }
     }
 
     /// Publishes the refusal's event, through the verifier so that events

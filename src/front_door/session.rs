@@ -124,9 +124,10 @@ pub(super) struct Session<P> {
     pub(super) owed: usize,
     /// PUBRECs we sent for sealed QoS 2 publishes, whose PUBREL we answer.
     pub(super) own_pubrels: HashSet<u16>,
-    /// SUBSCRIBEs the router sees only part of: pkid -> which filters were
-    /// allowed.
-    pub(super) pending_subacks: HashMap<u16, Vec<bool>>,
+    /// SUBSCRIBEs the router sees only part of, to complete their SUBACKs.
+    pub(super) pending_subacks: subscribe::Pending,
+    /// The filters this connection holds, counted against the caps.
+    pub(super) subs: subscribe::Subscriptions,
 }
 
 /// QoS 1 and 2 messages written to the client that it has not acknowledged
@@ -166,6 +167,7 @@ impl<P: Protocol + Clone> Session<P> {
     ) -> Session<P> {
         let timeout = Duration::from_secs(ctx.config.limits.write_timeout_secs);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let subs = subscribe::Subscriptions::new(ctx.subscriptions.clone(), &login.role);
         Session {
             out: Writer::new(proto.clone(), v5, timeout),
             proto,
@@ -181,6 +183,7 @@ impl<P: Protocol + Clone> Session<P> {
             owed: 0,
             own_pubrels: HashSet::new(),
             pending_subacks: HashMap::new(),
+            subs,
         }
     }
 }

@@ -48,7 +48,12 @@ fn harness() -> Harness {
         sessions: Default::default(),
         slots: Arc::new(tokio::sync::Semaphore::new(10)),
         revoked: tokio::sync::broadcast::channel(4).0,
-        lag: crate::lag::Lag::new(config.limits.subscriber_max_lag, metrics),
+        lag: crate::lag::Lag::new(
+            config.limits.subscriber_max_lag,
+            Duration::from_secs(config.limits.max_hold_secs),
+            metrics.clone(),
+        ),
+        subscriptions: Arc::new(super::SubscriptionCaps::new(&config.limits, metrics)),
         config,
     };
     Harness {

@@ -94,6 +94,7 @@ fn disconnect_reason(code: DisconnectReasonCode) -> DisconnectProperties {
         DisconnectReasonCode::PacketTooLarge => "packet too large",
         DisconnectReasonCode::MalformedPacket => "malformed packet",
         DisconnectReasonCode::SessionTakenOver => "session taken over",
+        DisconnectReasonCode::TopicNameInvalid => "topic name invalid",
         _ => "closed by the server",
     };
     DisconnectProperties {

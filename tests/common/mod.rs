@@ -461,3 +461,20 @@ impl Gateway {
         (status, log)
     }
 }
+
+/// Waits until a Prometheus sample satisfies `ok` (a state the gateway
+/// reaches on its own, such as a closed connection being counted out).
+pub async fn wait_metric(gw: &Gateway, sample: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = gw.metric(sample).await;
+        if ok(v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sample} stayed at {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
