@@ -17,8 +17,9 @@ use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Role;
+use super::error::ConnError;
 use super::packet::{self, Frame};
-use super::session::{ConnError, Login, Session};
+use super::session::{Login, Session};
 use super::transport::{Stream, Transport};
 use super::{limits, Context};
 use crate::broker;

@@ -6,8 +6,9 @@
 
 use rumqttd::protocol::{DisconnectReasonCode, Packet, PingResp, Protocol, PubComp, PubCompReason};
 
+use super::error::ConnError;
 use super::packet::{self, Frame};
-use super::session::{ConnError, End, Session};
+use super::session::{End, Session};
 use crate::events::RejectReason;
 
 impl<P: Protocol> Session<P> {

@@ -9,12 +9,14 @@
 pub mod acl;
 pub mod auth;
 mod connect;
+mod error;
 mod inbound;
 pub mod limits;
 mod packet;
 mod publish;
 mod session;
 mod subscribe;
+mod subscriptions;
 #[cfg(test)]
 mod tests;
 pub mod transport;
@@ -33,7 +35,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::verifier::Input;
 use auth::{Authenticator, Role};
-pub use subscribe::SubscriptionCaps;
+pub use subscriptions::SubscriptionCaps;
 pub use transport::Transport;
 
 /// What every connection needs.

@@ -8,7 +8,8 @@ use rumqttd::protocol::{
 };
 
 use super::auth::Role;
-use super::session::{ConnError, End, Session};
+use super::error::ConnError;
+use super::session::{End, Session};
 use crate::events::RejectReason;
 use crate::verifier::{AckResult, AckTo, Inbound, Input, Outcome};
 

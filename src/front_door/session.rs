@@ -23,37 +23,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Role;
-use super::subscribe;
+use super::error::ConnError;
+use super::subscriptions;
 use super::transport::Stream;
 use super::writer::Writer;
 use super::Context;
 use crate::verifier::AckResult;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConnError {
-    #[error("socket: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("protocol: {0:?}")]
-    Protocol(Box<rumqttd::protocol::Error>),
-    #[error("router link: {0}")]
-    Link(Box<rumqttd::local::LinkError>),
-    #[error("second CONNECT on one connection")]
-    DuplicateConnect,
-    #[error("the socket took nothing for the write timeout")]
-    Stalled,
-}
-
-impl From<rumqttd::local::LinkError> for ConnError {
-    fn from(e: rumqttd::local::LinkError) -> Self {
-        ConnError::Link(Box::new(e))
-    }
-}
-
-impl From<rumqttd::protocol::Error> for ConnError {
-    fn from(e: rumqttd::protocol::Error) -> Self {
-        ConnError::Protocol(Box::new(e))
-    }
-}
 
 /// How long the router must be quiet before a draining connection closes.
 const DRAIN_QUIET: Duration = Duration::from_millis(300);
@@ -125,9 +100,9 @@ pub(super) struct Session<P> {
     /// PUBRECs we sent for sealed QoS 2 publishes, whose PUBREL we answer.
     pub(super) own_pubrels: HashSet<u16>,
     /// SUBSCRIBEs the router sees only part of, to complete their SUBACKs.
-    pub(super) pending_subacks: subscribe::Pending,
+    pub(super) pending_subacks: subscriptions::Pending,
     /// The filters this connection holds, counted against the caps.
-    pub(super) subs: subscribe::Subscriptions,
+    pub(super) subs: subscriptions::Subscriptions,
 }
 
 /// QoS 1 and 2 messages written to the client that it has not acknowledged
@@ -167,7 +142,7 @@ impl<P: Protocol + Clone> Session<P> {
     ) -> Session<P> {
         let timeout = Duration::from_secs(ctx.config.limits.write_timeout_secs);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let subs = subscribe::Subscriptions::new(ctx.subscriptions.clone(), &login.role);
+        let subs = subscriptions::Subscriptions::new(ctx.subscriptions.clone(), &login.role);
         Session {
             out: Writer::new(proto.clone(), v5, timeout),
             proto,
@@ -405,7 +380,7 @@ impl<P: Protocol> Session<P> {
                     }
                 }
                 if let Some(p) = Option::<Packet>::from(n) {
-                    let p = subscribe::merge_suback(self.v5, p, &mut self.pending_subacks);
+                    let p = subscriptions::merge_suback(self.v5, p, &mut self.pending_subacks);
                     let forward = matches!(p, Packet::Publish(..));
                     let first = self.out.encode(p)?;
                     if forward && (first >> 1) & 3 > 0 {

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use rumqttd::protocol::{Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, Protocol};
 use tokio::io::AsyncWriteExt;
 
-use super::session::ConnError;
+use super::error::ConnError;
 use super::transport::Stream;
 
 pub(super) struct Writer<P> {

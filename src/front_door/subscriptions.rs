@@ -1,0 +1,166 @@
+//! Subscription bookkeeping shared by the SUBSCRIBE path and the session:
+//! the caps on how many filters a connection, an account and the router may
+//! hold, and the SUBACKs of SUBSCRIBEs the router saw only part of.
+//!
+//! The caps exist because each filter costs the router a scan of every new
+//! topic and a copy of every message it matches, and rumqttd never forgets a
+//! filter: per connection, per account (all its connections together) and
+//! distinct filters over the process lifetime.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use rumqttd::protocol::{Packet, SubscribeReasonCode};
+
+use super::auth::Role;
+use crate::config::LimitsConfig;
+use crate::events::subscription_refused as refused;
+use crate::metrics::Metrics;
+
+/// SUBSCRIBEs the router sees only part of: pkid -> per filter, `None` when
+/// it went to the router, else the code it was refused with.
+pub(super) type Pending = HashMap<u16, Vec<Option<SubscribeReasonCode>>>;
+
+/// Counts shared by every connection: filters held per account and every
+/// filter ever handed to the router.
+pub struct SubscriptionCaps {
+    per_connection: usize,
+    per_account: usize,
+    router_max: usize,
+    metrics: Arc<Metrics>,
+    state: Mutex<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Filters held by each account's (or device's) live connections.
+    accounts: HashMap<Account, usize>,
+    /// Every filter handed to the router since start; never shrinks, as the
+    /// router's own table never does.
+    router: HashSet<String>,
+}
+
+/// A device and an account may share a name; their counts must not.
+type Account = (bool, String);
+
+fn account(role: &Role) -> Account {
+    match role {
+        Role::Device(id) => (true, id.clone()),
+        Role::Subscriber(name) => (false, name.clone()),
+    }
+}
+
+impl SubscriptionCaps {
+    pub fn new(limits: &LimitsConfig, metrics: Arc<Metrics>) -> SubscriptionCaps {
+        SubscriptionCaps {
+            per_connection: limits.max_subscriptions_per_connection,
+            per_account: limits.max_subscriptions_per_account,
+            router_max: limits.max_router_filters,
+            metrics,
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The filters one connection holds. Dropped with the session, which gives
+/// the account's share back however the connection ended.
+pub(super) struct Subscriptions {
+    caps: Arc<SubscriptionCaps>,
+    account: Account,
+    held: HashSet<String>,
+}
+
+impl Subscriptions {
+    pub(super) fn new(caps: Arc<SubscriptionCaps>, role: &Role) -> Subscriptions {
+        Subscriptions {
+            caps,
+            account: account(role),
+            held: HashSet::new(),
+        }
+    }
+
+    /// Takes room for `filter` under every cap, or says which cap is full.
+    /// A filter this connection already holds is free.
+    pub(super) fn admit(&mut self, filter: &str) -> Result<(), &'static str> {
+        if self.held.contains(filter) {
+            return Ok(());
+        }
+        if self.held.len() >= self.caps.per_connection {
+            return Err(refused::CONNECTION_CAP);
+        }
+        let mut shared = self.caps.lock();
+        let Shared { accounts, router } = &mut *shared;
+        let count = accounts.get(&self.account).copied().unwrap_or(0);
+        if count >= self.caps.per_account {
+            return Err(refused::ACCOUNT_CAP);
+        }
+        if !router.contains(filter) {
+            if router.len() >= self.caps.router_max {
+                return Err(refused::ROUTER_CAP);
+            }
+            router.insert(filter.to_owned());
+            self.caps.metrics.router_filters.set(router.len() as i64);
+        }
+        accounts.insert(self.account.clone(), count + 1);
+        self.held.insert(filter.to_owned());
+        Ok(())
+    }
+
+    /// Gives back the room of a filter this connection unsubscribes from.
+    pub(super) fn release(&mut self, filter: &str) {
+        if self.held.remove(filter) {
+            let mut shared = self.caps.lock();
+            give_back(&mut shared.accounts, &self.account, 1);
+        }
+    }
+}
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        if !self.held.is_empty() {
+            let mut shared = self.caps.lock();
+            give_back(&mut shared.accounts, &self.account, self.held.len());
+        }
+    }
+}
+
+fn give_back(accounts: &mut HashMap<Account, usize>, account: &Account, n: usize) {
+    if let Some(count) = accounts.get_mut(account) {
+        *count = count.saturating_sub(n);
+        if *count == 0 {
+            accounts.remove(account);
+        }
+    }
+}
+
+/// The SUBACK code for a refusal: MQTT 3.1.1 has only 0x80.
+pub(super) fn code(v5: bool, reason: &'static str) -> SubscribeReasonCode {
+    match (v5, reason) {
+        (false, _) => SubscribeReasonCode::Failure,
+        (true, refused::INVALID_FILTER) => SubscribeReasonCode::TopicFilterInvalid,
+        (true, refused::NOT_ALLOWED) => SubscribeReasonCode::NotAuthorized,
+        (true, _) => SubscribeReasonCode::QuotaExceeded,
+    }
+}
+
+/// Puts the refused filters' codes back into a narrowed SUBSCRIBE's SUBACK.
+pub(super) fn merge_suback(v5: bool, packet: Packet, pending: &mut Pending) -> Packet {
+    let Packet::SubAck(mut ack, props) = packet else {
+        return packet;
+    };
+    if let Some(codes) = pending.remove(&ack.pkid) {
+        let mut granted = ack.return_codes.into_iter();
+        ack.return_codes = codes
+            .into_iter()
+            .map(|c| match c {
+                Some(refusal) => refusal,
+                None => granted.next().unwrap_or(code(v5, refused::INVALID_FILTER)),
+            })
+            .collect();
+    }
+    Packet::SubAck(ack, props)
+}
