@@ -23,12 +23,13 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub users: Vec<User>,
-    /// Only from `SEALGATE_MASTER_KEY`; never read from a file here.
+    /// Only from `SEALGATE_MASTER_KEY`; never read from a file here. Its
+    /// `Debug` is redacted, so printing the configuration cannot leak it.
     #[serde(skip)]
-    pub master_key_hex: Option<String>,
-    /// Only from `SEALGATE_ADMIN_TOKEN`.
+    pub master_key: Option<crate::envelope::MasterKey>,
+    /// Only from `SEALGATE_ADMIN_TOKEN`; `Debug` redacted too.
     #[serde(skip)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<crate::secrets::AdminToken>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -291,22 +292,21 @@ impl Config {
             self.http.listen = parse_addr("SEALGATE_HTTP_LISTEN", &v)?;
         }
         if let Some(v) = env.get("SEALGATE_MASTER_KEY") {
-            if crate::envelope::MasterKey::from_hex(&v).is_none() {
-                return Err(ConfigError::Env {
-                    var: "SEALGATE_MASTER_KEY",
-                    reason: "expected 64 hex digits (32 bytes)".into(),
-                });
-            }
-            self.master_key_hex = Some(v.trim().to_owned());
+            let key = crate::envelope::MasterKey::from_hex(&v).ok_or(ConfigError::Env {
+                var: "SEALGATE_MASTER_KEY",
+                reason: "expected 64 hex digits (32 bytes)".into(),
+            })?;
+            self.master_key = Some(key);
         }
         if let Some(v) = env.get("SEALGATE_ADMIN_TOKEN") {
-            if v.trim().len() < 16 {
-                return Err(ConfigError::Env {
-                    var: "SEALGATE_ADMIN_TOKEN",
-                    reason: "must be at least 16 characters".into(),
-                });
-            }
-            self.admin_token = Some(v.trim().to_owned());
+            let token = crate::secrets::AdminToken::new(&v).ok_or(ConfigError::Env {
+                var: "SEALGATE_ADMIN_TOKEN",
+                reason: format!(
+                    "must be at least {} characters",
+                    crate::secrets::MIN_ADMIN_TOKEN_LEN
+                ),
+            })?;
+            self.admin_token = Some(token);
         }
         // Empty means "not given", so a template can leave it blank and keep
         // the file's [[users]].
@@ -481,6 +481,26 @@ mod tests {
         assert_eq!(c.users.len(), 2);
         assert_eq!(c.users[1].password, "a:b");
         assert!(c.verifier.auto_register);
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let master = "c0ffee".repeat(10) + "abcd";
+        let env = [
+            ("SEALGATE_MASTER_KEY", master.as_str()),
+            ("SEALGATE_ADMIN_TOKEN", "admin-token-do-not-print"),
+            ("SEALGATE_USERS", "dash:password-do-not-print"),
+        ];
+        let c = Config::load(None, &env).unwrap();
+        let shown = format!("{c:?} {c:#?}");
+        for secret in [
+            master.as_str(),
+            "admin-token-do-not-print",
+            "password-do-not-print",
+        ] {
+            assert!(!shown.contains(secret), "Debug printed {secret}: {shown}");
+        }
+        assert!(c.master_key.is_some() && c.admin_token.is_some());
     }
 
     #[test]

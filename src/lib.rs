@@ -17,8 +17,9 @@
 //! Around it: [`envelope`] (the one wire-format implementation, shared with
 //! firmware-sim and the tests), [`registry`] (devices in sled),
 //! [`admin`] (HTTP API, health, metrics), [`events`] and [`metrics`] (every
-//! reason and metric name, once), [`config`], [`app`] (startup and shutdown
-//! order) and [`shutdown`].
+//! reason and metric name, once), [`config`], [`secrets`] (the master key
+//! and admin token files), [`app`] (startup and shutdown order) and
+//! [`shutdown`].
 
 pub mod admin;
 pub mod app;
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod registry;
 pub mod replay;
 pub mod republish;
+pub mod secrets;
 pub mod shutdown;
 pub mod verifier;
 
