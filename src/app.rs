@@ -218,11 +218,11 @@ pub async fn run(
     let admin_task = {
         let admin_stop = admin_stop.clone();
         let app = admin::router(admin_state);
-        tokio::spawn(async move {
-            let _ = axum::serve(http, app)
-                .with_graceful_shutdown(async move { admin_stop.cancelled().await })
-                .await;
-        })
+        let limits = admin::ServeLimits {
+            header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
+            max_connections: config.http.max_connections,
+        };
+        tokio::spawn(admin::serve(http, app, limits, admin_stop))
     };
     tracing::info!(
         mqtt = %mqtt_addr,

@@ -55,6 +55,11 @@ pub struct MqttConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// A client must send a request's headers within this time, or the
+    /// connection is closed: otherwise a stalled client holds a slot forever.
+    pub header_read_timeout_ms: u64,
+    /// Open admin connections; further sockets get a 503 and are closed.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -378,6 +383,15 @@ impl Config {
                 ),
             );
         }
+        if !(1..=3_600_000).contains(&self.http.header_read_timeout_ms) {
+            return invalid(
+                "http.header_read_timeout_ms",
+                "must be between 1 and 3600000 (one hour)",
+            );
+        }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections", "must be at least 1");
+        }
         if self.verifier.queue == 0 {
             return invalid("verifier.queue", "must be at least 1");
         }
@@ -567,5 +581,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.write_timeout_secs"), "{err}");
+        for (text, key) in [
+            (
+                "[http]\nheader_read_timeout_ms = 0\n",
+                "http.header_read_timeout_ms",
+            ),
+            ("[http]\nmax_connections = 0\n", "http.max_connections"),
+        ] {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 }
