@@ -5,9 +5,7 @@
 //! verifier drain its queue (commit, publish, acknowledge), let connections
 //! hand over what the router still holds, flush sled, return.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +18,6 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::envelope::MasterKey;
 use crate::front_door::{self, auth::Authenticator, Context, Transport};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -32,12 +29,8 @@ use crate::verifier::{check::Checker, Input, Verifier};
 pub enum AppError {
     #[error("data directory {path}: {reason}")]
     DataDir { path: String, reason: String },
-    #[error("{what} file {path}: {reason}")]
-    Secret {
-        what: &'static str,
-        path: String,
-        reason: String,
-    },
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
     #[error("database in {path} cannot be opened: {reason}")]
     Database { path: String, reason: String },
     #[error("cannot listen on {addr} ({what}): {reason}")]
@@ -54,65 +47,6 @@ pub enum AppError {
     ThreadDied(String),
 }
 
-/// Reads a hex secret from `path`, or creates one of `len` random bytes
-/// there, readable by the owner only.
-fn load_or_create_secret(path: &Path, len: usize, what: &'static str) -> Result<String, AppError> {
-    let err = |reason: String| AppError::Secret {
-        what,
-        path: path.display().to_string(),
-        reason,
-    };
-    if path.exists() {
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        return Ok(text.trim().to_owned());
-    }
-    let mut bytes = vec![0u8; len];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-    let hex = hex::encode(bytes);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
-    f.write_all(hex.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| err(e.to_string()))?;
-    tracing::info!(path = %path.display(), "Created {what} file (mode 0600). Back it up with the data directory.");
-    Ok(hex)
-}
-
-/// The secrets a gateway runs with.
-pub struct Secrets {
-    pub master: MasterKey,
-    pub admin_token: String,
-}
-
-pub fn load_secrets(config: &Config) -> Result<Secrets, AppError> {
-    let dir = &config.data_dir;
-    let master_hex = match &config.master_key_hex {
-        Some(h) => h.clone(),
-        None => load_or_create_secret(&dir.join("master.key"), 32, "master key")?,
-    };
-    let master = MasterKey::from_hex(&master_hex).ok_or_else(|| AppError::Secret {
-        what: "master key",
-        path: dir.join("master.key").display().to_string(),
-        reason: "does not hold 64 hex digits".into(),
-    })?;
-    let admin_token = match &config.admin_token {
-        Some(t) => t.clone(),
-        None => load_or_create_secret(&dir.join("admin.token"), 24, "admin token")?,
-    };
-    Ok(Secrets {
-        master,
-        admin_token,
-    })
-}
-
-/// Path of the admin token file in a data directory (the CLI reads it).
-pub fn admin_token_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("admin.token")
-}
-
 /// Runs the gateway until `shutdown` resolves, then drains and returns.
 pub async fn run(
     config: Config,
@@ -123,7 +57,7 @@ pub async fn run(
         path: config.data_dir.display().to_string(),
         reason: e.to_string(),
     })?;
-    let secrets = load_secrets(&config)?;
+    let secrets = crate::secrets::load(&config)?;
     let db_path = config.data_dir.join("db");
     let db_err = |e: sled::Error| AppError::Database {
         path: db_path.display().to_string(),
@@ -288,7 +222,7 @@ pub async fn run(
         stopping: stop.clone(),
         windows,
         verifier: verifier_tx.clone(),
-        token_digest: admin::digest(&secrets.admin_token),
+        token_digest: admin::digest(secrets.admin_token.expose()),
         rotation_grace_ms: config.keys.rotation_grace_secs.saturating_mul(1000),
         revoked,
         health: health.clone(),
@@ -297,11 +231,11 @@ pub async fn run(
     let admin_task = {
         let admin_stop = admin_stop.clone();
         let app = admin::router(admin_state);
-        tokio::spawn(async move {
-            let _ = axum::serve(http, app)
-                .with_graceful_shutdown(async move { admin_stop.cancelled().await })
-                .await;
-        })
+        let limits = admin::ServeLimits {
+            header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
+            max_connections: config.http.max_connections,
+        };
+        tokio::spawn(admin::serve(http, app, limits, admin_stop))
     };
     tracing::info!(
         mqtt = %mqtt_addr,

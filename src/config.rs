@@ -23,12 +23,13 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub users: Vec<User>,
-    /// Only from `SEALGATE_MASTER_KEY`; never read from a file here.
+    /// Only from `SEALGATE_MASTER_KEY`; never read from a file here. Its
+    /// `Debug` is redacted, so printing the configuration cannot leak it.
     #[serde(skip)]
-    pub master_key_hex: Option<String>,
-    /// Only from `SEALGATE_ADMIN_TOKEN`.
+    pub master_key: Option<crate::envelope::MasterKey>,
+    /// Only from `SEALGATE_ADMIN_TOKEN`; `Debug` redacted too.
     #[serde(skip)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<crate::secrets::AdminToken>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +55,11 @@ pub struct MqttConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// A client must send a request's headers within this time, or the
+    /// connection is closed: otherwise a stalled client holds a slot forever.
+    pub header_read_timeout_ms: u64,
+    /// Open admin connections; further sockets get a 503 and are closed.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -303,22 +309,21 @@ impl Config {
             self.http.listen = parse_addr("SEALGATE_HTTP_LISTEN", &v)?;
         }
         if let Some(v) = env.get("SEALGATE_MASTER_KEY") {
-            if crate::envelope::MasterKey::from_hex(&v).is_none() {
-                return Err(ConfigError::Env {
-                    var: "SEALGATE_MASTER_KEY",
-                    reason: "expected 64 hex digits (32 bytes)".into(),
-                });
-            }
-            self.master_key_hex = Some(v.trim().to_owned());
+            let key = crate::envelope::MasterKey::from_hex(&v).ok_or(ConfigError::Env {
+                var: "SEALGATE_MASTER_KEY",
+                reason: "expected 64 hex digits (32 bytes)".into(),
+            })?;
+            self.master_key = Some(key);
         }
         if let Some(v) = env.get("SEALGATE_ADMIN_TOKEN") {
-            if v.trim().len() < 16 {
-                return Err(ConfigError::Env {
-                    var: "SEALGATE_ADMIN_TOKEN",
-                    reason: "must be at least 16 characters".into(),
-                });
-            }
-            self.admin_token = Some(v.trim().to_owned());
+            let token = crate::secrets::AdminToken::new(&v).ok_or(ConfigError::Env {
+                var: "SEALGATE_ADMIN_TOKEN",
+                reason: format!(
+                    "must be at least {} characters",
+                    crate::secrets::MIN_ADMIN_TOKEN_LEN
+                ),
+            })?;
+            self.admin_token = Some(token);
         }
         // Empty means "not given", so a template can leave it blank and keep
         // the file's [[users]].
@@ -416,6 +421,15 @@ impl Config {
                 "limits.max_router_filters",
                 "must be at least limits.max_subscriptions_per_account",
             );
+        }
+        if !(1..=3_600_000).contains(&self.http.header_read_timeout_ms) {
+            return invalid(
+                "http.header_read_timeout_ms",
+                "must be between 1 and 3600000 (one hour)",
+            );
+        }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections", "must be at least 1");
         }
         if self.verifier.queue == 0 {
             return invalid("verifier.queue", "must be at least 1");
@@ -525,6 +539,26 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_shows_no_secret() {
+        let master = "c0ffee".repeat(10) + "abcd";
+        let env = [
+            ("SEALGATE_MASTER_KEY", master.as_str()),
+            ("SEALGATE_ADMIN_TOKEN", "admin-token-do-not-print"),
+            ("SEALGATE_USERS", "dash:password-do-not-print"),
+        ];
+        let c = Config::load(None, &env).unwrap();
+        let shown = format!("{c:?} {c:#?}");
+        for secret in [
+            master.as_str(),
+            "admin-token-do-not-print",
+            "password-do-not-print",
+        ] {
+            assert!(!shown.contains(secret), "Debug printed {secret}: {shown}");
+        }
+        assert!(c.master_key.is_some() && c.admin_token.is_some());
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         for (var, val) in [
             ("SEALGATE_MQTT_LISTEN", "localhost"),
@@ -588,6 +622,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.write_timeout_secs"), "{err}");
+        for (text, key) in [
+            (
+                "[http]\nheader_read_timeout_ms = 0\n",
+                "http.header_read_timeout_ms",
+            ),
+            ("[http]\nmax_connections = 0\n", "http.max_connections"),
+        ] {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
         assert_eq!(load("").unwrap().limits.max_hold_secs, 60);
         let err = load("[limits]\nmax_hold_secs = 0\n")
             .unwrap_err()

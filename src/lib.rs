@@ -20,9 +20,10 @@
 //! Around it: [`envelope`] (the one wire-format implementation, shared with
 //! firmware-sim and the tests), [`registry`] (devices in sled),
 //! [`admin`] (HTTP API, health, metrics), [`events`] and [`metrics`] (every
-//! reason and metric name, once), [`config`], [`app`] (startup and shutdown
-//! order), [`shutdown`], [`health`] (a dead router, verifier or commit
-//! thread ends the process) and [`failpoint`] (faults for tests).
+//! reason and metric name, once), [`config`], [`secrets`] (the master key
+//! and admin token files), [`app`] (startup and shutdown order),
+//! [`shutdown`], [`health`] (a dead router, verifier or commit thread ends
+//! the process) and [`failpoint`] (faults for tests).
 
 pub mod admin;
 pub mod app;
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod registry;
 pub mod replay;
 pub mod republish;
+pub mod secrets;
 pub mod shutdown;
 pub mod topic;
 pub mod verifier;

@@ -75,7 +75,7 @@ fn device(args: DeviceArgs, config_path: Option<std::path::PathBuf>) -> Result<(
         None => {
             let config =
                 Config::load(config_path.as_deref(), &ProcessEnv).map_err(|e| e.to_string())?;
-            let path = sealgate::app::admin_token_path(&config.data_dir);
+            let path = sealgate::secrets::admin_token_path(&config.data_dir);
             std::fs::read_to_string(&path)
                 .map(|t| t.trim().to_owned())
                 .map_err(|e| {

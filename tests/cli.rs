@@ -176,3 +176,100 @@ fn bad_configuration_stops_startup_naming_the_variable() {
         stderr(&out)
     );
 }
+
+/// How a gateway started on a data directory ended up.
+enum Startup {
+    /// It logged "sealgate ready." and was then killed.
+    Ready,
+    /// It exited on its own, with this stderr.
+    Exited(std::process::ExitStatus, String),
+}
+
+/// Runs the gateway on `dir` with no key or token in the environment until
+/// it is ready (then kills it) or exits; fails after `WAIT`.
+fn start_on_data_dir(dir: &std::path::Path) -> Startup {
+    use std::io::BufRead;
+    let mut child = Command::new(sealgate_bin())
+        .env_clear()
+        .env("SEALGATE_DATA_DIR", dir)
+        .env("SEALGATE_MQTT_LISTEN", "127.0.0.1:0")
+        .env("SEALGATE_HTTP_LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pipe = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut log = String::new();
+    loop {
+        match rx.recv_timeout(WAIT) {
+            Ok(line) if line.contains("sealgate ready.") => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Startup::Ready;
+            }
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Startup::Exited(child.wait().unwrap(), log);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                panic!("the gateway neither became ready nor exited: {log}");
+            }
+        }
+    }
+}
+
+#[test]
+fn key_files_readable_by_others_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    for (file, contents) in [
+        ("master.key", "ab".repeat(32)),
+        ("admin.token", "a-token-long-enough-0123".to_owned()),
+    ] {
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(file);
+            std::fs::write(&path, &contents).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let Startup::Exited(status, err) = start_on_data_dir(dir.path()) else {
+                panic!("the gateway started with {file} at mode {mode:o}");
+            };
+            assert!(!status.success(), "{file} {mode:o}: {err}");
+            assert!(
+                err.contains(&format!("chmod 600 {}", path.display())),
+                "{file} {mode:o}: {err}"
+            );
+            assert!(!err.contains(&contents), "the secret was printed: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn created_key_files_are_owner_only_and_used_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(start_on_data_dir(dir.path()), Startup::Ready));
+    let read = |file: &str| std::fs::read_to_string(dir.path().join(file)).unwrap();
+    let (key, token) = (read("master.key"), read("admin.token"));
+    for file in ["master.key", "admin.token"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    assert!(matches!(start_on_data_dir(dir.path()), Startup::Ready));
+    assert_eq!((read("master.key"), read("admin.token")), (key, token));
+}

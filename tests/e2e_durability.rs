@@ -87,20 +87,34 @@ async fn sigterm_delivers_every_acknowledged_message() {
     assert!(term.await.unwrap().success(), "gateway exits 0 on SIGTERM");
     // Acks are sent in order, so the first `acked` nonces were promised.
     let mut delivered = std::collections::HashSet::new();
+    let mut publishes = 0u64;
     while let Some(seen) = sub.rx.recv().await {
         match seen {
             Seen::Publish(t, p) if t == "clean/esp32-t/t" => {
+                publishes += 1;
                 delivered.insert(u64::from_be_bytes(p.try_into().unwrap()));
             }
             Seen::Closed(_) => break,
             _ => {}
         }
     }
+    assert!(
+        acked < N,
+        "all {N} messages were acknowledged before the shutdown: nothing was in flight"
+    );
     for nonce in 1..=acked {
         assert!(
             delivered.contains(&nonce),
             "acknowledged nonce {nonce} of {acked} was not delivered"
         );
     }
-    assert!(acked >= 200);
+    assert_eq!(
+        publishes,
+        delivered.len() as u64,
+        "a message was delivered twice"
+    );
+    assert!(
+        delivered.iter().all(|&n| (1..=N).contains(&n)),
+        "a delivered nonce was never published"
+    );
 }

@@ -11,6 +11,8 @@ use crate::registry::RegistryError;
 #[derive(Debug)]
 pub enum ApiFailure {
     BadRequest(String),
+    /// An `add-bulk` count or prefix past its bounds.
+    BulkOutOfRange(String),
     Unauthorized,
     NotFound(&'static str),
     Conflict(&'static str),
@@ -21,6 +23,7 @@ impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
         let (status, code, message) = match self {
             ApiFailure::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiFailure::BulkOutOfRange(m) => (StatusCode::BAD_REQUEST, "bulk_out_of_range", m),
             ApiFailure::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",

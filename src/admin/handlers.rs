@@ -84,17 +84,42 @@ pub struct BulkBody {
 }
 
 const MAX_BULK: u32 = 100_000;
+/// The device id rule's length limit (spec section 1): the bulk ids are the
+/// prefix and the index, so together they must fit in it.
+const MAX_ID_BYTES: usize = 64;
+
+/// Checks a bulk request's size before anything is built, so a long prefix
+/// times a large count cannot make the handler allocate without bound: the
+/// ids built afterwards total at most `MAX_BULK x MAX_ID_BYTES` bytes.
+fn check_bulk(prefix: &str, count: u32) -> ApiResult<()> {
+    if count == 0 || count > MAX_BULK {
+        return Err(ApiFailure::BulkOutOfRange(format!(
+            "count must be between 1 and {MAX_BULK}"
+        )));
+    }
+    if prefix.len() > MAX_ID_BYTES {
+        return Err(ApiFailure::BulkOutOfRange(format!(
+            "prefix is longer than a device id may be ({MAX_ID_BYTES} bytes)"
+        )));
+    }
+    let last = super::client::bulk_device_id(prefix, count, count);
+    if last.len() > MAX_ID_BYTES {
+        return Err(ApiFailure::BulkOutOfRange(format!(
+            "prefix plus index must fit in {MAX_ID_BYTES} bytes: the last id would be {} bytes",
+            last.len()
+        )));
+    }
+    normalise_device_id(&last)
+        .map(|_| ())
+        .map_err(|m| ApiFailure::BadRequest(format!("invalid device id: {m}")))
+}
 
 pub async fn add_bulk(
     State(state): State<Arc<AdminState>>,
     raw: Bytes,
 ) -> ApiResult<(StatusCode, Json<BulkCredentials>)> {
     let b: BulkBody = body(&raw)?;
-    if b.count == 0 || b.count > MAX_BULK {
-        return Err(ApiFailure::BadRequest(format!(
-            "count must be between 1 and {MAX_BULK}"
-        )));
-    }
+    check_bulk(&b.prefix, b.count)?;
     let ids: Vec<String> = (1..=b.count)
         .map(|i| super::client::bulk_device_id(&b.prefix, i, b.count))
         .collect();

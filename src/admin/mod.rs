@@ -4,6 +4,7 @@
 pub mod client;
 mod error;
 mod handlers;
+mod serve;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::verifier::Input;
 pub use error::ApiFailure;
+pub use serve::{serve, ServeLimits};
 
 /// What the handlers share.
 pub struct AdminState {

@@ -38,10 +38,6 @@ impl MasterKey {
         Some(MasterKey(out))
     }
 
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
     /// The device secret `S` for `device_id` (already normalised) at `kid`.
     pub fn device_secret(&self, device_id: &str, kid: u32) -> [u8; 32] {
         hmac(

@@ -1,8 +1,10 @@
 //! The device registry: who may connect and seal, under which key version.
 //!
 //! Records live in sled and are cached in memory, because the verifier and
-//! the front door consult them for every message and every CONNECT. Only
-//! this process writes the database, so a write-through cache stays exact.
+//! the front door consult them for every message and every CONNECT. Every
+//! change is a compare-and-swap on the stored record (or one transaction),
+//! and the cache is refreshed from sled after each write, so concurrent
+//! admin calls cannot lose an update or undo a revocation.
 //! The registry stores no secret: device keys are derived from the master key
 //! on demand (spec section 3).
 
@@ -12,6 +14,8 @@ pub use device::{Device, DeviceState, KeyCheck};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::envelope::{normalise_device_id, Malformed};
 
@@ -116,15 +120,29 @@ impl Registry {
         (cache.len() as u64 - revoked, revoked)
     }
 
-    /// Writes a record to sled, flushes, then updates the cache: a device
-    /// the API reported as created survives a crash.
-    fn store(&self, device: Device) -> Result<Device, RegistryError> {
-        let bytes = serde_json::to_vec(&device).expect("device serialises");
-        self.inner.tree.insert(device.device_id.as_bytes(), bytes)?;
-        self.inner.tree.flush()?;
+    /// Makes the cache show what sled now holds for `ids`. Run after every
+    /// successful write and under the cache lock, so when writers race the
+    /// last refresh reads the last write: the cache can never keep an older
+    /// record than the store (a stale "active" would let a revoked device in).
+    fn refresh(&self, ids: &[&str]) -> Result<(), RegistryError> {
         let mut cache = self.inner.cache.write().unwrap_or_else(|e| e.into_inner());
-        cache.insert(device.device_id.clone(), device.clone());
-        Ok(device)
+        for id in ids {
+            match self.inner.tree.get(id.as_bytes())? {
+                Some(bytes) => match serde_json::from_slice::<Device>(&bytes) {
+                    Ok(d) => {
+                        cache.insert(d.device_id.clone(), d);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "Unreadable device record after a write.");
+                        cache.remove(*id);
+                    }
+                },
+                None => {
+                    cache.remove(*id);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Registers a device at kid 1. `raw_id` is normalised first.
@@ -143,42 +161,39 @@ impl Registry {
     }
 
     /// Registers many devices at kid 1 with one flush. Refuses the whole set,
-    /// creating nothing, if any id is invalid or taken.
+    /// creating nothing, if any id is invalid or taken: one sled transaction,
+    /// so a concurrent add of one of the ids cannot slip in between.
     pub fn add_many(&self, raw_ids: &[String], now_ms: u64) -> Result<Vec<Device>, RegistryError> {
-        let mut ids = Vec::with_capacity(raw_ids.len());
+        let mut records = Vec::with_capacity(raw_ids.len());
         for raw in raw_ids {
             let id = normalise_device_id(raw)?;
             if self.inner.reserved.contains(&id) {
                 return Err(RegistryError::Reserved);
             }
-            if self.get(&id).is_some() {
-                return Err(RegistryError::Exists);
-            }
-            ids.push(id);
-        }
-        let mut created = Vec::with_capacity(ids.len());
-        for id in ids {
             let device = Device::new(id, String::new(), 1, now_ms);
             let bytes = serde_json::to_vec(&device).expect("device serialises");
-            if self
-                .inner
-                .tree
-                .compare_and_swap(
-                    device.device_id.as_bytes(),
-                    None as Option<&[u8]>,
-                    Some(bytes),
-                )?
-                .is_ok()
-            {
-                created.push(device);
-            }
+            records.push((device, bytes));
         }
+        self.inner
+            .tree
+            .transaction(|tx| {
+                for (device, bytes) in &records {
+                    let key = device.device_id.as_bytes();
+                    if tx.get(key)?.is_some() {
+                        return Err(ConflictableTransactionError::Abort(RegistryError::Exists));
+                    }
+                    tx.insert(key, bytes.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => RegistryError::Store(e),
+            })?;
         self.inner.tree.flush()?;
-        let mut cache = self.inner.cache.write().unwrap_or_else(|e| e.into_inner());
-        for d in &created {
-            cache.insert(d.device_id.clone(), d.clone());
-        }
-        Ok(created)
+        let ids: Vec<&str> = records.iter().map(|(d, _)| d.device_id.as_str()).collect();
+        self.refresh(&ids)?;
+        Ok(records.into_iter().map(|(d, _)| d).collect())
     }
 
     /// Registers a device first seen with a valid MAC under the key derived
@@ -210,20 +225,45 @@ impl Registry {
             return Err(RegistryError::Exists);
         }
         self.inner.tree.flush()?;
-        let mut cache = self.inner.cache.write().unwrap_or_else(|e| e.into_inner());
-        cache.insert(device.device_id.clone(), device.clone());
+        self.refresh(&[&device.device_id])?;
         Ok(device)
     }
 
+    /// Applies `f` to the stored record atomically: read from sled (not the
+    /// cache, which may lag a concurrent writer), change, compare-and-swap,
+    /// and on a lost race start again from what the winner stored. So `f`
+    /// always sees the latest record, and a rename racing a revoke can never
+    /// store the device as active again. `f` may run more than once.
     fn update(
         &self,
         raw_id: &str,
-        f: impl FnOnce(&mut Device) -> Result<(), RegistryError>,
+        mut f: impl FnMut(&mut Device) -> Result<(), RegistryError>,
     ) -> Result<Device, RegistryError> {
         let id = normalise_device_id(raw_id)?;
-        let mut device = self.get(&id).ok_or(RegistryError::NotFound)?;
-        f(&mut device)?;
-        self.store(device)
+        let key = id.as_bytes();
+        let device = loop {
+            let current = self.inner.tree.get(key)?.ok_or(RegistryError::NotFound)?;
+            let mut device = match serde_json::from_slice::<Device>(&current) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "Unreadable device record; not updated.");
+                    return Err(RegistryError::NotFound);
+                }
+            };
+            f(&mut device)?;
+            let bytes = serde_json::to_vec(&device).expect("device serialises");
+            if self
+                .inner
+                .tree
+                .compare_and_swap(key, Some(&current), Some(bytes))?
+                .is_ok()
+            {
+                break device;
+            }
+        };
+        self.inner.tree.flush()?;
+        self.refresh(&[&id])?;
+        Ok(device)
     }
 
     pub fn rename(&self, raw_id: &str, label: String) -> Result<Device, RegistryError> {
@@ -231,15 +271,17 @@ impl Registry {
             return Err(RegistryError::LabelTooLong);
         }
         self.update(raw_id, |d| {
-            d.label = label;
+            d.label.clone_from(&label);
             Ok(())
         })
     }
 
     pub fn revoke(&self, raw_id: &str, now_ms: u64) -> Result<Device, RegistryError> {
         self.update(raw_id, |d| {
-            d.state = DeviceState::Revoked;
-            d.revoked_at_ms = Some(now_ms);
+            if d.state != DeviceState::Revoked {
+                d.state = DeviceState::Revoked;
+                d.revoked_at_ms = Some(now_ms);
+            }
             Ok(())
         })
     }
@@ -313,5 +355,96 @@ mod tests {
         );
         assert_eq!(d.check_kid(2, 0), KeyCheck::Revoked);
         assert_eq!(r.count_by_state(), (0, 1));
+    }
+}
+
+#[cfg(test)]
+mod races {
+    use super::*;
+    use std::sync::Barrier;
+
+    /// Runs `a` and `b` on two threads released together, `rounds` times,
+    /// each round on a fresh device, then checks the stored record (read
+    /// back by a second handle, which loads from sled) and the cache.
+    fn race(
+        rounds: u32,
+        a: impl Fn(&Registry, &str) + Sync,
+        b: impl Fn(&Registry, &str) + Sync,
+        check: impl Fn(&Device),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let r = Registry::open(&db).unwrap();
+        let barrier = Barrier::new(2);
+        for i in 0..rounds {
+            let id = format!("d{i}");
+            r.add(&id, Some("old".into()), 1).unwrap();
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    barrier.wait();
+                    a(&r, &id);
+                });
+                s.spawn(|| {
+                    barrier.wait();
+                    b(&r, &id);
+                });
+            });
+            check(&r.get(&id).unwrap());
+        }
+        let stored = Registry::open(&db).unwrap();
+        for i in 0..rounds {
+            let id = format!("d{i}");
+            assert_eq!(stored.get(&id), r.get(&id), "cache and store differ");
+            check(&stored.get(&id).unwrap());
+        }
+    }
+
+    #[test]
+    fn a_rename_racing_a_revoke_never_resurrects_the_device() {
+        race(
+            200,
+            |r, id| {
+                r.rename(id, "new".into()).unwrap();
+            },
+            |r, id| {
+                r.revoke(id, 5).unwrap();
+            },
+            |d| {
+                assert_eq!(d.state, DeviceState::Revoked, "{d:?}");
+                assert_eq!(d.label, "new", "a rename was lost: {d:?}");
+            },
+        );
+    }
+
+    #[test]
+    fn a_rotate_racing_a_revoke_never_resurrects_the_device() {
+        race(
+            200,
+            |r, id| match r.rotate(id, 1, 1) {
+                Ok(_) | Err(RegistryError::Revoked) => {}
+                Err(e) => panic!("{e}"),
+            },
+            |r, id| {
+                r.revoke(id, 5).unwrap();
+            },
+            |d| {
+                assert_eq!(d.state, DeviceState::Revoked, "{d:?}");
+                assert_eq!(d.revoked_at_ms, Some(5));
+            },
+        );
+    }
+
+    #[test]
+    fn two_rotations_both_count() {
+        race(
+            200,
+            |r, id| {
+                r.rotate(id, 1, 1).unwrap();
+            },
+            |r, id| {
+                r.rotate(id, 1, 1).unwrap();
+            },
+            |d| assert_eq!((d.kid, d.previous_kid), (3, Some(2)), "{d:?}"),
+        );
     }
 }

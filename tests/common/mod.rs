@@ -208,14 +208,11 @@ impl Gateway {
     }
 
     /// Value of one Prometheus sample, e.g. `sealgate_rejects_total{reason="bad_mac"}`.
+    /// Fails the test if `/metrics` has no such sample: a misspelt name or
+    /// label must not read as 0.
     pub async fn metric(&self, sample: &str) -> f64 {
         let (_, text) = self.http_get("/metrics").await;
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(sample)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        prometheus_sample(&text, sample)
     }
 
     /// SIGKILL (no shutdown path runs), then a new gateway on the same data.
@@ -476,5 +473,25 @@ pub async fn wait_metric(gw: &Gateway, sample: &str, ok: impl Fn(f64) -> bool) -
             "{sample} stayed at {v}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the sample named exactly `sample` (name and labels) in a
+/// Prometheus text exposition; panics, showing what there is, if absent.
+pub fn prometheus_sample(text: &str, sample: &str) -> f64 {
+    let found = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(name, _)| *name == sample);
+    match found {
+        Some((_, value)) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{sample} has a value that is not a number: {value}")),
+        None => {
+            let family = sample.split('{').next().unwrap_or(sample);
+            let similar: Vec<&str> = text.lines().filter(|l| l.contains(family)).collect();
+            panic!("no sample {sample} in /metrics; lines naming {family}: {similar:#?}")
+        }
     }
 }
