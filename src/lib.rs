@@ -27,15 +27,15 @@
 
 pub mod admin;
 pub mod app;
-pub mod broker;
+pub(crate) mod broker;
 pub mod config;
 pub mod envelope;
 pub mod events;
-pub mod failpoint;
+pub(crate) mod failpoint;
 pub mod front_door;
-pub mod health;
-pub mod lag;
-pub mod metrics;
+pub(crate) mod health;
+pub(crate) mod lag;
+pub(crate) mod metrics;
 pub mod registry;
 pub mod replay;
 pub mod republish;

@@ -6,12 +6,12 @@
 //! the router's lossy commit log on their way to the verifier, and lets a
 //! PUBACK wait until the message is durable.
 
-pub mod acl;
-pub mod auth;
+pub(crate) mod acl;
+pub(crate) mod auth;
 mod connect;
 mod error;
 mod inbound;
-pub mod limits;
+pub(crate) mod limits;
 mod packet;
 mod publish;
 mod session;
@@ -19,7 +19,7 @@ mod subscribe;
 mod subscriptions;
 #[cfg(test)]
 mod tests;
-pub mod transport;
+pub(crate) mod transport;
 mod writer;
 
 use std::sync::Arc;
