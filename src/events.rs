@@ -255,12 +255,17 @@ pub mod subscription_refused {
     pub const ACCOUNT_CAP: &str = "account_cap";
     /// `limits.max_router_filters` reached and the filter is new to the router.
     pub const ROUTER_CAP: &str = "router_cap";
-    pub const ALL: [&str; 5] = [
+    /// A `$share/` filter on a persistent session: rumqttd 0.20's router
+    /// panics when such a session leaves with messages of the group in
+    /// flight, so shared subscriptions are for clean sessions only.
+    pub const SHARED_PERSISTENT: &str = "shared_persistent";
+    pub const ALL: [&str; 6] = [
         INVALID_FILTER,
         NOT_ALLOWED,
         CONNECTION_CAP,
         ACCOUNT_CAP,
         ROUTER_CAP,
+        SHARED_PERSISTENT,
     ];
 }
 

@@ -370,3 +370,76 @@ async fn client_ids_cannot_forge_log_lines() {
         "a forged line: {log:#?}"
     );
 }
+
+/// Review finding: rumqttd 0.20's router panics when a persistent session
+/// leaves a shared group with messages in flight. Shared subscriptions are
+/// for clean sessions only; the gateway keeps delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_shared_subscription_cannot_kill_the_router() {
+    let gw = Gateway::start(&[]);
+    let dev = gw.add_device("esp32-s").await;
+    let mut o = options(gw.mqtt_port, "solo", SUB_USER, SUB_PASS);
+    o.set_clean_session(false);
+    o.set_manual_acks(true);
+    let (c, mut el) = AsyncClient::new(o, 100);
+    c.subscribe("$share/solo/clean/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let code = loop {
+        match tokio::time::timeout(WAIT, el.poll()).await.unwrap() {
+            Ok(Event::Incoming(Packet::SubAck(a))) => break a.return_codes[0],
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(code, rumqttc::SubscribeReasonCode::Failure);
+    let mut d = Client::device(gw.mqtt_port, &dev).await;
+    d.publish_acked("sealed/esp32-s/t", seal(&dev, "t", 1, b"one"))
+        .await;
+    // Leave without acknowledging anything.
+    drop(c);
+    drop(el);
+    // The router is alive: a new subscriber gets the next message.
+    let mut sub = Client::subscriber(gw.mqtt_port).await;
+    d.publish_acked("sealed/esp32-s/t", seal(&dev, "t", 2, b"two"))
+        .await;
+    assert_eq!(
+        sub.next_publish().await,
+        ("clean/esp32-s/t".into(), b"two".to_vec())
+    );
+}
+
+/// Review finding: rumqttd keys shared groups by name alone. Two accounts
+/// using one group name must each get every message, not split them; a
+/// filter repeated in one SUBSCRIBE joins the group once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_never_share_a_shared_group() {
+    let gw = Gateway::start_with_config(account_config(), &[("SEALGATE_USERS", "")]);
+    let dev = gw.add_device("esp32-a1").await;
+    let (mut a, r) = Client::connect(gw.mqtt_port, "a-1", "alpha", "alpha-pw").await;
+    r.unwrap();
+    let codes = a.subscribe(&["$share/g/clean/#", "$share/g/clean/#"]).await;
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+        "{codes:?}"
+    );
+    let (mut b, r) = Client::connect(gw.mqtt_port, "b-1", "beta", "beta-pw").await;
+    r.unwrap();
+    let codes = b.subscribe(&["$share/g/clean/esp32-a1/#"]).await;
+    assert!(matches!(codes[0], rumqttc::SubscribeReasonCode::Success(_)));
+    let mut d = Client::device(gw.mqtt_port, &dev).await;
+    for n in 1..=6u64 {
+        d.publish_acked(
+            "sealed/esp32-a1/t",
+            seal(&dev, "t", n, format!("m{n}").as_bytes()),
+        )
+        .await;
+    }
+    for n in 1..=6u64 {
+        let want = ("clean/esp32-a1/t".to_string(), format!("m{n}").into_bytes());
+        assert_eq!(a.next_publish().await, want, "alpha");
+        assert_eq!(b.next_publish().await, want, "beta");
+    }
+}

@@ -68,7 +68,7 @@ impl<P: Protocol> Session<P> {
                         }
                         p => {
                             if let Packet::Subscribe(s, _) = &p {
-                                let filters = s.filters.iter().map(|f| routed(&f.path));
+                                let filters = s.filters.iter().filter_map(|f| tracked(&f.path));
                                 match self.login.cursor.as_mut() {
                                     Some(c) => c.subscribed(filters),
                                     None => self.ctx.lag.routed(filters),
@@ -87,7 +87,7 @@ impl<P: Protocol> Session<P> {
                         continue;
                     };
                     if let Some(c) = self.login.cursor.as_mut() {
-                        c.unsubscribed(u.filters.iter().map(|f| routed(f)));
+                        c.unsubscribed(u.filters.iter().filter_map(|f| tracked(f)));
                     }
                     to_router.push(Packet::Unsubscribe(u, props));
                 }
@@ -110,8 +110,9 @@ impl<P: Protocol> Session<P> {
     }
 }
 
-/// The filter the router files a subscription under (`$share/{group}/`
-/// stripped), which is what lag accounting must match topics against.
-fn routed(filter: &str) -> &str {
-    crate::topic::filter(filter).unwrap_or(filter)
+/// The filters lag accounting follows. A shared subscription's members
+/// each get a share of its messages, so counting every message against each
+/// would call them behind and hold the devices: they are not tracked.
+fn tracked(filter: &str) -> Option<&str> {
+    (!filter.starts_with("$share/")).then_some(filter)
 }

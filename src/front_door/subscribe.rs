@@ -12,7 +12,7 @@ use rumqttd::protocol::{
 
 use super::error::ConnError;
 use super::session::Session;
-use super::subscriptions::code;
+use super::subscriptions::{code, router_filter};
 use crate::events::subscription_refused as refused;
 use crate::topic;
 
@@ -22,8 +22,11 @@ fn shown(filter: &str) -> String {
 }
 
 impl<P: Protocol> Session<P> {
-    /// Judges one filter; `Err` is the refusal reason (`events::subscription_refused`).
-    fn judge(&mut self, filter: &str) -> Result<(), &'static str> {
+    /// Judges one filter: `Ok(true)` goes to the router, `Ok(false)` is
+    /// granted here without it (a shared filter this connection already
+    /// holds: the router would add the client to the group once more), and
+    /// `Err` is the refusal reason (`events::subscription_refused`).
+    fn judge(&mut self, filter: &str) -> Result<bool, &'static str> {
         let usable = topic::filter(filter).and_then(topic::router_takes);
         if let Err(why) = usable {
             let gate = crate::events::refusal_log();
@@ -35,7 +38,15 @@ impl<P: Protocol> Session<P> {
         if !self.ctx.acl.may_subscribe(&self.login.role, filter) {
             return Err(refused::NOT_ALLOWED);
         }
-        self.subs.admit(filter)
+        if filter.starts_with("$share/") {
+            if !self.login.clean_session {
+                return Err(refused::SHARED_PERSISTENT);
+            }
+            if self.subs.holds(filter) {
+                return Ok(false);
+            }
+        }
+        self.subs.admit(filter).map(|()| true)
     }
 
     /// Splits a SUBSCRIBE into granted and refused filters. Returns what to
@@ -47,9 +58,14 @@ impl<P: Protocol> Session<P> {
         mut sub: Subscribe,
         props: Option<SubscribeProperties>,
     ) -> Packet {
-        let verdicts: Vec<Result<(), &'static str>> =
+        let verdicts: Vec<Result<bool, &'static str>> =
             sub.filters.iter().map(|f| self.judge(&f.path)).collect();
-        if verdicts.iter().all(Result::is_ok) {
+        for f in &mut sub.filters {
+            if let std::borrow::Cow::Owned(routed) = router_filter(&self.login.role, &f.path) {
+                f.path = routed;
+            }
+        }
+        if verdicts.iter().all(|v| *v == Ok(true)) {
             return Packet::Subscribe(sub, props);
         }
         let mut denied = Vec::new();
@@ -60,12 +76,20 @@ impl<P: Protocol> Session<P> {
             }
         }
         let gate = crate::events::refusal_log();
-        if let Some(held_back) = gate.admit("subscription", std::time::Instant::now()) {
+        let log_now = (!denied.is_empty())
+            .then(|| gate.admit("subscription", std::time::Instant::now()))
+            .flatten();
+        if let Some(held_back) = log_now {
             tracing::info!(client = ?self.client_name(), refused = ?denied, held_back, "Refused subscription.");
         }
         let codes: Vec<Option<SubscribeReasonCode>> = verdicts
             .iter()
-            .map(|v| v.err().map(|r| code(self.v5, r)))
+            .zip(&sub.filters)
+            .map(|(v, f)| match v {
+                Ok(true) => None,
+                Ok(false) => Some(SubscribeReasonCode::Success(f.qos)),
+                Err(r) => Some(code(self.v5, r)),
+            })
             .collect();
         if codes.iter().all(Option::is_some) {
             let ack = SubAck {
@@ -75,8 +99,7 @@ impl<P: Protocol> Session<P> {
             return Packet::SubAck(ack, None);
         }
         let mut keep = verdicts.iter();
-        sub.filters
-            .retain(|_| keep.next().is_some_and(Result::is_ok));
+        sub.filters.retain(|_| keep.next() == Some(&Ok(true)));
         self.pending_subacks.insert(sub.pkid, codes);
         Packet::Subscribe(sub, props)
     }
@@ -93,8 +116,11 @@ impl<P: Protocol> Session<P> {
         unsub
             .filters
             .retain(|f| topic::filter(f).and_then(topic::router_takes).is_ok());
-        for f in &unsub.filters {
+        for f in &mut unsub.filters {
             self.subs.release(f);
+            if let std::borrow::Cow::Owned(routed) = router_filter(&self.login.role, f) {
+                *f = routed;
+            }
         }
         if !unsub.filters.is_empty() {
             return Ok(Some(unsub));

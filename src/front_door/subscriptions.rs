@@ -110,6 +110,11 @@ impl Subscriptions {
         Ok(())
     }
 
+    /// Whether this connection already holds `filter`.
+    pub(super) fn holds(&self, filter: &str) -> bool {
+        self.held.contains(filter)
+    }
+
     /// Gives back the room of a filter this connection unsubscribes from.
     pub(super) fn release(&mut self, filter: &str) {
         if self.held.remove(filter) {
@@ -143,6 +148,7 @@ pub(super) fn code(v5: bool, reason: &'static str) -> SubscribeReasonCode {
         (false, _) => SubscribeReasonCode::Failure,
         (true, refused::INVALID_FILTER) => SubscribeReasonCode::TopicFilterInvalid,
         (true, refused::NOT_ALLOWED) => SubscribeReasonCode::NotAuthorized,
+        (true, refused::SHARED_PERSISTENT) => SubscribeReasonCode::SharedSubscriptionsNotSupported,
         (true, _) => SubscribeReasonCode::QuotaExceeded,
     }
 }
@@ -163,4 +169,48 @@ pub(super) fn merge_suback(v5: bool, packet: Packet, pending: &mut Pending) -> P
             .collect();
     }
     Packet::SubAck(ack, props)
+}
+
+/// The filter the router files a client's filter under. rumqttd keys shared
+/// groups by name alone, so `$share/{group}/...` becomes
+/// `$share/{owner}{len}.{name}.{group}/...`: two accounts (or an account and
+/// a device) using one group name never share it, and the length prefix
+/// keeps ("a.b", "c") and ("a", "b.c") apart. Other filters are unchanged.
+pub(super) fn router_filter<'a>(role: &Role, filter: &'a str) -> std::borrow::Cow<'a, str> {
+    let Some((group, rest)) = filter
+        .strip_prefix("$share/")
+        .and_then(|s| s.split_once('/'))
+    else {
+        return std::borrow::Cow::Borrowed(filter);
+    };
+    let (kind, name) = match role {
+        Role::Device(id) => ('d', id),
+        Role::Subscriber(name) => ('u', name),
+    };
+    std::borrow::Cow::Owned(format!("$share/{kind}{}.{name}.{group}/{rest}", name.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_groups_are_owned_by_their_account() {
+        let a = Role::Subscriber("a".into());
+        let ab = Role::Subscriber("a.b".into());
+        let d = Role::Device("a".into());
+        assert_eq!(router_filter(&a, "clean/#"), "clean/#");
+        assert_eq!(
+            router_filter(&a, "$share/g/clean/#"),
+            "$share/u1.a.g/clean/#"
+        );
+        assert_ne!(
+            router_filter(&a, "$share/b.g/x"),
+            router_filter(&ab, "$share/g/x")
+        );
+        assert_ne!(
+            router_filter(&a, "$share/g/x"),
+            router_filter(&d, "$share/g/x")
+        );
+    }
 }
