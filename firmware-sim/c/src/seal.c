@@ -232,11 +232,12 @@ sg_status sg_seal(const sg_device *dev, const sg_message *msg,
     if (out_len != NULL) {
         *out_len = 0;
     }
-    if (out_len == NULL || !message_ok(dev, msg) || (msg->encrypt && random == NULL)) {
+    if (out == NULL || out_len == NULL || !message_ok(dev, msg) ||
+        (msg->encrypt && random == NULL)) {
         return SG_ERR_BAD_ARG;
     }
     len = sg_sealed_len(dev, msg);
-    if (out == NULL || out_cap < len) {
+    if (out_cap < len) {
         return SG_ERR_BUFFER_TOO_SMALL;
     }
     if (msg->encrypt && random(random_ctx, iv, sizeof iv) != 0) {

@@ -141,8 +141,8 @@ static void test_connect_password_boundaries(void)
             CHECK(out != NULL);
             len = 99;
             out[cap] = 'X';
-            CHECK(sg_connect_password(&dev, expiries[e], cap ? out : NULL, cap, &len) ==
-                  (cap ? SG_ERR_BUFFER_TOO_SMALL : SG_ERR_BAD_ARG));
+            CHECK(sg_connect_password(&dev, expiries[e], out, cap, &len) ==
+                  SG_ERR_BUFFER_TOO_SMALL);
             CHECK(len == 0 && out[cap] == 'X');
             free(out);
         }
@@ -154,6 +154,7 @@ static void test_connect_password_boundaries(void)
         CHECK(sg_connect_password(&blank, 1, out, sizeof out, &len) == SG_ERR_BAD_ARG);
         CHECK(sg_connect_password(NULL, 1, out, sizeof out, &len) == SG_ERR_BAD_ARG);
         CHECK(sg_connect_password(&dev, 1, out, sizeof out, NULL) == SG_ERR_BAD_ARG);
+        CHECK(sg_connect_password(&dev, 1, NULL, sizeof out, &len) == SG_ERR_BAD_ARG);
     }
 }
 
@@ -211,7 +212,7 @@ static void test_seal_every_capacity(void)
                     int rc;
                     CHECK(out != NULL);
                     memset(out, 0xee, cap + 1);
-                    rc = sg_seal(&dev, &m, counting_rng, &rng, cap ? out : NULL, cap, &len);
+                    rc = sg_seal(&dev, &m, counting_rng, &rng, out, cap, &len);
                     if (cap < want) {
                         /* refused before any randomness is spent or byte written */
                         size_t i;
@@ -277,6 +278,9 @@ static void test_seal_bad_arguments(void)
     len = 99;
     CHECK(sg_seal(&dev, &m, NULL, NULL, out, sizeof out, &len) == SG_ERR_BAD_ARG && len == 0);
     CHECK(sg_seal(&dev, &m, counting_rng, &rng, out, sizeof out, NULL) == SG_ERR_BAD_ARG);
+    len = 99;
+    CHECK(sg_seal(&dev, &m, counting_rng, &rng, NULL, sizeof out, &len) == SG_ERR_BAD_ARG);
+    CHECK(len == 0);
     m = message(body, ((size_t)-1) / 2, SG_ENCODING_JSON, 1);
     REFUSED(&dev, &m, counting_rng);
     CHECK(rng.calls == 0);
