@@ -270,6 +270,13 @@ pub fn parse_users(v: &str) -> Result<Vec<User>, ConfigError> {
         .collect()
 }
 
+/// What an account name may be: see `Config::validate`.
+fn valid_account_name(name: &str) -> bool {
+    (1..=64).contains(&name.chars().count())
+        && !name.contains(['+', '#', '/', '$'])
+        && !name.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
 impl Config {
     /// The embedded default, then the file named by `SEALGATE_CONFIG` (or
     /// `path`), then the environment.
@@ -499,6 +506,18 @@ impl Config {
                 );
             }
         }
+        // Account names go into router client ids and shared-group names
+        // (`crate::broker`): the router refuses `+ $ # /` there, and a
+        // control character would reach its log lines.
+        if let Some(u) = self.users.iter().find(|u| !valid_account_name(&u.name)) {
+            return invalid(
+                "users",
+                &format!(
+                    "account name {:?} must be 1 to 64 characters without '+', '#', '/', '$', spaces or control characters",
+                    u.name
+                ),
+            );
+        }
         let mut names: Vec<&str> = self.users.iter().map(|u| u.name.as_str()).collect();
         names.sort_unstable();
         if names.windows(2).any(|w| w[0] == w[1]) {
@@ -511,6 +530,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_names_must_fit_router_ids() {
+        for bad in ["a/b", "a+", "#", "$sys", "a b", "a\nb", ""] {
+            assert!(!valid_account_name(bad), "{bad:?}");
+        }
+        for good in ["dash", "ops.team-1", "A_b:c"] {
+            assert!(valid_account_name(good), "{good:?}");
+        }
+        let err = Config::load(None, &[("SEALGATE_USERS", "a/b:pw")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("users"), "{err}");
+    }
 
     #[test]
     fn embedded_default_parses() {

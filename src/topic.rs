@@ -27,6 +27,11 @@ pub enum Invalid {
     NotUtf8,
     #[error("contains the character U+0000")]
     Nul,
+    /// MQTT 5 section 1.5.4 lets a server refuse the control characters
+    /// U+0001..U+001F and U+007F..U+009F. We do: the router writes filters
+    /// into its log lines as they are, and a newline there forges a line.
+    #[error("contains a control character")]
+    Control,
     #[error("contains a wildcard ('+' or '#'), which a topic name may not")]
     WildcardInTopic,
     #[error("has '#' other than as the whole last level, or '+' other than as a whole level")]
@@ -107,6 +112,9 @@ fn common(bytes: &[u8]) -> Result<&str, Invalid> {
     if s.contains('\0') {
         return Err(Invalid::Nul);
     }
+    if s.chars().any(char::is_control) {
+        return Err(Invalid::Control);
+    }
     Ok(s)
 }
 
@@ -166,6 +174,9 @@ mod tests {
         }
         assert_eq!(topic_name(b""), Err(Invalid::Empty));
         assert_eq!(topic_name(b"a/\0/b"), Err(Invalid::Nul));
+        assert_eq!(topic_name(b"a/\nforged"), Err(Invalid::Control));
+        assert_eq!(topic_name("a/\u{85}".as_bytes()), Err(Invalid::Control));
+        assert_eq!(filter("clean/\r/#"), Err(Invalid::Control));
         assert_eq!(topic_name(b"a/\xff"), Err(Invalid::NotUtf8));
         assert_eq!(topic_name(b"a/+/b"), Err(Invalid::WildcardInTopic));
         assert_eq!(topic_name(b"a/#"), Err(Invalid::WildcardInTopic));

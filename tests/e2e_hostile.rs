@@ -443,3 +443,107 @@ async fn accounts_never_share_a_shared_group() {
         assert_eq!(b.next_publish().await, want, "beta");
     }
 }
+
+/// Review finding: packets only a server sends (here CONNACK and, in MQTT 5,
+/// UNSUBACK, on which rumqttd's decoder panics) close the connection, and
+/// the session's clean-up still runs: the connection gauge comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_only_packets_close_the_connection_cleanly() {
+    let gw = Gateway::start(&[]);
+    let mut s = raw_subscriber(gw.mqtt_port, 30).await;
+    s.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+    assert!(closed_by_server(&mut s).await);
+
+    // MQTT 5 CONNECT (no properties), then an UNSUBACK.
+    let mut body = Vec::new();
+    mqtt_str(b"MQTT", &mut body);
+    body.extend_from_slice(&[5, 0b1100_0010, 0, 30, 0]);
+    mqtt_str(b"raw-v5", &mut body);
+    mqtt_str(SUB_USER.as_bytes(), &mut body);
+    mqtt_str(SUB_PASS.as_bytes(), &mut body);
+    let mut connect = vec![0x10];
+    remaining_length(body.len(), &mut connect);
+    connect.extend_from_slice(&body);
+    let mut s = TcpStream::connect(("127.0.0.1", gw.mqtt_port))
+        .await
+        .unwrap();
+    s.write_all(&connect).await.unwrap();
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], 0x20, "CONNACK");
+    let mut rest = vec![0u8; usize::from(head[1])];
+    s.read_exact(&mut rest).await.unwrap();
+    s.write_all(&[0xb0, 0x02, 0x00, 0x01]).await.unwrap();
+    assert!(closed_by_server(&mut s).await);
+    wait_metric(&gw, "sealgate_connections", |v| v == 0.0).await;
+    // And the router is fine.
+    let dev = gw.add_device("esp32-c").await;
+    let mut sub = Client::subscriber(gw.mqtt_port).await;
+    let mut d = Client::device(gw.mqtt_port, &dev).await;
+    d.publish_acked("sealed/esp32-c/t", seal(&dev, "t", 1, b"ok"))
+        .await;
+    assert_eq!(sub.next_publish().await.1, b"ok");
+}
+
+/// Review finding: an MQTT 5 client's publish properties never reach the
+/// router, where they are stored uncounted and crash 3.1.1 subscribers'
+/// encoder. A 3.1.1 device subscribed to its downlink gets the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_publish_properties_stop_at_the_front_door() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let gw = Gateway::start_with_config(
+        "[[users]]\nname = \"ops\"\npassword = \"ops-pw\"\npublish = [\"cmd/#\"]\n",
+        &[("SEALGATE_USERS", "")],
+    );
+    let dev = gw.add_device("esp32-p").await;
+    let mut d = Client::device(gw.mqtt_port, &dev).await;
+    let codes = d.subscribe(&["cmd/esp32-p/#"]).await;
+    assert!(matches!(codes[0], rumqttc::SubscribeReasonCode::Success(_)));
+
+    let mut o = rumqttc::v5::MqttOptions::new("ops-5", "127.0.0.1", gw.mqtt_port);
+    o.set_credentials("ops", "ops-pw");
+    let (ops, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
+    let props = PublishProperties {
+        user_properties: vec![("k".into(), "v".repeat(1000)); 20],
+        content_type: Some("text/plain".into()),
+        ..Default::default()
+    };
+    ops.publish_with_properties(
+        "cmd/esp32-p/reboot",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        "now",
+        props,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    assert_eq!(
+        d.next_publish().await,
+        ("cmd/esp32-p/reboot".into(), b"now".to_vec())
+    );
+}
+
+/// Review finding: a 3.1.1 client refused because the router is full gets
+/// 3.1.1's "server unavailable" (rumqttd's encoder panicked on MQTT 5's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_router_refuses_a_3_1_1_client_with_its_own_code() {
+    // The verifier's link and one account session fill the router.
+    let gw = Gateway::start_with_config("[router]\nmax_connections = 2\n", &[]);
+    let (_first, r) = Client::connect(gw.mqtt_port, "dash-1", SUB_USER, SUB_PASS).await;
+    r.unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", gw.mqtt_port))
+        .await
+        .unwrap();
+    s.write_all(&connect_packet(
+        b"dash-2",
+        SUB_USER.as_bytes(),
+        SUB_PASS.as_bytes(),
+        30,
+    ))
+    .await
+    .unwrap();
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 3], "server unavailable");
+}

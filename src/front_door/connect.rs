@@ -107,7 +107,11 @@ fn return_code(reason: ConnectRefusal, v5: bool) -> Option<ConnectReturnCode> {
         | R::ClientIdMismatch
         | R::WillNotAllowed => Some(ConnectReturnCode::NotAuthorized),
         R::ClientIdInvalid => Some(ConnectReturnCode::ClientIdentifierNotValid),
-        R::RouterFull => Some(ConnectReturnCode::ServerUnavailable),
+        // 3.1.1's "server unavailable" is code 3, rumqttd's ServiceUnavailable;
+        // its 3.1.1 encoder panics on the MQTT 5 variant.
+        R::RouterFull if v5 => Some(ConnectReturnCode::ServerUnavailable),
+        R::RouterFull => Some(ConnectReturnCode::ServiceUnavailable),
+        R::ProtocolVersion if v5 => Some(ConnectReturnCode::UnsupportedProtocolVersion),
         R::ProtocolVersion => Some(ConnectReturnCode::RefusedProtocolVersion),
         R::TooManyConnections
         | R::HandshakeFailed
@@ -131,7 +135,13 @@ async fn refuse<P: Protocol>(
     (client_id, username): (&str, &str),
 ) {
     ctx.metrics.connect_refused(reason);
-    tracing::info!(reason = reason.as_str(), client_id = ?client_id, username = ?username, "Refused CONNECT.");
+    // Anyone can send a CONNECT: the line is rate-limited per reason, and
+    // what the client chose is shown quoted and cut short.
+    let gate = crate::events::refusal_log();
+    if let Some(held_back) = gate.admit(reason.as_str(), std::time::Instant::now()) {
+        let (client_id, username) = (shown(client_id), shown(username));
+        tracing::info!(reason = reason.as_str(), client_id = ?client_id, username = ?username, held_back, "Refused CONNECT.");
+    }
     if let Some(code) = return_code(reason, v5) {
         let mut out = BytesMut::new();
         if proto.write(connack(code), &mut out).is_ok() {
@@ -171,10 +181,12 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
             }
         }
     };
-    let Packet::Connect(connect, _props, will, _will_props, login) = packet else {
+    let Packet::Connect(connect, props, will, will_props, login) = packet else {
         ctx.metrics.connect_refused(ConnectRefusal::NotConnect);
         return Ok(());
     };
+    // Not used, and up to a packet's worth of memory for the whole session.
+    drop((props, will_props));
     let username = login.as_ref().map(|l| l.username.as_str()).unwrap_or("");
     let now_ms = crate::now_ms();
     let role = ctx.auth.authenticate(
@@ -286,9 +298,14 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
                 return Ok(());
             }
         };
-        let Some(connack) = Option::<Packet>::from(connack) else {
+        let Some(mut connack) = Option::<Packet>::from(connack) else {
             return Ok(());
         };
+        // The router offers topic aliases, which the front door does not
+        // resolve: a client must not be told it may use them.
+        if let Packet::ConnAck(_, Some(p)) = &mut connack {
+            p.topic_alias_max = None;
+        }
         (Some((link_tx, link_rx)), connack)
     };
     // One live connection per device: a newer one takes over (MQTT 5 clients
@@ -346,6 +363,11 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
     Ok(())
 }
 
+/// At most 64 characters of a client-chosen string, for a log line.
+fn shown(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
 /// A CONNACK with `code` and no session.
 pub(super) fn connack(code: ConnectReturnCode) -> Packet {
     Packet::ConnAck(
@@ -367,6 +389,15 @@ mod tests {
         // the others have no CONNECT to answer.
         for r in ConnectRefusal::ALL {
             let answered = return_code(r, false).is_some() && return_code(r, true).is_some();
+            // Every code we would send encodes in the client's protocol.
+            for (v5, code) in [(false, return_code(r, false)), (true, return_code(r, true))] {
+                let Some(code) = code else { continue };
+                let written = std::panic::catch_unwind(|| match v5 {
+                    true => V5.write(connack(code), &mut BytesMut::new()).map(|_| ()),
+                    false => V4.write(connack(code), &mut BytesMut::new()).map(|_| ()),
+                });
+                assert!(matches!(written, Ok(Ok(()))), "{} v5={v5}", r.as_str());
+            }
             let before_connect = matches!(
                 r,
                 ConnectRefusal::TooManyConnections

@@ -13,6 +13,10 @@ pub enum ConnError {
     DuplicateConnect,
     #[error("the socket took nothing for the write timeout")]
     Stalled,
+    /// rumqttd's codec panicked on a packet (caught: the session still ends
+    /// cleanly, with its will and the router's DISCONNECT).
+    #[error("the codec could not {0} a packet")]
+    Codec(&'static str),
 }
 
 impl From<rumqttd::local::LinkError> for ConnError {

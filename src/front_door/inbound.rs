@@ -26,7 +26,17 @@ impl<P: Protocol> Session<P> {
                     self.refuse(RejectReason::Malformed).await;
                     return Ok(Some(End::Refused(DisconnectReasonCode::MalformedPacket)));
                 }
-                Frame::Frame { len, .. } => len,
+                Frame::Frame { first, len } => {
+                    // Packets only a server sends (CONNACK, SUBACK, UNSUBACK,
+                    // PINGRESP), AUTH (no enhanced authentication here) and
+                    // the reserved type: rumqttd's decoders panic on some,
+                    // and the router would log the rest at WARN.
+                    if matches!(first >> 4, 0 | 2 | 9 | 11 | 13 | 15) {
+                        self.refuse(RejectReason::Malformed).await;
+                        return Ok(Some(End::Refused(DisconnectReasonCode::ProtocolError)));
+                    }
+                    len
+                }
             };
             // Refused on the header alone: an oversized packet is never buffered.
             if len > max {
@@ -37,10 +47,19 @@ impl<P: Protocol> Session<P> {
                 break;
             }
             let qos_pkid = packet::publish_qos_pkid(&self.rbuf);
-            let pkt = match self.proto.read_mut(&mut self.rbuf, max) {
-                Ok(p) => p,
-                Err(rumqttd::protocol::Error::InsufficientBytes(_)) => break,
-                Err(e) => return Err(e.into()),
+            // The frame is complete: a decoder that still wants bytes, or
+            // panics, was given a malformed packet (rumqttd has already
+            // consumed the frame, so it cannot be read again).
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.proto.read_mut(&mut self.rbuf, max)
+            }));
+            let pkt = match decoded {
+                Ok(Ok(p)) => p,
+                Ok(Err(rumqttd::protocol::Error::InsufficientBytes(_))) | Err(_) => {
+                    self.refuse(RejectReason::Malformed).await;
+                    return Ok(Some(End::Refused(DisconnectReasonCode::MalformedPacket)));
+                }
+                Ok(Err(e)) => return Err(e.into()),
             };
             self.last_packet = tokio::time::Instant::now();
             match pkt {

@@ -78,7 +78,12 @@ impl<P: Protocol> Session<P> {
         }
         if !self.is_sealed(&publish.topic) {
             self.ctx.lag.published([&publish.topic[..]]);
-            to_router.push(Packet::Publish(publish, props));
+            // Client properties stay here: the router keeps them with the
+            // message without counting them (user properties can hold far more
+            // than the payload) and 3.1.1 subscribers cannot take them.
+            // Carrying chosen properties end to end is MQTT 5 work to come.
+            drop(props);
+            to_router.push(Packet::Publish(publish, None));
             return Ok(None);
         }
         let ack = (qos > 0).then(|| AckTo {

@@ -225,6 +225,13 @@ impl<P: Protocol> Session<P> {
         // Listening for revocations before the CONNACK: a revocation the
         // client could have seen coming is never missed.
         let mut revoked = self.ctx.revoked.subscribe();
+        // A revocation between authentication and the line above was
+        // broadcast before we listened: look once more.
+        if let Role::Device(id) = &self.login.role {
+            if self.ctx.auth.is_revoked(id) {
+                return Ok(End::Revoked);
+            }
+        }
         self.out.write(connack, &mut self.stream).await?;
         let keep_alive = self.keep_alive();
         let stop = self.ctx.stop.clone();

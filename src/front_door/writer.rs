@@ -34,14 +34,29 @@ impl<P: Protocol> Writer<P> {
     /// flags: a PUBLISH's QoS, which rumqttd keeps private, is there).
     pub fn encode(&mut self, packet: Packet) -> Result<u8, ConnError> {
         let packet = match packet {
-            Packet::Disconnect(d, None) => {
+            Packet::Disconnect(d, None) if self.v5 => {
                 let props = disconnect_reason(d.reason_code);
                 Packet::Disconnect(d, Some(props))
             }
+            p if !self.v5 => without_properties(p),
             p => p,
         };
         let start = self.buf.len();
-        self.proto.write(packet, &mut self.buf)?;
+        // rumqttd's encoders end in `unreachable!` for combinations they do
+        // not expect: a panic here ends this connection, not the process
+        // or the session's clean-up.
+        let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.proto.write(packet, &mut self.buf)
+        }));
+        match written {
+            Ok(r) => {
+                r?;
+            }
+            Err(_) => {
+                self.buf.truncate(start);
+                return Err(ConnError::Codec("encode"));
+            }
+        }
         Ok(self.buf.get(start).copied().unwrap_or(0))
     }
 
@@ -102,5 +117,22 @@ fn disconnect_reason(code: DisconnectReasonCode) -> DisconnectProperties {
         reason_string: Some(why.to_owned()),
         user_properties: Vec::new(),
         server_reference: None,
+    }
+}
+
+/// MQTT 3.1.1 has no properties: rumqttd's 3.1.1 encoder panics on a packet
+/// that carries some, as the router's may (a forwarded MQTT 5 publish).
+fn without_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::ConnAck(p, _) => Packet::ConnAck(p, None),
+        Packet::Publish(p, _) => Packet::Publish(p, None),
+        Packet::PubAck(p, _) => Packet::PubAck(p, None),
+        Packet::PubRec(p, _) => Packet::PubRec(p, None),
+        Packet::PubRel(p, _) => Packet::PubRel(p, None),
+        Packet::PubComp(p, _) => Packet::PubComp(p, None),
+        Packet::SubAck(p, _) => Packet::SubAck(p, None),
+        Packet::UnsubAck(p, _) => Packet::UnsubAck(p, None),
+        Packet::Disconnect(p, _) => Packet::Disconnect(p, None),
+        p => p,
     }
 }
