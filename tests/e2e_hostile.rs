@@ -547,3 +547,32 @@ async fn a_full_router_refuses_a_3_1_1_client_with_its_own_code() {
     s.read_exact(&mut connack).await.unwrap();
     assert_eq!(connack, [0x20, 2, 0, 3], "server unavailable");
 }
+
+/// A persistent "keeper" session of the dashboard account subscribes to
+/// `filters`, then disconnects; returns the SUBACK codes.
+async fn keeper_subscribes(port: u16, filters: &[&str]) -> Vec<rumqttc::SubscribeReasonCode> {
+    let mut o = options(port, "keeper", SUB_USER, SUB_PASS);
+    o.set_clean_session(false);
+    let (mut c, r) = Client::connect_with(o).await;
+    r.unwrap();
+    let codes = c.subscribe(filters).await;
+    c.client.disconnect().await.unwrap();
+    codes
+}
+
+/// Review finding: a persistent session's filters stay in the router when
+/// its connection ends, so they stay counted: reconnecting does not reset
+/// the per-connection cap, and the session cannot grow past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_persistent_session_keeps_its_subscriptions_counted() {
+    let gw = Gateway::start_with_config(
+        "[limits]\nmax_subscriptions_per_connection = 2\nmax_subscriptions_per_account = 2\n",
+        &[],
+    );
+    let first = keeper_subscribes(gw.mqtt_port, &["clean/a/#", "clean/b/#"]).await;
+    assert!(first
+        .iter()
+        .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))));
+    let again = keeper_subscribes(gw.mqtt_port, &["clean/c/#"]).await;
+    assert_eq!(again, [rumqttc::SubscribeReasonCode::Failure]);
+}

@@ -25,6 +25,11 @@ use super::{limits, Context};
 use crate::broker;
 use crate::events::ConnectRefusal;
 
+/// The longest client id an account may use. Persistent sessions live in
+/// the router by client id (rumqttd never forgets one), so ids of up to a
+/// packet's size would let one account hold that much per session.
+const MAX_CLIENT_ID: usize = 256;
+
 /// Bytes read before the protocol level is known: a CONNECT's level sits
 /// in its first dozen bytes.
 const LEVEL_PEEK: usize = 1024;
@@ -254,7 +259,9 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
             broker::assigned_client_id(account)
         }
         Role::Subscriber(_)
-            if connect.client_id.is_empty() || connect.client_id.contains(['+', '#', '/', '$']) =>
+            if connect.client_id.is_empty()
+                || connect.client_id.len() > MAX_CLIENT_ID
+                || connect.client_id.contains(['+', '#', '/', '$']) =>
         {
             let (id, reason) = (&connect.client_id, ConnectRefusal::ClientIdInvalid);
             refuse(
@@ -321,6 +328,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         )),
         _ => None,
     };
+    let resumed = matches!(&connack, Packet::ConnAck(a, _) if a.session_present);
     // Subscriber accounts are tracked for lag (`crate::lag`); devices'
     // downlink on `cmd/` is too thin to need it.
     let cursor = match &role {
@@ -332,7 +340,6 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
                 .find(|u| &u.name == name)
                 .and_then(|u| u.slow_subscriber)
                 .unwrap_or(ctx.config.limits.slow_subscriber);
-            let resumed = matches!(&connack, Packet::ConnAck(a, _) if a.session_present);
             Some(ctx.lag.reader(
                 name,
                 &router_client_id,
@@ -353,6 +360,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         link,
         router_client_id,
         clean_session: clean,
+        resumed,
         taken_over,
         cursor,
     };

@@ -69,6 +69,8 @@ pub(super) struct Login {
     /// Client id and clean-session flag for a link made later.
     pub router_client_id: String,
     pub clean_session: bool,
+    /// The router resumed a persistent session (CONNACK session present).
+    pub resumed: bool,
     /// Cancelled when a newer connection of the same device takes over.
     pub taken_over: CancellationToken,
     /// A subscriber account's positions in the router's logs.
@@ -142,7 +144,13 @@ impl<P: Protocol + Clone> Session<P> {
     ) -> Session<P> {
         let timeout = Duration::from_secs(ctx.config.limits.write_timeout_secs);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let subs = subscriptions::Subscriptions::new(ctx.subscriptions.clone(), &login.role);
+        let subs = subscriptions::Subscriptions::new(
+            ctx.subscriptions.clone(),
+            &login.role,
+            &login.router_client_id,
+            login.clean_session,
+            login.resumed,
+        );
         Session {
             out: Writer::new(proto.clone(), v5, timeout),
             proto,

@@ -33,8 +33,13 @@ pub struct SubscriptionCaps {
 
 #[derive(Default)]
 struct Shared {
-    /// Filters held by each account's (or device's) live connections.
+    /// Filters held by each account's (or device's) connections, and by its
+    /// persistent sessions while they are parked in the router.
     accounts: HashMap<Account, usize>,
+    /// The filters of persistent sessions whose connection ended: the
+    /// router keeps them and gives them back when the session resumes, so
+    /// they stay counted (by router client id) until then.
+    parked: HashMap<String, HashSet<String>>,
     /// Every filter handed to the router since start; never shrinks, as the
     /// router's own table never does.
     router: HashSet<String>,
@@ -72,14 +77,37 @@ pub(super) struct Subscriptions {
     caps: Arc<SubscriptionCaps>,
     account: Account,
     held: HashSet<String>,
+    /// The router session's id when it outlives the connection.
+    persistent: Option<String>,
 }
 
 impl Subscriptions {
-    pub(super) fn new(caps: Arc<SubscriptionCaps>, role: &Role) -> Subscriptions {
+    /// The filters of a new connection. A persistent session that the
+    /// router resumed brings back the filters it had; any other connection
+    /// with that router id ends the old session, whose filters are given
+    /// back.
+    pub(super) fn new(
+        caps: Arc<SubscriptionCaps>,
+        role: &Role,
+        router_client_id: &str,
+        clean_session: bool,
+        resumed: bool,
+    ) -> Subscriptions {
+        let account = account(role);
+        let parked = caps.lock().parked.remove(router_client_id);
+        let held = match parked {
+            Some(filters) if resumed => filters,
+            Some(filters) => {
+                give_back(&mut caps.lock().accounts, &account, filters.len());
+                HashSet::new()
+            }
+            None => HashSet::new(),
+        };
         Subscriptions {
             caps,
-            account: account(role),
-            held: HashSet::new(),
+            account,
+            held,
+            persistent: (!clean_session).then(|| router_client_id.to_owned()),
         }
     }
 
@@ -93,7 +121,9 @@ impl Subscriptions {
             return Err(refused::CONNECTION_CAP);
         }
         let mut shared = self.caps.lock();
-        let Shared { accounts, router } = &mut *shared;
+        let Shared {
+            accounts, router, ..
+        } = &mut *shared;
         let count = accounts.get(&self.account).copied().unwrap_or(0);
         if count >= self.caps.per_account {
             return Err(refused::ACCOUNT_CAP);
@@ -126,9 +156,20 @@ impl Subscriptions {
 
 impl Drop for Subscriptions {
     fn drop(&mut self) {
-        if !self.held.is_empty() {
-            let mut shared = self.caps.lock();
-            give_back(&mut shared.accounts, &self.account, self.held.len());
+        if self.held.is_empty() {
+            return;
+        }
+        let mut shared = self.caps.lock();
+        match self.persistent.take() {
+            Some(id) => {
+                let held = std::mem::take(&mut self.held);
+                // A newer connection with this id may have parked or taken
+                // the session already: what it holds is counted there.
+                if let Some(old) = shared.parked.insert(id, held) {
+                    give_back(&mut shared.accounts, &self.account, old.len());
+                }
+            }
+            None => give_back(&mut shared.accounts, &self.account, self.held.len()),
         }
     }
 }
@@ -193,6 +234,42 @@ pub(super) fn router_filter<'a>(role: &Role, filter: &'a str) -> std::borrow::Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn caps() -> Arc<SubscriptionCaps> {
+        let limits = crate::config::Config::load(None, &[]).unwrap().limits;
+        Arc::new(SubscriptionCaps::new(&limits, Arc::new(Metrics::new())))
+    }
+
+    fn count(caps: &SubscriptionCaps, role: &Role) -> usize {
+        caps.lock()
+            .accounts
+            .get(&account(role))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_persistent_session_keeps_its_filters_counted_while_parked() {
+        let caps = caps();
+        let a = Role::Subscriber("a".into());
+        let mut s = Subscriptions::new(caps.clone(), &a, "u.1.a.x", false, false);
+        for f in ["clean/1", "clean/2"] {
+            s.admit(f).unwrap();
+        }
+        drop(s);
+        assert_eq!(count(&caps, &a), 2, "the router still holds them");
+        // Resumed: the filters come back and are not counted twice.
+        let mut s = Subscriptions::new(caps.clone(), &a, "u.1.a.x", false, true);
+        assert!(s.holds("clean/1"));
+        s.admit("clean/1").unwrap();
+        assert_eq!(count(&caps, &a), 2);
+        drop(s);
+        // A clean session with the id ends the old one: all given back.
+        let s = Subscriptions::new(caps.clone(), &a, "u.1.a.x", true, false);
+        assert_eq!(count(&caps, &a), 0);
+        drop(s);
+        assert_eq!(count(&caps, &a), 0);
+    }
 
     #[test]
     fn shared_groups_are_owned_by_their_account() {

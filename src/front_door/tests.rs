@@ -75,6 +75,7 @@ async fn device_session(h: &Harness, keep_alive: u16) -> (DuplexStream, JoinHand
         link: None,
         router_client_id: crate::broker::device_client_id(DEVICE),
         clean_session: true,
+        resumed: false,
         taken_over: CancellationToken::new(),
         cursor: None,
     };
