@@ -128,6 +128,10 @@ pub struct LimitsConfig {
     /// Distinct filters handed to the router over the process lifetime:
     /// rumqttd never forgets a filter, so unsubscribing frees nothing there.
     pub max_router_filters: usize,
+    /// Of those, how many one account (or device) may be the first to ask
+    /// for, so that one account's churn cannot use up everyone's room (in
+    /// effect at most `max_router_filters`).
+    pub max_router_filters_per_account: usize,
 }
 
 /// The loss policy for a subscriber account that reads slower than messages
@@ -429,6 +433,12 @@ impl Config {
                 "must be at least limits.max_subscriptions_per_account",
             );
         }
+        if l.max_router_filters_per_account < l.max_subscriptions_per_account {
+            return invalid(
+                "limits.max_router_filters_per_account",
+                "must be at least limits.max_subscriptions_per_account",
+            );
+        }
         if !(1..=3_600_000).contains(&self.http.header_read_timeout_ms) {
             return invalid(
                 "http.header_read_timeout_ms",
@@ -684,6 +694,7 @@ mod tests {
         assert_eq!(c.limits.max_subscriptions_per_connection, 100);
         assert_eq!(c.limits.max_subscriptions_per_account, 1000);
         assert_eq!(c.limits.max_router_filters, 100_000);
+        assert_eq!(c.limits.max_router_filters_per_account, 10_000);
         for (text, key) in [
             (
                 "[limits]\nmax_subscriptions_per_connection = 0\n",
@@ -696,6 +707,10 @@ mod tests {
             (
                 "[limits]\nmax_router_filters = 999\n",
                 "limits.max_router_filters",
+            ),
+            (
+                "[limits]\nmax_router_filters_per_account = 999\n",
+                "limits.max_router_filters_per_account",
             ),
             ("[topics]\nclean = \"é\"\n", "topics.clean"),
             ("[topics]\nunverified = \"$x\"\n", "topics.unverified"),

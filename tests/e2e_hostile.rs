@@ -576,3 +576,39 @@ async fn a_resumed_persistent_session_keeps_its_subscriptions_counted() {
     let again = keeper_subscribes(gw.mqtt_port, &["clean/c/#"]).await;
     assert_eq!(again, [rumqttc::SubscribeReasonCode::Failure]);
 }
+
+/// Review finding: one account's subscribe/unsubscribe churn cannot use up
+/// the router's lifetime room for filters; another account still gets its
+/// new filters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_account_cannot_use_up_the_routers_filter_room() {
+    let gw = Gateway::start_with_config(
+        &format!(
+            "[limits]\nmax_subscriptions_per_connection = 2\nmax_subscriptions_per_account = 2\n\
+             max_router_filters_per_account = 3\n{}",
+            account_config()
+        ),
+        &[("SEALGATE_USERS", "")],
+    );
+    let (mut a, r) = Client::connect(gw.mqtt_port, "a-1", "alpha", "alpha-pw").await;
+    r.unwrap();
+    for n in 0..3 {
+        let f = format!("clean/{n}/#");
+        let codes = a.subscribe(&[f.as_str()]).await;
+        assert!(matches!(codes[0], rumqttc::SubscribeReasonCode::Success(_)));
+        a.client.unsubscribe(f).await.unwrap();
+    }
+    assert_eq!(
+        a.subscribe(&["clean/3/#"]).await,
+        [rumqttc::SubscribeReasonCode::Failure]
+    );
+    let (mut b, r) = Client::connect(gw.mqtt_port, "b-1", "beta", "beta-pw").await;
+    r.unwrap();
+    let codes = b.subscribe(&["clean/esp32-a1/t"]).await;
+    assert!(matches!(codes[0], rumqttc::SubscribeReasonCode::Success(_)));
+    assert_eq!(
+        gw.metric("sealgate_subscriptions_refused_total{reason=\"router_cap\"}")
+            .await,
+        1.0
+    );
+}

@@ -27,6 +27,7 @@ pub struct SubscriptionCaps {
     per_connection: usize,
     per_account: usize,
     router_max: usize,
+    router_per_account: usize,
     metrics: Arc<Metrics>,
     state: Mutex<Shared>,
 }
@@ -43,6 +44,8 @@ struct Shared {
     /// Every filter handed to the router since start; never shrinks, as the
     /// router's own table never does.
     router: HashSet<String>,
+    /// How many of those each account (or device) was the first to ask for.
+    introduced: HashMap<Account, usize>,
 }
 
 /// A device and an account may share a name; their counts must not.
@@ -61,6 +64,7 @@ impl SubscriptionCaps {
             per_connection: limits.max_subscriptions_per_connection,
             per_account: limits.max_subscriptions_per_account,
             router_max: limits.max_router_filters,
+            router_per_account: limits.max_router_filters_per_account,
             metrics,
             state: Mutex::default(),
         }
@@ -122,17 +126,22 @@ impl Subscriptions {
         }
         let mut shared = self.caps.lock();
         let Shared {
-            accounts, router, ..
+            accounts,
+            router,
+            introduced,
+            ..
         } = &mut *shared;
         let count = accounts.get(&self.account).copied().unwrap_or(0);
         if count >= self.caps.per_account {
             return Err(refused::ACCOUNT_CAP);
         }
         if !router.contains(filter) {
-            if router.len() >= self.caps.router_max {
+            let mine = introduced.get(&self.account).copied().unwrap_or(0);
+            if router.len() >= self.caps.router_max || mine >= self.caps.router_per_account {
                 return Err(refused::ROUTER_CAP);
             }
             router.insert(filter.to_owned());
+            introduced.insert(self.account.clone(), mine + 1);
             self.caps.metrics.router_filters.set(router.len() as i64);
         }
         accounts.insert(self.account.clone(), count + 1);
@@ -269,6 +278,30 @@ mod tests {
         assert_eq!(count(&caps, &a), 0);
         drop(s);
         assert_eq!(count(&caps, &a), 0);
+    }
+
+    #[test]
+    fn one_account_cannot_use_up_the_routers_room() {
+        let mut limits = crate::config::Config::load(None, &[]).unwrap().limits;
+        limits.max_subscriptions_per_connection = 2;
+        limits.max_subscriptions_per_account = 2;
+        limits.max_router_filters = 10;
+        limits.max_router_filters_per_account = 3;
+        let caps = Arc::new(SubscriptionCaps::new(&limits, Arc::new(Metrics::new())));
+        let a = Role::Subscriber("a".into());
+        let mut s = Subscriptions::new(caps.clone(), &a, "u.1.a.x", true, false);
+        for n in 0..3 {
+            let f = format!("clean/{n}");
+            s.admit(&f).unwrap();
+            s.release(&f);
+        }
+        assert_eq!(s.admit("clean/new"), Err(refused::ROUTER_CAP));
+        // A filter the router knows is still free to take.
+        s.admit("clean/0").unwrap();
+        // Another account has its own room.
+        let b = Role::Subscriber("b".into());
+        let mut t = Subscriptions::new(caps, &b, "u.1.b.x", true, false);
+        t.admit("clean/new").unwrap();
     }
 
     #[test]
