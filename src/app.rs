@@ -188,6 +188,7 @@ pub async fn run(
         sessions: Default::default(),
         slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
         lag,
+        streams: front_door::limits::Streams::new(config.limits.max_streams_per_device),
         subscriptions: Arc::new(front_door::SubscriptionCaps::new(
             &config.limits,
             metrics.clone(),

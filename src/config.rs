@@ -108,6 +108,8 @@ pub struct LimitsConfig {
     /// Sealed messages per second per device; 0 means no limit.
     pub device_rate: f64,
     pub device_burst: u32,
+    /// Distinct streams (so clean topics) one device may publish on.
+    pub max_streams_per_device: usize,
     pub max_connections: usize,
     pub max_keep_alive_secs: u16,
     /// What a subscriber account that falls behind costs: see `crate::lag`.
@@ -373,6 +375,9 @@ impl Config {
             && (self.mqtt.tls_cert.is_none() || self.mqtt.tls_key.is_none())
         {
             return invalid("mqtt.tls_listen", "needs mqtt.tls_cert and mqtt.tls_key");
+        }
+        if self.limits.max_streams_per_device == 0 {
+            return invalid("limits.max_streams_per_device", "must be at least 1");
         }
         if self.limits.max_connections == 0 {
             return invalid("limits.max_connections", "must be at least 1");

@@ -26,10 +26,14 @@ pub enum RejectReason {
     /// A client's topic name that MQTT forbids or the router cannot take
     /// (`crate::topic`); refused before any topic rule is asked.
     InvalidTopic,
+    /// A device publishing on more distinct streams than
+    /// `limits.max_streams_per_device`: each is a clean topic the router
+    /// keeps (and a retained message it keeps) for ever.
+    TooManyStreams,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 14] = [
+    pub const ALL: [RejectReason; 15] = [
         RejectReason::Malformed,
         RejectReason::TooLarge,
         RejectReason::UnknownDevice,
@@ -44,6 +48,7 @@ impl RejectReason {
         RejectReason::NotAllowed,
         RejectReason::RateLimited,
         RejectReason::InvalidTopic,
+        RejectReason::TooManyStreams,
     ];
 
     /// The spec's stable name.
@@ -63,6 +68,7 @@ impl RejectReason {
             RejectReason::NotAllowed => "not_allowed",
             RejectReason::RateLimited => "rate_limited",
             RejectReason::InvalidTopic => "invalid_topic",
+            RejectReason::TooManyStreams => "too_many_streams",
         }
     }
 

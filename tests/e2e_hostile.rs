@@ -612,3 +612,49 @@ async fn one_account_cannot_use_up_the_routers_filter_room() {
         1.0
     );
 }
+
+/// Review finding: every stream a device publishes on is a clean topic the
+/// router keeps for ever (with its retained message). A device making up
+/// streams is stopped at `limits.max_streams_per_device`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_make_up_streams_without_end() {
+    let gw = Gateway::start_with_config("[limits]\nmax_streams_per_device = 2\n", &[]);
+    let dev = gw.add_device("esp32-m").await;
+    let mut sub = Client::subscriber(gw.mqtt_port).await;
+    let mut d = Client::device(gw.mqtt_port, &dev).await;
+    for (n, stream) in [(1u64, "a"), (2, "b"), (3, "a")] {
+        d.publish_acked(
+            &format!("sealed/esp32-m/{stream}"),
+            seal(&dev, stream, n, b"x"),
+        )
+        .await;
+        assert_eq!(
+            sub.next_publish().await.0,
+            format!("clean/esp32-m/{stream}")
+        );
+    }
+    d.client
+        .publish(
+            "sealed/esp32-m/c",
+            QoS::AtLeastOnce,
+            false,
+            seal(&dev, "c", 4, b"x"),
+        )
+        .await
+        .unwrap();
+    let (topic, payload) = sub.next_publish().await;
+    assert_eq!(topic, "sealgate/events/esp32-m");
+    assert_eq!(event(&payload)["reason"], "too_many_streams");
+    loop {
+        match d.next().await {
+            Seen::Closed(_) => break,
+            Seen::PubAck(_) => panic!("a refused stream was acknowledged"),
+            _ => {}
+        }
+    }
+    // The streams it has stay open to it.
+    let mut d = Client::device(gw.mqtt_port, &dev).await;
+    d.publish_acked("sealed/esp32-m/b", seal(&dev, "b", 5, b"y"))
+        .await;
+    assert_eq!(sub.next_publish().await.0, "clean/esp32-m/b");
+}

@@ -1,7 +1,46 @@
-//! Per-device publish rate limit: a token bucket, plus the bookkeeping that
-//! keeps a flooding device from also flooding the events topic.
+//! Per-device limits: the publish rate (a token bucket, plus the bookkeeping
+//! that keeps a flooding device from also flooding the events topic) and the
+//! number of distinct streams a device may publish on.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The streams each device has published on, shared by all its
+/// connections. Each stream is a clean topic the router never forgets (and
+/// keeps a retained message for), so a device that made up a new stream
+/// per message would grow the router without bound.
+pub struct Streams {
+    max: usize,
+    seen: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl Streams {
+    pub fn new(max: usize) -> Streams {
+        Streams {
+            max,
+            seen: Mutex::default(),
+        }
+    }
+
+    /// Whether `device` may publish on `stream`: one it used before, or a
+    /// new one within the cap.
+    pub fn admit(&self, device: &str, stream: &str) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let streams = match seen.get_mut(device) {
+            Some(s) => s,
+            None => seen.entry(device.to_owned()).or_default(),
+        };
+        if streams.contains(stream) {
+            return true;
+        }
+        if streams.len() >= self.max {
+            return false;
+        }
+        streams.insert(stream.to_owned());
+        true
+    }
+}
 
 /// What to do with one publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +113,14 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_device_has_its_own_streams_up_to_the_cap() {
+        let s = Streams::new(2);
+        assert!(s.admit("a", "t") && s.admit("a", "") && s.admit("a", "t"));
+        assert!(!s.admit("a", "new"));
+        assert!(s.admit("b", "new"));
+    }
 
     #[test]
     fn bucket_admits_burst_then_rate() {

@@ -61,6 +61,8 @@ pub struct Context {
     /// Subscription counts against `limits.max_subscriptions_*` and
     /// `limits.max_router_filters`.
     pub subscriptions: Arc<SubscriptionCaps>,
+    /// Streams per device, against `limits.max_streams_per_device`.
+    pub streams: limits::Streams,
 }
 
 /// Accepts connections until `ctx.stop`; each one runs on `tracker`.

@@ -86,6 +86,10 @@ impl<P: Protocol> Session<P> {
             to_router.push(Packet::Publish(publish, None));
             return Ok(None);
         }
+        if !self.stream_admitted(&publish.topic) {
+            self.refuse(RejectReason::TooManyStreams).await;
+            return Ok(Some(End::Refused(DisconnectReasonCode::QuotaExceeded)));
+        }
         let ack = (qos > 0).then(|| AckTo {
             tx: self.ack_tx.clone(),
             pkid,
@@ -150,6 +154,30 @@ impl<P: Protocol> Session<P> {
         match &self.login.role {
             Role::Device(id) | Role::Subscriber(id) => id,
         }
+    }
+
+    /// Whether this device may publish on the stream of `topic` (a sealed
+    /// topic, checked by the topic rules): one it used on this connection,
+    /// or one `limits::Streams` admits. Accounts have no streams.
+    fn stream_admitted(&mut self, topic: &[u8]) -> bool {
+        let super::auth::Role::Device(id) = &self.login.role else {
+            return true;
+        };
+        let prefix = self.ctx.config.topics.sealed.len() + 1;
+        let rest = topic.get(prefix..).unwrap_or_default();
+        let stream = match rest.iter().position(|b| *b == b'/') {
+            Some(i) => &rest[i + 1..],
+            None => &[][..],
+        };
+        let stream = std::str::from_utf8(stream).unwrap_or_default();
+        if self.streams_used.contains(stream) {
+            return true;
+        }
+        if !self.ctx.streams.admit(id, stream) {
+            return false;
+        }
+        self.streams_used.insert(stream.to_owned());
+        true
     }
 
     pub(super) fn is_sealed(&self, topic: &[u8]) -> bool {

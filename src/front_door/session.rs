@@ -105,6 +105,9 @@ pub(super) struct Session<P> {
     pub(super) pending_subacks: subscriptions::Pending,
     /// The filters this connection holds, counted against the caps.
     pub(super) subs: subscriptions::Subscriptions,
+    /// Streams this device's connection already published on: only a new
+    /// one asks the shared `limits::Streams`.
+    pub(super) streams_used: HashSet<String>,
 }
 
 /// QoS 1 and 2 messages written to the client that it has not acknowledged
@@ -167,6 +170,7 @@ impl<P: Protocol + Clone> Session<P> {
             own_pubrels: HashSet::new(),
             pending_subacks: HashMap::new(),
             subs,
+            streams_used: HashSet::new(),
         }
     }
 }

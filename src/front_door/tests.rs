@@ -54,6 +54,7 @@ fn harness() -> Harness {
             metrics.clone(),
         ),
         subscriptions: Arc::new(super::SubscriptionCaps::new(&config.limits, metrics)),
+        streams: super::limits::Streams::new(config.limits.max_streams_per_device),
         config,
     };
     Harness {
