@@ -154,3 +154,66 @@ async fn a_metric_that_does_not_exist_fails_the_test() {
     let gw = Gateway::start(&[]);
     gw.metric("sealgate_no_such_metric_total").await;
 }
+
+/// A client that pipelines requests and never reads the answers does not
+/// hold its connection slot for ever: the header-read timeout runs while
+/// hyper waits to write, and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_closed() {
+    let gw = Gateway::start_with_config("[http]\nheader_read_timeout_ms = 200\n", &[]);
+    let s = TcpStream::connect(http_addr(&gw)).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // Far more answer bytes than the socket buffers hold: the server's
+    // writes stall while this client reads nothing.
+    let request = "GET /metrics HTTP/1.1\r\nhost: gw\r\n\r\n".repeat(200);
+    let writer = tokio::spawn(async move {
+        for _ in 0..100 {
+            if wr.write_all(request.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    // The client's stall, ten times the limit: the behaviour under test.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut answers = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut tail = Vec::new();
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    tail.extend_from_slice(&buf[..n]);
+                    answers += count_and_trim(&mut tail);
+                }
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server kept the connection open");
+    writer.abort();
+    assert!(
+        answers < 20_000,
+        "the server answered every request of a client that stalled"
+    );
+}
+
+/// Counts complete "HTTP/1.1 200" status lines in `tail` and keeps only the
+/// bytes after the last one.
+fn count_and_trim(tail: &mut Vec<u8>) -> usize {
+    let pat = b"HTTP/1.1 200";
+    let mut n = 0;
+    let mut last = 0;
+    let mut i = 0;
+    while i + pat.len() <= tail.len() {
+        if &tail[i..i + pat.len()] == pat {
+            n += 1;
+            last = i + pat.len();
+            i += pat.len();
+        } else {
+            i += 1;
+        }
+    }
+    tail.drain(..last);
+    n
+}
