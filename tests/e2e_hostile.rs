@@ -658,3 +658,28 @@ async fn a_device_cannot_make_up_streams_without_end() {
         .await;
     assert_eq!(sub.next_publish().await.0, "clean/esp32-m/b");
 }
+
+/// Fuzzing finding: an MQTT 5 CONNECT whose property length is cut short is
+/// a whole frame the codec cannot decode. It is refused as malformed; what
+/// follows it (here a CONNACK, on which rumqttd's decoder panics) is never
+/// read as its rest, and the connection is counted out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_connect_is_malformed_not_continued() {
+    let gw = Gateway::start(&[]);
+    let mut s = TcpStream::connect(("127.0.0.1", gw.mqtt_port))
+        .await
+        .unwrap();
+    let mut bytes = vec![
+        0x10, 0x0b, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 0x3c, 0x80,
+    ];
+    bytes.extend_from_slice(&[0x20, 0x01, 0x00]);
+    s.write_all(&bytes).await.unwrap();
+    assert!(closed_by_server(&mut s).await);
+    wait_metric(
+        &gw,
+        "sealgate_connect_refused_total{reason=\"malformed_connect\"}",
+        |v| v == 1.0,
+    )
+    .await;
+    wait_metric(&gw, "sealgate_connections", |v| v == 0.0).await;
+}

@@ -167,8 +167,25 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
     // The codec refuses a CONNECT larger than `max` on its header, so the
     // buffer never holds more than one CONNECT and one read.
     let packet = loop {
-        match proto.read_mut(&mut buf, max) {
+        // Whether the first frame is whole before the codec consumes it: a
+        // decoder that still asks for bytes then was given a malformed
+        // CONNECT, and what follows must not be read as its rest.
+        let whole = matches!(packet::frame(&buf), Frame::Frame { len, .. } if len <= buf.len());
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            proto.read_mut(&mut buf, max)
+        }));
+        let Ok(decoded) = decoded else {
+            ctx.metrics
+                .connect_refused(ConnectRefusal::MalformedConnect);
+            return Err(ConnError::Codec("decode"));
+        };
+        match decoded {
             Ok(p) => break p,
+            Err(rumqttd::protocol::Error::InsufficientBytes(_)) if whole => {
+                ctx.metrics
+                    .connect_refused(ConnectRefusal::MalformedConnect);
+                return Ok(());
+            }
             Err(rumqttd::protocol::Error::InsufficientBytes(_)) => {
                 match timeout_at(deadline, stream.read_buf(&mut buf)).await {
                     Ok(Ok(n)) if n > 0 => {}

@@ -87,11 +87,12 @@ pub async fn serve(
                     let transport = transport.clone();
                     tracker.spawn(async move {
                         let _slot = slot;
-                        ctx.metrics.connections.inc();
+                        // Counted out by a guard, so that even a panic in the
+                        // connection's task leaves the gauge right.
+                        let _open = Open::new(&ctx.metrics);
                         if let Err(e) = connect::handle(stream, transport, ctx.clone()).await {
                             tracing::debug!(%peer, error = %e, "Connection ended with an error.");
                         }
-                        ctx.metrics.connections.dec();
                     });
                 }
                 Err(e) => {
@@ -137,5 +138,21 @@ impl Sessions {
                 live.remove(id);
             }
         }
+    }
+}
+
+/// One open connection on `sealgate_connections`, for as long as it lives.
+struct Open(Arc<Metrics>);
+
+impl Open {
+    fn new(metrics: &Arc<Metrics>) -> Open {
+        metrics.connections.inc();
+        Open(metrics.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.connections.dec();
     }
 }
