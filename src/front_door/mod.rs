@@ -10,7 +10,8 @@ pub mod acl;
 pub mod auth;
 mod connection;
 pub mod limits;
-mod packet;
+#[doc(hidden)]
+pub mod packet;
 mod publish;
 mod subscribe;
 pub mod transport;
