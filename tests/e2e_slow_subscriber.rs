@@ -193,22 +193,6 @@ fn identify(topic: &str, payload: &[u8]) -> (String, u64) {
     (dev.to_owned(), nonce)
 }
 
-/// Polls a metric until `ok` holds; fails after `WAIT`.
-async fn await_metric(gw: &Gateway, sample: &str, ok: impl Fn(f64) -> bool) -> f64 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let v = gw.metric(sample).await;
-        if ok(v) {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{sample} stayed at {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 const HELD: &str = "sealgate_devices_held";
 const LAG: &str = "sealgate_subscriber_lag_messages";
 const LAGGED: &str = "sealgate_dropped_total{reason=\"subscriber_lagged\"}";
@@ -223,7 +207,7 @@ async fn block_holds_devices_and_the_subscriber_gets_everything_once() {
 
     let (_creds, tasks) = publish_all(&gw).await;
     // The devices are held once the dashboard is 200 messages behind...
-    await_metric(&gw, HELD, |v| v == 1.0).await;
+    wait_metric(&gw, HELD, |v| v == 1.0).await;
     assert!(gw.metric(LAG).await > 200.0);
     assert!(
         tasks.iter().all(|t| !t.is_finished()),
@@ -245,7 +229,7 @@ async fn block_holds_devices_and_the_subscriber_gets_everything_once() {
     assert_eq!(acked, total);
     assert_eq!(gw.metric(LAGGED).await, 0.0);
     assert_eq!(gw.metric(STALLED).await, 0.0);
-    await_metric(&gw, HELD, |v| v == 0.0).await;
+    wait_metric(&gw, HELD, |v| v == 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +339,7 @@ async fn a_block_subscriber_that_acks_too_slowly_holds_devices_for_max_hold_at_m
     let acker = SlowAcker::connect(gw.mqtt_port).await;
 
     let (_creds, tasks) = publish_all(&gw).await;
-    await_metric(&gw, HELD, |v| v == 1.0).await;
+    wait_metric(&gw, HELD, |v| v == 1.0).await;
     // Released after 2 s of holding, though the subscriber stays behind: every
     // device gets every PUBACK. (Only a guard against hanging: held for
     // ever, they never would.)
@@ -370,11 +354,11 @@ async fn a_block_subscriber_that_acks_too_slowly_holds_devices_for_max_hold_at_m
         .await
         .expect("devices held for longer than max_hold_secs");
     assert_eq!(acked, DEVICES as u64 * PER_DEVICE);
-    await_metric(&gw, HELD, |v| v == 0.0).await;
+    wait_metric(&gw, HELD, |v| v == 0.0).await;
 
     // What it missed meanwhile is counted once it reads on: it was not cut off.
     acker.hurry.send(true).unwrap();
-    await_metric(&gw, HOLD_EXCEEDED, |v| v > 0.0).await;
+    wait_metric(&gw, HOLD_EXCEEDED, |v| v > 0.0).await;
     assert_eq!(gw.metric(STALLED).await, 0.0);
     assert_eq!(gw.metric(LAGGED).await, 0.0);
 }

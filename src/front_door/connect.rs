@@ -210,90 +210,13 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
     // Not used, and up to a packet's worth of memory for the whole session.
     drop((props, will_props));
     let username = login.as_ref().map(|l| l.username.as_str()).unwrap_or("");
-    let now_ms = crate::now_ms();
-    let role = ctx.auth.authenticate(
-        &connect.client_id,
-        login
-            .as_ref()
-            .map(|l| (l.username.as_str(), l.password.as_str())),
-        now_ms / 1000,
-        now_ms,
-    );
-    let role = match role {
-        Ok(role) => role,
+    let (role, router_client_id) = match admit(&ctx, &connect, will.as_ref(), login.as_ref()) {
+        Ok(admitted) => admitted,
         Err(reason) => {
-            let id = &connect.client_id;
-            refuse(
-                &mut proto,
-                v5,
-                &mut stream,
-                deadline,
-                &ctx,
-                reason,
-                (id, username),
-            )
-            .await;
+            let who = (connect.client_id.as_str(), username);
+            refuse(&mut proto, v5, &mut stream, deadline, &ctx, reason, who).await;
             return Ok(());
         }
-    };
-    if let Some(w) = &will {
-        // Before any rule or matcher sees it: MQTT's rules and the router's.
-        let topic = crate::topic::topic_name(&w.topic).and_then(crate::topic::router_takes);
-        if let Err(why) = topic {
-            tracing::debug!(reason = %why, "The will topic is invalid.");
-            let (id, reason) = (&connect.client_id, ConnectRefusal::WillTopicInvalid);
-            refuse(
-                &mut proto,
-                v5,
-                &mut stream,
-                deadline,
-                &ctx,
-                reason,
-                (id, username),
-            )
-            .await;
-            return Ok(());
-        }
-        let allowed = topic.is_ok_and(|t| ctx.acl.may_publish(&role, t));
-        if !allowed {
-            let (id, reason) = (&connect.client_id, ConnectRefusal::WillNotAllowed);
-            refuse(
-                &mut proto,
-                v5,
-                &mut stream,
-                deadline,
-                &ctx,
-                reason,
-                (id, username),
-            )
-            .await;
-            return Ok(());
-        }
-    }
-    let router_client_id = match &role {
-        Role::Device(id) => broker::device_client_id(id),
-        Role::Subscriber(account) if connect.client_id.is_empty() && connect.clean_session => {
-            broker::assigned_client_id(account)
-        }
-        Role::Subscriber(_)
-            if connect.client_id.is_empty()
-                || connect.client_id.len() > MAX_CLIENT_ID
-                || connect.client_id.contains(['+', '#', '/', '$']) =>
-        {
-            let (id, reason) = (&connect.client_id, ConnectRefusal::ClientIdInvalid);
-            refuse(
-                &mut proto,
-                v5,
-                &mut stream,
-                deadline,
-                &ctx,
-                reason,
-                (id, username),
-            )
-            .await;
-            return Ok(());
-        }
-        Role::Subscriber(account) => broker::account_client_id(account, &connect.client_id),
     };
     let clean = connect.clean_session;
     // A clean-session device needs no router session until it subscribes:
@@ -308,17 +231,9 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         let (link_tx, link_rx, connack) = match linked {
             Ok(Ok(l)) => l,
             _ => {
-                let (id, reason) = (&connect.client_id, ConnectRefusal::RouterFull);
-                refuse(
-                    &mut proto,
-                    v5,
-                    &mut stream,
-                    deadline,
-                    &ctx,
-                    reason,
-                    (id, username),
-                )
-                .await;
+                let who = (connect.client_id.as_str(), username);
+                let reason = ConnectRefusal::RouterFull;
+                refuse(&mut proto, v5, &mut stream, deadline, &ctx, reason, who).await;
                 return Ok(());
             }
         };
@@ -386,6 +301,44 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         .await;
     sessions.sessions.release(&role_for_release, serial);
     Ok(())
+}
+
+/// Decides a decoded CONNECT: who the client is (`auth.rs`), whether its
+/// will topic is one it may publish to, and its router session's id.
+fn admit(
+    ctx: &Context,
+    connect: &rumqttd::protocol::Connect,
+    will: Option<&rumqttd::protocol::LastWill>,
+    login: Option<&rumqttd::protocol::Login>,
+) -> Result<(Role, String), ConnectRefusal> {
+    let now_ms = crate::now_ms();
+    let credentials = login.map(|l| (l.username.as_str(), l.password.as_str()));
+    let role = ctx
+        .auth
+        .authenticate(&connect.client_id, credentials, now_ms / 1000, now_ms)?;
+    if let Some(w) = will {
+        // Before any rule or matcher sees it: MQTT's rules and the router's.
+        let topic = crate::topic::topic_name(&w.topic)
+            .and_then(crate::topic::router_takes)
+            .map_err(|_| ConnectRefusal::WillTopicInvalid)?;
+        if !ctx.acl.may_publish(&role, topic) {
+            return Err(ConnectRefusal::WillNotAllowed);
+        }
+    }
+    let id = &connect.client_id;
+    let router_client_id = match &role {
+        Role::Device(device) => broker::device_client_id(device),
+        Role::Subscriber(account) if id.is_empty() && connect.clean_session => {
+            broker::assigned_client_id(account)
+        }
+        Role::Subscriber(_)
+            if id.is_empty() || id.len() > MAX_CLIENT_ID || id.contains(['+', '#', '/', '$']) =>
+        {
+            return Err(ConnectRefusal::ClientIdInvalid);
+        }
+        Role::Subscriber(account) => broker::account_client_id(account, id),
+    };
+    Ok((role, router_client_id))
 }
 
 /// At most 64 characters of a client-chosen string, for a log line.
