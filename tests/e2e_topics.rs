@@ -106,25 +106,6 @@ async fn raw_publish_is_closed(port: u16, topic: &[u8]) {
     assert_eq!(n.unwrap_or(0), 0, "nothing is answered: {rest:?}");
 }
 
-/// Device `a` still gets its sealed messages to `clean/`.
-async fn still_delivers(
-    gw: &Gateway,
-    a: &sealgate::admin::client::Credentials,
-    nonce: u64,
-    sub: &mut Client,
-) {
-    let mut dev = Client::device(gw.mqtt_port, a).await;
-    dev.publish_acked(
-        &format!("sealed/{}/t", a.device_id),
-        common::seal(a, "t", nonce, b"fine"),
-    )
-    .await;
-    assert_eq!(
-        sub.next_publish().await,
-        (format!("clean/{}/t", a.device_id), b"fine".to_vec())
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_starting_with_a_multibyte_character_cannot_kill_the_router() {
     let gw = gateway("");

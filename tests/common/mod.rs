@@ -495,3 +495,18 @@ pub fn prometheus_sample(text: &str, sample: &str) -> f64 {
         }
     }
 }
+
+/// Device `a` still delivers, through `sub`, after whatever happened to
+/// other clients.
+pub async fn still_delivers(gw: &Gateway, a: &Credentials, nonce: u64, sub: &mut Client) {
+    let mut dev = Client::device(gw.mqtt_port, a).await;
+    dev.publish_acked(
+        &format!("sealed/{}/t", a.device_id),
+        seal(a, "t", nonce, b"fine"),
+    )
+    .await;
+    assert_eq!(
+        sub.next_publish().await,
+        (format!("clean/{}/t", a.device_id), b"fine".to_vec())
+    );
+}
