@@ -1,9 +1,10 @@
 //! Every verdict, security event and metric name, defined once.
 //!
 //! Reasons are the spec's stable names (section 7); they appear in events,
-//! metric labels and log lines exactly as written here. Emitting an event
-//! goes through [`Reject::emit`] so that the log line, the counter and the
-//! published event can never disagree.
+//! metric labels and log lines exactly as written here. A rejected sealed
+//! message is counted, logged and turned into its event in one function
+//! (`verifier::reject`), so that the log line, the counter and the published
+//! event can never disagree.
 
 use serde::Serialize;
 

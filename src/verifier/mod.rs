@@ -1,6 +1,6 @@
 //! The verifier: takes sealed publishes from the front door in batches,
 //! checks each ([`check`]) and stages the replay windows they advance; the
-//! [`commit`] stage then flushes sled once for the batch and only then
+//! commit stage (`commit.rs`) then flushes sled once for the batch and only then
 //! republishes and acknowledges.
 //!
 //! The two stages are two OS threads, one batch apart: while a batch waits
