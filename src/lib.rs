@@ -5,7 +5,7 @@
 //!
 //! * [`front_door`]: accepts MQTT connections, authenticates every CONNECT and
 //!   hands sealed publishes to the verifier, everything else to the broker.
-//! * [`broker`]: the embedded rumqttd router and its local links.
+//! * `broker`: the embedded rumqttd router and its local links.
 //! * [`verifier`]: opens sealed messages in spec order (parse, device and kid,
 //!   MAC, nonce window, decrypt) in batches.
 //! * [`replay`]: the nonce windows, group-committed to sled before anything
@@ -14,16 +14,16 @@
 //! * [`topic`]: what MQTT and the router allow of topic names and filters,
 //!   and how a filter matches a topic; used by the config, the topic rules
 //!   and `lag`.
-//! * [`lag`]: how far each subscriber is behind; holds devices for a `block`
+//! * `lag`: how far each subscriber is behind; holds devices for a `block`
 //!   subscriber, counts what a `drop` subscriber misses.
 //!
 //! Around it: [`envelope`] (the one wire-format implementation, shared with
 //! firmware-sim and the tests), [`registry`] (devices in sled),
-//! [`admin`] (HTTP API, health, metrics), [`events`] and [`metrics`] (every
+//! [`admin`] (HTTP API, health, metrics), [`events`] and `metrics` (every
 //! reason and metric name, once), [`config`], [`secrets`] (the master key
 //! and admin token files), [`app`] (startup and shutdown order),
-//! [`shutdown`], [`health`] (a dead router, verifier or commit thread ends
-//! the process) and [`failpoint`] (faults for tests).
+//! [`shutdown`], `health` (a dead router, verifier or commit thread ends
+//! the process) and `failpoint` (faults for tests).
 
 pub mod admin;
 pub mod app;
