@@ -364,8 +364,8 @@ int main(int argc, char **argv) {
     fclose(urandom);
     sg_device_wipe(&dev);
     if (count > 0) {
-        printf("published %" PRIu64 " messages to %s, nonces %" PRIu64 "..%" PRIu64 "\n", count, topic,
-               first_nonce, last_nonce);
+        printf("published %" PRIu64 " message%s to %s, nonces %" PRIu64 "..%" PRIu64 "\n", count,
+               count == 1 ? "" : "s", topic, first_nonce, last_nonce);
     } else {
         printf("published nothing to %s\n", topic);
     }
