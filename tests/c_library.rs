@@ -7,78 +7,37 @@
 //! libmbedtls-dev or the riscv64 cross compiler these tests fail and say what
 //! to install (`.ci/run` installs them).
 
+mod c_build;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use c_build::{c_dir, Build};
 use sealgate::envelope::{self, DeviceKeys, Enc, MasterKey, SealInput, SealedTopic};
 use serde_json::Value;
 
 const INSTALL: &str = "apt-get install gcc libmbedtls-dev gcc-riscv64-unknown-elf \
                        picolibc-riscv64-unknown-elf (.ci/run does)";
 
-fn c_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("firmware-sim/c")
-}
-
 fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}; {INSTALL}"))
-}
-
-#[derive(Clone, Copy)]
-enum Build {
-    Plain,
-    Sanitized,
+    c_build::run(cmd, INSTALL)
 }
 
 /// Builds the library with one test program, warnings as errors.
 fn build(program: &str, kind: Build, dir: &Path) -> PathBuf {
-    let c = c_dir();
-    let exe = dir.join(program);
-    let mut cmd = Command::new("gcc");
-    cmd.args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"]);
-    match kind {
-        Build::Plain => cmd.arg("-O2"),
-        Build::Sanitized => cmd.args([
-            "-O1",
-            "-fsanitize=address,undefined",
-            "-fno-sanitize-recover=all",
-            "-fno-omit-frame-pointer",
-        ]),
-    };
-    cmd.arg("-I")
-        .arg(c.join("include"))
-        .arg("-I")
-        .arg(c.join("src"));
-    for name in ["device.c", "encode.c", "nonce.c", "seal.c"] {
-        cmd.arg(c.join("src").join(name));
-    }
-    cmd.arg(c.join("test").join(format!("{program}.c")));
-    cmd.arg("-o").arg(&exe).arg("-lmbedcrypto");
-    let out = run(&mut cmd);
-    assert!(
-        out.status.success(),
-        "gcc failed building {program}; {INSTALL}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
+    let main = c_dir().join("test").join(format!("{program}.c"));
+    c_build::build(&main, kind, &dir.join(program), &["-lmbedcrypto"], INSTALL)
 }
 
 /// Runs a test program; any sanitizer report fails it.
 fn run_program(exe: &Path, args: &[&Path]) -> String {
-    let out = run(Command::new(exe)
-        .args(args)
-        .env(
-            "ASAN_OPTIONS",
-            "halt_on_error=1:detect_leaks=1:abort_on_error=1",
-        )
-        .env("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1"));
+    let out = run(c_build::program(exe).args(args));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success() && !stderr.contains("Sanitizer") && !stderr.contains("runtime error"),
+        out.status.success() && !c_build::sanitizer_report(&stderr),
         "{} failed ({}):\n{stderr}",
         exe.display(),
         out.status
