@@ -250,7 +250,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
     // One live connection per device: a newer one takes over (MQTT 5 clients
     // hear DISCONNECT 0x8E), also when no router session exists to do it.
     let taken_over = CancellationToken::new();
-    let serial = ctx.sessions.claim(&role, taken_over.clone());
+    let serial = ctx.sessions.take_over(&role, taken_over.clone());
     tracing::debug!(client_id = ?connect.client_id, role = ?role, "Connected.");
     let rate = match &role {
         Role::Device(_) if ctx.config.limits.device_rate > 0.0 => Some(limits::RateLimit::new(

@@ -122,7 +122,7 @@ pub struct Sessions {
 
 impl Sessions {
     /// Registers a device's new connection and ends the previous one.
-    fn claim(&self, role: &Role, token: CancellationToken) -> u64 {
+    fn take_over(&self, role: &Role, token: CancellationToken) -> u64 {
         let serial = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Role::Device(id) = role {
             let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
