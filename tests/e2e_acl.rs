@@ -9,21 +9,6 @@ use std::time::Duration;
 use common::*;
 use rumqttc::{QoS, SubscribeReasonCode};
 
-/// Waits until the client's connection is closed by the gateway.
-async fn closed(c: &mut Client) {
-    loop {
-        if let Seen::Closed(_) = c.next().await {
-            return;
-        }
-    }
-}
-
-async fn expect_event(sub: &mut Client, topic: &str, reason: &str) {
-    let (t, body) = sub.next_publish().await;
-    assert_eq!(t, topic);
-    assert_eq!(event(&body)["reason"], reason);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_publish_only_on_their_own_sealed_topics() {
     let gw = Gateway::start(&[]);

@@ -36,20 +36,6 @@ async fn ops(port: u16, client_id: &str) -> Client {
     c
 }
 
-async fn closed(c: &mut Client) {
-    loop {
-        if let Seen::Closed(_) = c.next().await {
-            return;
-        }
-    }
-}
-
-async fn expect_event(sub: &mut Client, topic: &str, reason: &str) {
-    let (t, body) = sub.next_publish().await;
-    assert_eq!(t, topic);
-    assert_eq!(event(&body)["reason"], reason);
-}
-
 /// One MQTT 3.1.1 packet: fixed header byte, remaining length, body.
 fn packet(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![first];

@@ -510,3 +510,19 @@ pub async fn still_delivers(gw: &Gateway, a: &Credentials, nonce: u64, sub: &mut
         (format!("clean/{}/t", a.device_id), b"fine".to_vec())
     );
 }
+
+/// Waits until the client's connection is closed by the gateway.
+pub async fn closed(c: &mut Client) {
+    loop {
+        if let Seen::Closed(_) = c.next().await {
+            return;
+        }
+    }
+}
+
+/// The next publish `sub` gets is an event on `topic` with `reason`.
+pub async fn expect_event(sub: &mut Client, topic: &str, reason: &str) {
+    let (t, body) = sub.next_publish().await;
+    assert_eq!(t, topic);
+    assert_eq!(event(&body)["reason"], reason);
+}
