@@ -39,15 +39,12 @@ pub fn account_client_id(account: &str, client_id: &str) -> String {
 }
 
 /// A router session for an account client that sent no client id (clean
-/// session only). It lives in its own namespace, `a.`, so it can never
-/// meet an id a client chose. (The router refuses `+$#/` in ids, so no
+/// session only), under the id the gateway assigned it (`assigned`, which an
+/// MQTT 5 client is told). It lives in its own namespace, `a.`, so it can
+/// never meet an id a client chose. (The router refuses `+$#/` in ids, so no
 /// reserved character can mark it instead.)
-pub fn assigned_client_id(account: &str) -> String {
-    format!(
-        "a.{}.{account}.{:016x}",
-        account.len(),
-        rand::random::<u64>()
-    )
+pub fn assigned_client_id(account: &str, assigned: &str) -> String {
+    format!("a.{}.{account}.{assigned}", account.len())
 }
 
 impl Broker {
@@ -94,6 +91,6 @@ mod tests {
         assert_ne!(account_client_id("a.b", "c"), account_client_id("a", "b.c"));
         assert_ne!(account_client_id("a", "x"), account_client_id("b", "x"));
         assert_ne!(account_client_id("d", "x"), device_client_id("x"));
-        assert!(!assigned_client_id("a").starts_with("u."));
+        assert_ne!(assigned_client_id("a", "x"), account_client_id("a", "x"));
     }
 }

@@ -153,3 +153,50 @@ async fn mosquitto_clients_anonymous_refused_and_subscriber_receives() {
         "clean/esp32-m/t {\"t\":21}"
     );
 }
+
+/// The MQTT 5 CONNACK of a dashboard account: `(server keep alive,
+/// assigned client identifier)`.
+async fn v5_connack(
+    port: u16,
+    client_id: &str,
+    keep_alive_secs: u64,
+) -> (Option<u16>, Option<String>) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+    o.set_credentials(SUB_USER, SUB_PASS);
+    o.set_keep_alive(std::time::Duration::from_secs(keep_alive_secs));
+    let (_c, mut el) = AsyncClient::new(o, 10);
+    loop {
+        match tokio::time::timeout(WAIT, el.poll()).await.unwrap() {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                return match ack.properties {
+                    Some(p) => (p.server_keep_alive, p.assigned_client_identifier),
+                    None => (None, None),
+                };
+            }
+            Ok(_) => {}
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+}
+
+/// MQTT 5 clients hear what the gateway chose for them: the keep-alive it
+/// holds them to when it is not the one they asked for, and the client id it
+/// assigned when they sent none, without the gateway's own namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mqtt5_connack_tells_the_keep_alive_and_the_assigned_client_id() {
+    let gw = Gateway::start_with_config("[limits]\nmax_keep_alive_secs = 600\n", &[]);
+    assert_eq!(
+        v5_connack(gw.mqtt_port, "dash-ka", 3600).await,
+        (Some(600), None)
+    );
+    assert_eq!(v5_connack(gw.mqtt_port, "dash-ok", 30).await, (None, None));
+    let (ka, assigned) = v5_connack(gw.mqtt_port, "", 30).await;
+    assert_eq!(ka, None);
+    let assigned = assigned.expect("an assigned client identifier");
+    assert!(
+        assigned.len() == 16 && assigned.chars().all(|c| c.is_ascii_hexdigit()),
+        "{assigned:?}"
+    );
+}

@@ -210,7 +210,8 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
     // Not used, and up to a packet's worth of memory for the whole session.
     drop((props, will_props));
     let username = login.as_ref().map(|l| l.username.as_str()).unwrap_or("");
-    let (role, router_client_id) = match admit(&ctx, &connect, will.as_ref(), login.as_ref()) {
+    let admitted = admit(&ctx, &connect, will.as_ref(), login.as_ref());
+    let (role, router_client_id, assigned) = match admitted {
         Ok(admitted) => admitted,
         Err(reason) => {
             let who = (connect.client_id.as_str(), username);
@@ -247,6 +248,11 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         }
         (Some((link_tx, link_rx)), connack)
     };
+    let mut connack = connack;
+    if v5 {
+        let max = ctx.config.limits.max_keep_alive_secs;
+        tell_choices(&mut connack, connect.keep_alive, max, assigned);
+    }
     // One live connection per device: a newer one takes over (MQTT 5 clients
     // hear DISCONNECT 0x8E), also when no router session exists to do it.
     let taken_over = CancellationToken::new();
@@ -303,14 +309,36 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
     Ok(())
 }
 
+/// Tells an MQTT 5 client, in its CONNACK, what the gateway chose for it:
+/// the keep-alive it will be held to when that is not the one it asked for
+/// (MQTT 5 section 3.2.2.3.14), and the client id it was assigned when it
+/// sent none (3.2.2.3.7), without the gateway's internal namespace.
+fn tell_choices(connack: &mut Packet, asked: u16, max: u16, assigned: Option<String>) {
+    let Packet::ConnAck(_, props) = connack else {
+        return;
+    };
+    let held_to = super::session::effective_keep_alive(asked, max);
+    if held_to == asked && assigned.is_none() {
+        return;
+    }
+    let props = props.get_or_insert_with(Default::default);
+    if held_to != asked {
+        props.server_keep_alive = Some(held_to);
+    }
+    if assigned.is_some() {
+        props.assigned_client_identifier = assigned;
+    }
+}
+
 /// Decides a decoded CONNECT: who the client is (`auth.rs`), whether its
-/// will topic is one it may publish to, and its router session's id.
+/// will topic is one it may publish to, its router session's id, and the
+/// client id the gateway assigned it if it sent none.
 fn admit(
     ctx: &Context,
     connect: &rumqttd::protocol::Connect,
     will: Option<&rumqttd::protocol::LastWill>,
     login: Option<&rumqttd::protocol::Login>,
-) -> Result<(Role, String), ConnectRefusal> {
+) -> Result<(Role, String, Option<String>), ConnectRefusal> {
     let now_ms = crate::now_ms();
     let credentials = login.map(|l| (l.username.as_str(), l.password.as_str()));
     let role = ctx
@@ -326,10 +354,14 @@ fn admit(
         }
     }
     let id = &connect.client_id;
+    let mut assigned = None;
     let router_client_id = match &role {
         Role::Device(device) => broker::device_client_id(device),
         Role::Subscriber(account) if id.is_empty() && connect.clean_session => {
-            broker::assigned_client_id(account)
+            let chosen = format!("{:016x}", rand::random::<u64>());
+            let routed = broker::assigned_client_id(account, &chosen);
+            assigned = Some(chosen);
+            routed
         }
         Role::Subscriber(_)
             if id.is_empty() || id.len() > MAX_CLIENT_ID || id.contains(['+', '#', '/', '$']) =>
@@ -338,7 +370,7 @@ fn admit(
         }
         Role::Subscriber(account) => broker::account_client_id(account, id),
     };
-    Ok((role, router_client_id))
+    Ok((role, router_client_id, assigned))
 }
 
 /// At most 64 characters of a client-chosen string, for a log line.

@@ -224,11 +224,8 @@ impl<P: Protocol> Session<P> {
     /// MQTT's 1.5 x keep-alive, capped; "no keep-alive" gets the cap, so an
     /// idle socket cannot stay open for ever.
     fn keep_alive(&self) -> Duration {
-        let max_ka = self.ctx.config.limits.max_keep_alive_secs;
-        let ka = match self.login.keep_alive {
-            0 => max_ka,
-            ka => ka.min(max_ka),
-        };
+        let max = self.ctx.config.limits.max_keep_alive_secs;
+        let ka = effective_keep_alive(self.login.keep_alive, max);
         Duration::from_millis(u64::from(ka) * 1500)
     }
 
@@ -436,6 +433,16 @@ impl<P: Protocol> Session<P> {
         }
         // Bounded: a TLS close_notify to a peer that reads nothing would wait.
         let _ = tokio::time::timeout(SHUTDOWN_WRITE, self.stream.shutdown()).await;
+    }
+}
+
+/// The keep-alive the gateway holds a client to: the one it asked for,
+/// capped at `max`; "none" (0) gets the cap, so an idle socket cannot stay
+/// open for ever.
+pub(super) fn effective_keep_alive(asked: u16, max: u16) -> u16 {
+    match asked {
+        0 => max,
+        ka => ka.min(max),
     }
 }
 
