@@ -34,6 +34,16 @@ impl<P: Protocol> Session<P> {
         let topic = crate::topic::topic_name(&publish.topic).and_then(crate::topic::router_takes);
         let allowed = match topic {
             Ok(t) => self.ctx.acl.may_publish(&self.login.role, t),
+            // MQTT reserves `$` topics for the server, and says a server
+            // SHOULD keep clients from exchanging messages over them
+            // (3.1.1 section 4.7.2): an account's publish there is taken
+            // and acknowledged, and goes nowhere. (Nobody can subscribe to
+            // one, and the router could not take it.)
+            Err(crate::topic::Invalid::Dollar)
+                if matches!(self.login.role, Role::Subscriber(_)) =>
+            {
+                return Ok(self.swallow(qos, pkid));
+            }
             Err(why) => {
                 tracing::debug!(client = ?self.client_name(), reason = %why, "The PUBLISH topic name is invalid.");
                 self.refuse(RejectReason::InvalidTopic).await;
@@ -99,6 +109,32 @@ impl<P: Protocol> Session<P> {
             self.owed += 1;
         }
         Ok(None)
+    }
+
+    /// Acknowledges a publish that goes nowhere, as QoS asks: PUBACK, or
+    /// PUBREC with its PUBREL answered later (`own_pubrels`).
+    fn swallow(&mut self, qos: u8, pkid: u16) -> Option<End> {
+        let ack = match qos {
+            1 => Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            ),
+            2 => {
+                self.own_pubrels.insert(pkid);
+                Packet::PubRec(
+                    PubRec {
+                        pkid,
+                        reason: PubRecReason::Success,
+                    },
+                    None,
+                )
+            }
+            _ => return None,
+        };
+        self.out.encode(ack).err().map(|_| End::Lost)
     }
 
     /// Counts, logs and publishes (through the verifier's queue, so events
