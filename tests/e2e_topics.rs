@@ -395,3 +395,45 @@ async fn mqtt5_clients_hear_which_topic_or_filter_was_invalid() {
     };
     assert_eq!(code, DisconnectReasonCode::TopicNameInvalid);
 }
+
+/// The gateway offers no topic aliases, so a PUBLISH that uses one is a
+/// protocol error: DISCONNECT 0x94 (topic alias invalid), and nothing of it
+/// is delivered. A raw socket, since rumqttc itself refuses to send an alias
+/// the server did not offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_alias_is_refused_with_disconnect_0x94() {
+    let gw = gateway("");
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.mqtt_port))
+        .await
+        .unwrap();
+    let mut connect = Vec::new();
+    mqtt_str(&mut connect, b"MQTT");
+    // Level 5, flags: username, password, clean start; keep-alive 60 s; no properties.
+    connect.extend_from_slice(&[5, 0xC2, 0, 60, 0]);
+    mqtt_str(&mut connect, b"ops-alias");
+    mqtt_str(&mut connect, b"ops");
+    mqtt_str(&mut connect, b"ops-password");
+    s.write_all(&packet(0x10, &connect)).await.unwrap();
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).await.unwrap();
+    let mut rest = vec![0u8; usize::from(head[1])];
+    s.read_exact(&mut rest).await.unwrap();
+    assert_eq!((head[0], rest[1]), (0x20, 0), "CONNACK accepted");
+    // QoS 0 PUBLISH with properties: Topic Alias (0x23) = 1.
+    let mut publish = Vec::new();
+    mqtt_str(&mut publish, b"cmd/dev-a/x");
+    publish.extend_from_slice(&[3, 0x23, 0, 1]);
+    publish.extend_from_slice(b"x");
+    s.write_all(&packet(0x30, &publish)).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut answer))
+        .await
+        .expect("the gateway closes the connection")
+        .ok();
+    assert_eq!(answer.first(), Some(&0xE0), "a DISCONNECT: {answer:?}");
+    assert_eq!(
+        answer.get(2),
+        Some(&0x94),
+        "topic alias invalid: {answer:?}"
+    );
+}

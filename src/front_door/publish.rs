@@ -30,6 +30,12 @@ impl<P: Protocol> Session<P> {
         pkid: u16,
         to_router: &mut Vec<Packet>,
     ) -> Result<Option<End>, ConnError> {
+        // The gateway offers no topic aliases (Topic Alias Maximum 0), so
+        // any alias is a protocol error (MQTT 5 section 3.3.2.3.4).
+        if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
+            self.refuse(RejectReason::InvalidTopic).await;
+            return Ok(Some(End::Refused(DisconnectReasonCode::TopicAliasInvalid)));
+        }
         // Before any rule or matcher sees it: MQTT's rules and the router's.
         let topic = crate::topic::topic_name(&publish.topic).and_then(crate::topic::router_takes);
         let allowed = match topic {

@@ -110,6 +110,7 @@ fn disconnect_reason(code: DisconnectReasonCode) -> DisconnectProperties {
         DisconnectReasonCode::MalformedPacket => "malformed packet",
         DisconnectReasonCode::SessionTakenOver => "session taken over",
         DisconnectReasonCode::TopicNameInvalid => "topic name invalid",
+        DisconnectReasonCode::TopicAliasInvalid => "topic alias invalid",
         _ => "closed by the server",
     };
     DisconnectProperties {
