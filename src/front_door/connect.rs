@@ -21,7 +21,7 @@ use super::error::ConnError;
 use super::packet::{self, Frame};
 use super::session::{Login, Session};
 use super::transport::{Stream, Transport};
-use super::{limits, Context};
+use super::{limits, shown, Context};
 use crate::broker;
 use crate::events::ConnectRefusal;
 
@@ -371,11 +371,6 @@ fn admit(
         Role::Subscriber(account) => broker::account_client_id(account, id),
     };
     Ok((role, router_client_id, assigned))
-}
-
-/// At most 64 characters of a client-chosen string, for a log line.
-fn shown(s: &str) -> String {
-    s.chars().take(64).collect()
 }
 
 /// A CONNACK with `code` and no session.

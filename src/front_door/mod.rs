@@ -159,3 +159,10 @@ impl Drop for Open {
         self.0.connections.dec();
     }
 }
+
+/// A client-chosen string (client id, username, filter) as far as a log
+/// line needs it: it may be up to a packet long, so it is cut short, and
+/// it is logged with `?` so that control characters are escaped.
+fn shown(s: &str) -> String {
+    s.chars().take(80).collect()
+}

@@ -12,14 +12,10 @@ use rumqttd::protocol::{
 
 use super::error::ConnError;
 use super::session::Session;
+use super::shown;
 use super::subscriptions::{code, router_filter};
 use crate::events::subscription_refused as refused;
 use crate::topic;
-
-/// A filter as far as a log line needs it: a refused one may be huge.
-fn shown(filter: &str) -> String {
-    filter.chars().take(80).collect()
-}
 
 impl<P: Protocol> Session<P> {
     /// Judges one filter: `Ok(true)` goes to the router, `Ok(false)` is
