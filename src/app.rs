@@ -79,6 +79,9 @@ pub async fn run(
         reason: e.to_string(),
     })?;
     let windows = db.open_tree(ReplayStore::TREE).map_err(db_err)?;
+    let started = std::time::Instant::now();
+    let (outbox, outbox_writer) =
+        crate::outbox::Outbox::open(&db, config.sessions.outbox_max_bytes).map_err(db_err)?;
     for u in &config.users {
         if crate::envelope::normalise_device_id(&u.name).is_ok_and(|id| registry.get(&id).is_some())
         {
@@ -86,6 +89,13 @@ pub async fn run(
         }
     }
     let metrics = Arc::new(Metrics::new());
+    let persistent =
+        crate::sessions::Sessions::open(&db, outbox, config.sessions.clone(), metrics.clone())
+            .map_err(db_err)?;
+    tracing::info!(
+        ms = started.elapsed().as_millis() as u64,
+        "Outbox and persistent sessions opened."
+    );
     let store_ok = Arc::new(AtomicBool::new(true));
     let health = crate::health::watch();
 
@@ -116,6 +126,7 @@ pub async fn run(
         store,
         db: db.clone(),
         out: Republisher::new(verifier_link, config.topics.clone(), lag.clone()),
+        outbox: outbox_writer,
         topics: config.topics.clone(),
         metrics: metrics.clone(),
         store_ok: store_ok.clone(),
@@ -168,6 +179,7 @@ pub async fn run(
     let broker_for_failpoint = broker.clone();
     let stop = CancellationToken::new();
     let lag_monitor = tokio::spawn(lag.clone().monitor(stop.clone()));
+    let housekeeping = tokio::spawn(persistent.clone().housekeep(stop.clone()));
     let (revoked, _) = tokio::sync::broadcast::channel::<String>(64);
     let ctx = Arc::new(Context {
         config: config.clone(),
@@ -193,6 +205,7 @@ pub async fn run(
             &config.limits,
             metrics.clone(),
         )),
+        persistent,
     });
     let tracker = TaskTracker::new();
     let mut extra_addrs = String::new();
@@ -264,6 +277,7 @@ pub async fn run(
     stop.cancel();
     // Released for good: no connection waits on a subscriber during drain.
     let _ = lag_monitor.await;
+    let _ = housekeeping.await;
     for f in fronts {
         let _ = f.await;
     }

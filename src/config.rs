@@ -21,6 +21,7 @@ pub struct Config {
     pub router: RouterConfig,
     pub acl: AclConfig,
     pub limits: LimitsConfig,
+    pub sessions: SessionsConfig,
     #[serde(default)]
     pub users: Vec<User>,
     /// Only from `SEALGATE_MASTER_KEY`; never read from a file here. Its
@@ -134,6 +135,27 @@ pub struct LimitsConfig {
     /// for, so that one account's churn cannot use up everyone's room (in
     /// effect at most `max_router_filters`).
     pub max_router_filters_per_account: usize,
+}
+
+/// Persistent subscriber sessions and the durable outbox they read
+/// (`crate::sessions`, `crate::outbox`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// The longest a persistent session outlives its connection; MQTT 5
+    /// clients may ask for less, MQTT 3.1.1 persistent sessions get this.
+    pub max_expiry_secs: u64,
+    /// What an offline session is kept at most, by count, bytes and age:
+    /// older entries are dropped for it, counted as `session_retention`.
+    pub retention_messages: u64,
+    pub retention_bytes: u64,
+    pub retention_secs: u64,
+    /// The outbox's size bound on disk; at it, devices are held.
+    pub outbox_max_bytes: u64,
+    /// Persistent sessions one account may keep.
+    pub max_per_account: usize,
+    /// QoS 1/2 messages in flight to one persistent session.
+    pub max_inflight: usize,
 }
 
 /// The loss policy for a subscriber account that reads slower than messages
@@ -452,6 +474,22 @@ impl Config {
         }
         if self.http.max_connections == 0 {
             return invalid("http.max_connections", "must be at least 1");
+        }
+        let sc = &self.sessions;
+        if sc.outbox_max_bytes < sc.retention_bytes {
+            return invalid(
+                "sessions.outbox_max_bytes",
+                "must be at least sessions.retention_bytes: offline sessions never hold devices",
+            );
+        }
+        if sc.retention_messages == 0 || sc.retention_bytes == 0 || sc.retention_secs == 0 {
+            return invalid("sessions.retention_*", "each bound must be at least 1");
+        }
+        if sc.max_per_account == 0 {
+            return invalid("sessions.max_per_account", "must be at least 1");
+        }
+        if !(1..=65535).contains(&sc.max_inflight) {
+            return invalid("sessions.max_inflight", "must be between 1 and 65535");
         }
         if self.verifier.queue == 0 {
             return invalid("verifier.queue", "must be at least 1");

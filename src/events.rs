@@ -123,10 +123,14 @@ pub enum ConnectRefusal {
     ClientIdInvalid,
     /// The router has no room for another session.
     RouterFull,
+    /// The account keeps `sessions.max_per_account` persistent sessions.
+    TooManySessions,
+    /// The persistent session could not be read or written: fail closed.
+    SessionStore,
 }
 
 impl ConnectRefusal {
-    pub const ALL: [ConnectRefusal; 17] = [
+    pub const ALL: [ConnectRefusal; 19] = [
         ConnectRefusal::TooManyConnections,
         ConnectRefusal::HandshakeFailed,
         ConnectRefusal::ConnectTimeout,
@@ -144,6 +148,8 @@ impl ConnectRefusal {
         ConnectRefusal::WillTopicInvalid,
         ConnectRefusal::ClientIdInvalid,
         ConnectRefusal::RouterFull,
+        ConnectRefusal::TooManySessions,
+        ConnectRefusal::SessionStore,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -165,6 +171,8 @@ impl ConnectRefusal {
             ConnectRefusal::WillTopicInvalid => "will_topic_invalid",
             ConnectRefusal::ClientIdInvalid => "client_id_invalid",
             ConnectRefusal::RouterFull => "router_full",
+            ConnectRefusal::TooManySessions => "too_many_sessions",
+            ConnectRefusal::SessionStore => "session_store",
         }
     }
 }
@@ -247,6 +255,8 @@ pub mod metric {
     pub const DEVICES_HELD: &str = "sealgate_devices_held";
     pub const SUBSCRIPTIONS_REFUSED: &str = "sealgate_subscriptions_refused";
     pub const ROUTER_FILTERS: &str = "sealgate_router_filters";
+    pub const PERSISTENT_SESSIONS: &str = "sealgate_persistent_sessions";
+    pub const OUTBOX_BYTES: &str = "sealgate_outbox_bytes";
 }
 
 /// Values of the `reason` label on `sealgate_subscriptions_refused_total`:
@@ -289,7 +299,15 @@ pub mod dropped {
     /// was treated as `drop` until it kept up again: what it missed
     /// meanwhile, exact, from the gap in offsets.
     pub const HOLD_EXCEEDED: &str = "hold_exceeded";
-    pub const ALL: [&str; 3] = [SUBSCRIBER_LAGGED, SUBSCRIBER_STALLED, HOLD_EXCEEDED];
+    /// An offline persistent session was past `sessions.retention_*`: its
+    /// oldest messages were trimmed from the outbox without it.
+    pub const SESSION_RETENTION: &str = "session_retention";
+    pub const ALL: [&str; 4] = [
+        SUBSCRIBER_LAGGED,
+        SUBSCRIBER_STALLED,
+        HOLD_EXCEEDED,
+        SESSION_RETENTION,
+    ];
 }
 
 /// Values of the `result` label on `sealgate_messages_total`.

@@ -10,7 +10,12 @@
 //!   MAC, nonce window, decrypt) in batches.
 //! * [`replay`]: the nonce windows, group-committed to sled before anything
 //!   of a batch is published.
-//! * [`republish`]: `clean/{device}/...` and `sealgate/events/{device}`.
+//! * [`outbox`]: every published message, logged in the windows' transaction
+//!   and flushed before any PUBACK; persistent sessions read it.
+//! * [`republish`]: `clean/{device}/...` and `sealgate/events/{device}` into
+//!   the router, for clean sessions.
+//! * [`sessions`]: persistent subscriber sessions (subscriptions, position
+//!   in the outbox, expiry) and the retention that trims the outbox.
 //! * [`topic`]: what MQTT and the router allow of topic names and filters,
 //!   and how a filter matches a topic; used by the config, the topic rules
 //!   and `lag`.
@@ -36,10 +41,12 @@ pub mod front_door;
 pub(crate) mod health;
 pub(crate) mod lag;
 pub(crate) mod metrics;
+pub mod outbox;
 pub mod registry;
 pub mod replay;
 pub mod republish;
 pub mod secrets;
+pub mod sessions;
 pub mod shutdown;
 pub mod topic;
 pub mod verifier;

@@ -33,6 +33,8 @@ pub struct Metrics {
     subscriptions_refused: Family<Label, Counter>,
     /// Distinct filters handed to the router so far (it never forgets one).
     pub router_filters: Gauge,
+    pub persistent_sessions: Gauge,
+    pub outbox_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -60,6 +62,8 @@ impl Metrics {
             devices_held: Gauge::default(),
             subscriptions_refused: Family::default(),
             router_filters: Gauge::default(),
+            persistent_sessions: Gauge::default(),
+            outbox_bytes: Gauge::default(),
             registry: PromRegistry::default(),
         };
         registry.register(
@@ -131,6 +135,16 @@ impl Metrics {
             metric::ROUTER_FILTERS,
             "Distinct subscription filters handed to the router since start",
             m.router_filters.clone(),
+        );
+        registry.register(
+            metric::PERSISTENT_SESSIONS,
+            "Persistent subscriber sessions kept, connected or not",
+            m.persistent_sessions.clone(),
+        );
+        registry.register(
+            metric::OUTBOX_BYTES,
+            "Bytes the durable outbox holds for persistent sessions",
+            m.outbox_bytes.clone(),
         );
         // Pre-create every reason so dashboards see zeros, not gaps.
         for r in RejectReason::ALL {

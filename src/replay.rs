@@ -241,24 +241,40 @@ impl ReplayStore {
         Ok(())
     }
 
-    /// Writes every window touched since the last stage into sled, without
-    /// waiting for the disk: the commit stage flushes once per batch.
-    pub fn stage(&mut self) -> Result<(), StoreError> {
-        if self.dirty.is_empty() {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
+    /// Writes every window touched since the last stage into sled, in one
+    /// transaction with the batch's outbox entries, without waiting for the
+    /// disk: the commit stage flushes once per batch. One transaction, so no
+    /// crash can keep a window update and lose the message that made it
+    /// (a resend would then be judged `duplicate`, acknowledged, and lost).
+    pub fn stage(&mut self, outbox: Option<(&sled::Tree, &sled::Batch)>) -> Result<(), StoreError> {
+        use sled::Transactional;
+        let mut windows = sled::Batch::default();
         for id in self.dirty.drain() {
             let (w, last_seen) = &self.windows[&id];
-            batch.insert(id.as_bytes(), w.encode(*last_seen));
+            windows.insert(id.as_bytes(), w.encode(*last_seen));
         }
-        self.tree.apply_batch(batch)?;
+        let result = match outbox {
+            None => self.tree.apply_batch(windows),
+            Some((tree, entries)) => (&self.tree, tree)
+                .transaction(|(w, o)| {
+                    w.apply_batch(&windows)?;
+                    o.apply_batch(entries)?;
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    sled::transaction::TransactionError::Storage(e) => e,
+                    sled::transaction::TransactionError::Abort(()) => {
+                        sled::Error::Unsupported("transaction aborted".into())
+                    }
+                }),
+        };
+        result?;
         Ok(())
     }
 
     /// Stages and flushes: a group commit in one call.
     pub fn commit(&mut self) -> Result<(), StoreError> {
-        self.stage()?;
+        self.stage(None)?;
         self.db.flush()?;
         Ok(())
     }

@@ -8,16 +8,63 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rumqttd::local::{LinkError, LinkTx};
-use rumqttd::protocol::{Packet, Publish};
+use rumqttd::protocol::{Packet, Publish, PublishProperties};
 
 use crate::config::Topics;
 use crate::events::{SecurityEvent, INVALID_DEVICE};
 use crate::lag::Lag;
+use crate::outbox::Entry;
+
+/// MQTT 5 user properties on every verified message, so a consumer can tell
+/// a crash's repeat (same device and nonce) from a new message. Set only
+/// here, from the gateway's own record: whatever a device attaches to a
+/// sealed publish is outside its MAC and never reaches `clean/`.
+pub mod property {
+    pub const DEVICE: &str = "sg-device";
+    pub const KID: &str = "sg-kid";
+    pub const NONCE: &str = "sg-nonce";
+    /// When the gateway received the message, RFC 3339 with milliseconds.
+    pub const RECEIVED: &str = "sg-received";
+}
+
+/// The properties a verified message carries (`property`); none for others.
+pub fn properties(entry: &Entry) -> Option<PublishProperties> {
+    let o = entry.origin.as_ref()?;
+    Some(PublishProperties {
+        user_properties: vec![
+            (property::DEVICE.to_owned(), o.device.clone()),
+            (property::KID.to_owned(), o.kid.to_string()),
+            (property::NONCE.to_owned(), o.nonce.to_string()),
+            (
+                property::RECEIVED.to_owned(),
+                crate::rfc3339_ms(entry.at_ms),
+            ),
+        ],
+        ..Default::default()
+    })
+}
+
+/// The outbox entry of a security event. Events are never retained.
+pub fn event_entry(topics: &Topics, event: &SecurityEvent, at_ms: u64) -> Entry {
+    let device = if event.device_id.is_empty() {
+        INVALID_DEVICE
+    } else {
+        &event.device_id
+    };
+    Entry {
+        topic: format!("{}/{}", topics.events, device),
+        payload: Bytes::from(serde_json::to_vec(event).expect("event serialises")),
+        qos: 1,
+        retain: false,
+        at_ms,
+        origin: None,
+    }
+}
 
 pub struct Republisher {
     link: LinkTx,
     topics: Topics,
-    pending: Vec<Publish>,
+    pending: Vec<(Publish, Option<PublishProperties>)>,
     /// Counts what goes to subscribers, so their lag is known.
     lag: Arc<Lag>,
 }
@@ -32,39 +79,39 @@ impl Republisher {
         }
     }
 
-    /// Queues a message for an exact topic (already under its prefix).
-    pub fn queue(&mut self, topic: String, payload: Bytes, retain: bool) {
-        self.pending
-            .push(Publish::new(Bytes::from(topic), payload, retain));
+    /// Queues a message for the router, with its properties.
+    pub fn queue(&mut self, entry: &Entry) {
+        self.pending.push((
+            Publish::new(
+                Bytes::from(entry.topic.clone()),
+                entry.payload.clone(),
+                entry.retain,
+            ),
+            properties(entry),
+        ));
     }
 
-    /// Queues a security event. Events are never retained.
+    /// Queues a security event decided after staging (a failed commit).
     pub fn queue_event(&mut self, event: &SecurityEvent) {
-        let device = if event.device_id.is_empty() {
-            INVALID_DEVICE
-        } else {
-            &event.device_id
-        };
-        let topic = format!("{}/{}", self.topics.events, device);
-        let body = serde_json::to_vec(event).expect("event serialises");
-        self.queue(topic, Bytes::from(body), false);
+        let e = event_entry(&self.topics, event, crate::now_ms());
+        self.queue(&e);
     }
 
     /// Hands everything queued to the router with one wake-up. Blocks while
     /// the router's channel is full, which is the backpressure we want.
     pub fn flush(&mut self) -> Result<(), Box<LinkError>> {
         self.lag
-            .published(self.pending.iter().map(|p| &p.topic[..]));
+            .published(self.pending.iter().map(|(p, _)| &p.topic[..]));
         let Some(last) = self.pending.pop() else {
             return Ok(());
         };
         {
             let mut buf = self.link.buffer();
-            for p in self.pending.drain(..) {
-                buf.push_back(Packet::Publish(p, None));
+            for (p, props) in self.pending.drain(..) {
+                buf.push_back(Packet::Publish(p, props));
             }
         }
-        send_now(&mut self.link, Packet::Publish(last, None))
+        send_now(&mut self.link, Packet::Publish(last.0, last.1))
     }
 }
 

@@ -153,6 +153,18 @@ async fn publish_all_acked(gw: &Gateway) -> Vec<Credentials> {
 /// last in the log. Once `dash` has it, everything was either delivered to
 /// it or skipped: checks that delivered + counted as lagged is every message.
 async fn all_delivered_or_counted(gw: &Gateway, creds: &Credentials, dash: &mut Dashboard) {
+    all_delivered_or_counted_as(gw, creds, dash, LAGGED, true).await
+}
+
+/// `all_delivered_or_counted` for the drop counter `counter`, which must
+/// be above zero if `overflow`, and zero otherwise.
+async fn all_delivered_or_counted_as(
+    gw: &Gateway,
+    creds: &Credentials,
+    dash: &mut Dashboard,
+    counter: &str,
+    overflow: bool,
+) {
     let mut marker = Client::device(gw.mqtt_port, creds).await;
     let last = PER_DEVICE + 1;
     let topic = format!("sealed/{}/t", creds.device_id);
@@ -170,8 +182,8 @@ async fn all_delivered_or_counted(gw: &Gateway, creds: &Credentials, dash: &mut 
         }
     }
     let delivered = seen.len() as u64;
-    let dropped = gw.metric(LAGGED).await as u64;
-    assert!(dropped > 0, "the log was meant to overflow");
+    let dropped = gw.metric(counter).await as u64;
+    assert_eq!(dropped > 0, overflow, "{counter}: {dropped}");
     assert_eq!(
         delivered + dropped,
         DEVICES as u64 * PER_DEVICE + 1,
@@ -196,6 +208,7 @@ fn identify(topic: &str, payload: &[u8]) -> (String, u64) {
 const HELD: &str = "sealgate_devices_held";
 const LAG: &str = "sealgate_subscriber_lag_messages";
 const LAGGED: &str = "sealgate_dropped_total{reason=\"subscriber_lagged\"}";
+const RETENTION: &str = "sealgate_dropped_total{reason=\"session_retention\"}";
 const STALLED: &str = "sealgate_dropped_total{reason=\"subscriber_stalled\"}";
 const HOLD_EXCEEDED: &str = "sealgate_dropped_total{reason=\"hold_exceeded\"}";
 
@@ -258,8 +271,11 @@ async fn a_block_subscriber_that_never_reads_again_is_cut_off_and_devices_go_on(
     while dash.next().await.is_some() {}
 }
 
+/// A persistent session is served from the durable outbox, not the
+/// router's log: offline, it holds nobody, and back it gets every message,
+/// however far the router's log rotated meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_a_persistent_subscriber_missed_while_offline_is_counted_when_it_returns() {
+async fn a_persistent_subscriber_gets_everything_it_missed_while_offline() {
     let gw = Gateway::start_with_config(&config("block", 30), &[]);
     let mut dash = Dashboard::connect_with(gw.mqtt_port, false, true).await;
     dash.client.disconnect().await.unwrap();
@@ -267,9 +283,29 @@ async fn what_a_persistent_subscriber_missed_while_offline_is_counted_when_it_re
 
     // Offline, it holds nobody: every device gets every PUBACK.
     let creds = publish_all_acked(&gw).await;
-    // Back with its session: the router skips what rotated away; we count it.
     let mut dash = Dashboard::connect_with(gw.mqtt_port, false, false).await;
-    all_delivered_or_counted(&gw, &creds[0], &mut dash).await;
+    all_delivered_or_counted_as(&gw, &creds[0], &mut dash, RETENTION, false).await;
+    assert_eq!(gw.metric(LAGGED).await, 0.0);
+}
+
+/// Past `sessions.retention_messages`, an offline session's oldest messages
+/// are trimmed without it, each one counted; it gets all the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_offline_session_loses_past_its_retention_is_counted() {
+    let cfg = format!(
+        "{}[sessions]\nretention_messages = 500\n",
+        config("block", 30)
+    );
+    let gw = Gateway::start_with_config(&cfg, &[]);
+    let mut dash = Dashboard::connect_with(gw.mqtt_port, false, true).await;
+    dash.client.disconnect().await.unwrap();
+    while dash.next().await.is_some() {}
+
+    let creds = publish_all_acked(&gw).await;
+    // The trimmer runs on its own: wait until it has dropped some for it.
+    wait_metric(&gw, RETENTION, |v| v > 0.0).await;
+    let mut dash = Dashboard::connect_with(gw.mqtt_port, false, false).await;
+    all_delivered_or_counted_as(&gw, &creds[0], &mut dash, RETENTION, true).await;
 }
 
 /// A `block` subscriber that acknowledges its QoS 1 messages one every

@@ -69,6 +69,7 @@ fn verdict(w: &mut World, topic: &str, payload: &[u8]) -> (String, Option<(Strin
             nonce,
             mac,
             plaintext,
+            ..
         } => {
             w.store.accept(&topic.device_id, nonce, &mac, 1).unwrap();
             w.store.commit().unwrap();

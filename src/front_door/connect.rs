@@ -114,8 +114,10 @@ fn return_code(reason: ConnectRefusal, v5: bool) -> Option<ConnectReturnCode> {
         R::ClientIdInvalid => Some(ConnectReturnCode::ClientIdentifierNotValid),
         // 3.1.1's "server unavailable" is code 3, rumqttd's ServiceUnavailable;
         // its 3.1.1 encoder panics on the MQTT 5 variant.
-        R::RouterFull if v5 => Some(ConnectReturnCode::ServerUnavailable),
-        R::RouterFull => Some(ConnectReturnCode::ServiceUnavailable),
+        R::RouterFull | R::SessionStore if v5 => Some(ConnectReturnCode::ServerUnavailable),
+        R::RouterFull | R::SessionStore => Some(ConnectReturnCode::ServiceUnavailable),
+        R::TooManySessions if v5 => Some(ConnectReturnCode::QuotaExceeded),
+        R::TooManySessions => Some(ConnectReturnCode::ServiceUnavailable),
         R::ProtocolVersion if v5 => Some(ConnectReturnCode::UnsupportedProtocolVersion),
         R::ProtocolVersion => Some(ConnectReturnCode::RefusedProtocolVersion),
         R::TooManyConnections
@@ -207,8 +209,10 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         ctx.metrics.connect_refused(ConnectRefusal::NotConnect);
         return Ok(());
     };
-    // Not used, and up to a packet's worth of memory for the whole session.
-    drop((props, will_props));
+    // Only the session expiry is used; the rest is up to a packet's worth
+    // of memory for the whole session.
+    let expiry = props.and_then(|p| p.session_expiry_interval);
+    drop(will_props);
     let username = login.as_ref().map(|l| l.username.as_str()).unwrap_or("");
     let admitted = admit(&ctx, &connect, will.as_ref(), login.as_ref());
     let (role, router_client_id, assigned) = match admitted {
@@ -219,11 +223,35 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
             return Ok(());
         }
     };
-    let clean = connect.clean_session;
+    let durable = match durability(&ctx, &role, v5, &connect, expiry, &router_client_id) {
+        Ok(d) => d,
+        Err(reason) => {
+            let who = (connect.client_id.as_str(), username);
+            refuse(&mut proto, v5, &mut stream, deadline, &ctx, reason, who).await;
+            return Ok(());
+        }
+    };
+    // A persistent account session lives in the outbox, not the router
+    // (`crate::sessions`); anything it still hands the router is clean.
+    let clean = connect.clean_session || durable.is_some();
     // A clean-session device needs no router session until it subscribes:
     // its sealed publishes go straight to the verifier.
-    let lazy = clean && matches!(role, Role::Device(_));
-    let (link, connack) = if lazy {
+    let lazy = (clean && matches!(role, Role::Device(_))) || durable.is_some();
+    let (link, connack) = if let Some(d) = &durable {
+        let mut c = connack(ConnectReturnCode::Success);
+        if let Packet::ConnAck(a, props) = &mut c {
+            a.session_present = d.present;
+            // MQTT 5: the server says so when it keeps a session for less
+            // time than the client asked for.
+            let kept = d.record.expiry_secs;
+            if v5 && expiry.is_some_and(|asked| u64::from(asked) > kept) {
+                props
+                    .get_or_insert_with(Default::default)
+                    .session_expiry_interval = Some(kept as u32);
+            }
+        }
+        (None, c)
+    } else if lazy {
         (None, connack(ConnectReturnCode::Success))
     } else {
         let broker = ctx.broker.clone();
@@ -255,7 +283,10 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
     }
     // One live connection per device: a newer one takes over (MQTT 5 clients
     // hear DISCONNECT 0x8E), also when no router session exists to do it.
-    let taken_over = CancellationToken::new();
+    let taken_over = match &durable {
+        Some(d) => d.taken_over.clone(),
+        None => CancellationToken::new(),
+    };
     let serial = ctx.sessions.take_over(&role, taken_over.clone());
     tracing::debug!(client_id = ?connect.client_id, role = ?role, "Connected.");
     let rate = match &role {
@@ -270,6 +301,8 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
     // Subscriber accounts are tracked for lag (`crate::lag`); devices'
     // downlink on `cmd/` is too thin to need it.
     let cursor = match &role {
+        // Fed from the outbox, at its own pace: no router position to track.
+        Role::Subscriber(_) if durable.is_some() => None,
         Role::Subscriber(name) => {
             let policy = ctx
                 .config
@@ -290,6 +323,9 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
     };
     let role_for_release = role.clone();
     let sessions = ctx.clone();
+    let feed = durable.map(|d| {
+        super::persistent::Feed::new(ctx.persistent.clone(), router_client_id.clone(), &d)
+    });
     let login = Login {
         role,
         keep_alive: connect.keep_alive,
@@ -301,6 +337,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         resumed,
         taken_over,
         cursor,
+        feed,
     };
     Session::new(ctx, proto, v5, stream, buf, login)
         .run(connack)
@@ -371,6 +408,41 @@ fn admit(
         Role::Subscriber(account) => broker::account_client_id(account, id),
     };
     Ok((role, router_client_id, assigned))
+}
+
+/// Opens the persistent session of an account, if the CONNECT asks for one:
+/// clean session 0 (MQTT 3.1.1), or a session expiry above 0 (MQTT 5), or a
+/// kept session resumed with Clean Start 0. Any other connection discards
+/// a kept session of its client id, as Clean Start says. Devices keep the
+/// router's sessions (their downlink is thin and best effort).
+fn durability(
+    ctx: &Context,
+    role: &Role,
+    v5: bool,
+    connect: &rumqttd::protocol::Connect,
+    expiry: Option<u32>,
+    id: &str,
+) -> Result<Option<crate::sessions::Attached>, ConnectRefusal> {
+    let Role::Subscriber(account) = role else {
+        return Ok(None);
+    };
+    let sessions = &ctx.persistent;
+    let clean_start = connect.clean_session;
+    let expiry = match (v5, clean_start) {
+        (false, false) => sessions.config().max_expiry_secs,
+        (false, true) => 0,
+        (true, _) => u64::from(expiry.unwrap_or(0)),
+    };
+    let wanted = expiry > 0 || (!clean_start && sessions.contains(id));
+    if !wanted {
+        sessions.discard(id);
+        return Ok(None);
+    }
+    match sessions.attach(id, account, clean_start, expiry) {
+        Ok(a) => Ok(Some(a)),
+        Err(crate::sessions::Refused::TooMany) => Err(ConnectRefusal::TooManySessions),
+        Err(crate::sessions::Refused::Store) => Err(ConnectRefusal::SessionStore),
+    }
 }
 
 /// A CONNACK with `code` and no session.

@@ -4,7 +4,10 @@
 //! `mqtt.max_packet_bytes`, ends the session on the header alone, so the
 //! buffer never holds more than one packet and one read.
 
-use rumqttd::protocol::{DisconnectReasonCode, Packet, PingResp, Protocol, PubComp, PubCompReason};
+use rumqttd::protocol::{
+    DisconnectReasonCode, Packet, PingResp, Protocol, PubComp, PubCompReason, PubRel, PubRelReason,
+    SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+};
 
 use super::error::ConnError;
 use super::packet::{self, Frame};
@@ -65,9 +68,7 @@ impl<P: Protocol> Session<P> {
             match pkt {
                 Packet::Publish(publish, props) => {
                     let (qos, pkid) = qos_pkid.unwrap_or((0, 0));
-                    let end = self
-                        .on_publish(publish, props, qos, pkid, &mut to_router)
-                        .await?;
+                    let end = self.on_publish(publish, props, qos, pkid).await?;
                     if end.is_some() {
                         return Ok(end);
                     }
@@ -78,6 +79,11 @@ impl<P: Protocol> Session<P> {
                         reason: PubCompReason::Success,
                     };
                     self.out.encode(Packet::PubComp(comp, None))?;
+                }
+                Packet::Subscribe(sub, props) if self.login.feed.is_some() => {
+                    let p = self.screen_subscribe(sub, props);
+                    let ack = self.subscribe_durable(p).await?;
+                    self.out.encode(ack)?;
                 }
                 Packet::Subscribe(sub, props) => {
                     let p = self.screen_subscribe(sub, props);
@@ -97,9 +103,41 @@ impl<P: Protocol> Session<P> {
                         }
                     }
                 }
+                Packet::PubAck(ack, _) if self.feed_puback(ack.pkid) => {}
+                Packet::PubRec(rec, _) if self.feed_pubrec(rec.pkid) => {
+                    let rel = PubRel {
+                        pkid: rec.pkid,
+                        reason: PubRelReason::Success,
+                    };
+                    self.out.encode(Packet::PubRel(rel, None))?;
+                }
+                Packet::PubComp(comp, _) if self.login.feed.is_some() => {
+                    if let Some(feed) = self.login.feed.as_mut() {
+                        feed.pubcomp(comp.pkid);
+                    }
+                }
                 p @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
                     self.unacked.acked(self.out.timeout());
                     to_router.push(p);
+                }
+                Packet::Unsubscribe(u, _) if self.login.feed.is_some() => {
+                    let Some(u) = self.screen_unsubscribe(u)? else {
+                        continue;
+                    };
+                    if let Some(feed) = self.login.feed.as_mut() {
+                        feed.unsubscribe(&u.filters)
+                            .await
+                            .map_err(|_| ConnError::Io(std::io::Error::other("session store")))?;
+                    }
+                    let reasons = match self.v5 {
+                        true => vec![UnsubAckReason::Success; u.filters.len()],
+                        false => Vec::new(),
+                    };
+                    let ack = UnsubAck {
+                        pkid: u.pkid,
+                        reasons,
+                    };
+                    self.out.encode(Packet::UnsubAck(ack, None))?;
                 }
                 Packet::Unsubscribe(u, props) => {
                     let Some(u) = self.screen_unsubscribe(u)? else {
@@ -127,6 +165,62 @@ impl<P: Protocol> Session<P> {
         }
         Ok(None)
     }
+}
+
+impl<P: Protocol> Session<P> {
+    /// A persistent session's PUBACK; false when it is not for the feed.
+    fn feed_puback(&mut self, pkid: u16) -> bool {
+        let ours = self.login.feed.as_mut().is_some_and(|f| f.puback(pkid));
+        if ours {
+            self.unacked.acked(self.out.timeout());
+        }
+        ours
+    }
+
+    fn feed_pubrec(&mut self, pkid: u16) -> bool {
+        let ours = self.login.feed.as_mut().is_some_and(|f| f.pubrec(pkid));
+        if ours {
+            self.unacked.acked(self.out.timeout());
+        }
+        ours
+    }
+
+    /// Completes a screened SUBSCRIBE of a persistent session: the granted
+    /// filters are stored durably (before the SUBACK), none go to the router.
+    async fn subscribe_durable(&mut self, screened: Packet) -> Result<Packet, ConnError> {
+        let (pkid, granted, mut codes) = match screened {
+            Packet::SubAck(ack, _) => return Ok(Packet::SubAck(ack, None)),
+            Packet::Subscribe(sub, _) => {
+                let codes = self.pending_subacks.remove(&sub.pkid);
+                let granted: Vec<(String, u8)> = sub
+                    .filters
+                    .iter()
+                    .map(|f| (f.path.clone(), (f.qos as u8).min(2)))
+                    .collect();
+                (sub.pkid, granted, codes)
+            }
+            _ => return Err(ConnError::Io(std::io::Error::other("not a SUBSCRIBE"))),
+        };
+        if let Some(feed) = self.login.feed.as_mut() {
+            feed.subscribe(&granted)
+                .await
+                .map_err(|_| ConnError::Io(std::io::Error::other("session store")))?;
+        }
+        let mut granted = granted.into_iter();
+        let return_codes = match codes.take() {
+            // Some filters were refused: their codes are in place already.
+            Some(codes) => codes
+                .into_iter()
+                .map(|c| c.unwrap_or_else(|| success(granted.next().map_or(0, |g| g.1))))
+                .collect(),
+            None => granted.map(|g| success(g.1)).collect(),
+        };
+        Ok(Packet::SubAck(SubAck { pkid, return_codes }, None))
+    }
+}
+
+fn success(qos: u8) -> SubscribeReasonCode {
+    SubscribeReasonCode::Success(rumqttd::protocol::qos(qos).unwrap_or_default())
 }
 
 /// The filters lag accounting follows. A shared subscription's members

@@ -16,6 +16,7 @@ mod inbound;
 pub(crate) mod limits;
 #[doc(hidden)]
 pub mod packet;
+mod persistent;
 mod publish;
 mod session;
 mod subscribe;
@@ -66,6 +67,8 @@ pub struct Context {
     pub subscriptions: Arc<SubscriptionCaps>,
     /// Streams per device, against `limits.max_streams_per_device`.
     pub streams: limits::Streams,
+    /// Persistent subscriber sessions, served from the outbox.
+    pub persistent: Arc<crate::sessions::Sessions>,
 }
 
 /// Accepts connections until `ctx.stop`; each one runs on `tracker`.

@@ -21,14 +21,14 @@ struct Over {
 
 impl<P: Protocol> Session<P> {
     /// Judges one PUBLISH of this client and sends it on its way: to the
-    /// verifier, or onto `to_router`. `Some` when the session must end.
+    /// verifier (sealed) or through the outbox (an account's). `Some` when
+    /// the session must end.
     pub(super) async fn on_publish(
         &mut self,
         publish: Publish,
         props: Option<PublishProperties>,
         qos: u8,
         pkid: u16,
-        to_router: &mut Vec<Packet>,
     ) -> Result<Option<End>, ConnError> {
         // The gateway offers no topic aliases (Topic Alias Maximum 0), so
         // any alias is a protocol error (MQTT 5 section 3.3.2.3.4).
@@ -93,13 +93,21 @@ impl<P: Protocol> Session<P> {
             return Ok(None);
         }
         if !self.is_sealed(&publish.topic) {
-            self.ctx.lag.published([&publish.topic[..]]);
             // Client properties stay here: the router keeps them with the
             // message without counting them (user properties can hold far more
             // than the payload) and 3.1.1 subscribers cannot take them.
             // Carrying chosen properties end to end is MQTT 5 work to come.
             drop(props);
-            to_router.push(Packet::Publish(publish, None));
+            // A QoS 2 resend before our PUBREC's PUBREL: already taken.
+            if qos == 2 && self.own_pubrels.contains(&pkid) {
+                return Ok(self.swallow(qos, pkid));
+            }
+            let ack = (qos > 0).then(|| AckTo {
+                tx: self.ack_tx.clone(),
+                pkid,
+                qos2: qos == 2,
+            });
+            self.relay(publish, qos, ack).await;
             return Ok(None);
         }
         if !self.stream_admitted(&publish.topic) {
@@ -235,13 +243,37 @@ impl<P: Protocol> Session<P> {
         // Held here while a `block` subscriber catches up: this socket is
         // not read and nothing is acknowledged meanwhile.
         self.ctx.lag.admitted().await;
+        let qos = match &ack {
+            Some(a) if a.qos2 => 2,
+            Some(_) => 1,
+            None => 0,
+        };
         let m = Inbound {
             topic: publish.topic,
             payload: publish.payload,
             retain: publish.retain,
+            qos,
             ack,
         };
         self.ctx.verifier.send(Input::Message(m)).await.is_ok()
+    }
+
+    /// Hands an account's publish (or will) to the outbox, through the
+    /// verifier's queue so that it is logged in order with everything else;
+    /// acknowledged once durable, like a sealed one.
+    pub(super) async fn relay(&mut self, publish: Publish, qos: u8, ack: Option<AckTo>) {
+        let acked = ack.is_some();
+        let m = Inbound {
+            topic: publish.topic,
+            payload: publish.payload,
+            retain: publish.retain,
+            qos,
+            ack,
+        };
+        self.ctx.lag.admitted().await;
+        if self.ctx.verifier.send(Input::Relay(m)).await.is_ok() && acked {
+            self.owed += 1;
+        }
     }
 
     /// The packet that answers a verifier outcome, if any.

@@ -75,6 +75,8 @@ pub(super) struct Login {
     pub taken_over: CancellationToken,
     /// A subscriber account's positions in the router's logs.
     pub cursor: Option<crate::lag::Cursor>,
+    /// A persistent account session, fed from the outbox instead.
+    pub feed: Option<super::persistent::Feed>,
 }
 
 pub(super) struct Session<P> {
@@ -147,13 +149,16 @@ impl<P: Protocol + Clone> Session<P> {
     ) -> Session<P> {
         let timeout = Duration::from_secs(ctx.config.limits.write_timeout_secs);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let subs = subscriptions::Subscriptions::new(
+        let mut subs = subscriptions::Subscriptions::new(
             ctx.subscriptions.clone(),
             &login.role,
             &login.router_client_id,
             login.clean_session,
             login.resumed,
         );
+        if let Some(feed) = &login.feed {
+            subs.restore(feed.filters());
+        }
         Session {
             out: Writer::new(proto.clone(), v5, timeout),
             proto,
@@ -281,6 +286,14 @@ impl<P: Protocol> Session<P> {
                 _ = tokio::time::sleep_until(self.unacked.deadline.unwrap_or_else(Instant::now)), if self.unacked.deadline.is_some() => {
                     return Err(ConnError::Stalled);
                 }
+                _ = feed_ready(&mut self.login.feed) => {
+                    if let Some(feed) = self.login.feed.as_mut() {
+                        let sent = feed.fill(self.v5, self.out.raw()).map_err(store_error)?;
+                        for _ in 0..sent {
+                            self.unacked.sent(self.out.timeout());
+                        }
+                    }
+                }
                 n = next_notification(&mut self.login.link) => {
                     router_active = true;
                     // Take everything the router has ready: one socket write
@@ -340,6 +353,9 @@ impl<P: Protocol> Session<P> {
                 }
             }
             self.out.flush(&mut self.stream).await?;
+            if let Some(feed) = self.login.feed.as_mut() {
+                feed.save().map_err(store_error)?;
+            }
             if let Some(c) = &self.login.cursor {
                 c.set_idle(self.unacked.count == 0);
             }
@@ -414,15 +430,18 @@ impl<P: Protocol> Session<P> {
     /// Ends the router session: publishes the will when the client vanished,
     /// then tells the router this connection is gone.
     async fn finish(mut self, end: &End) {
+        if let Some(feed) = self.login.feed.take() {
+            feed.detach();
+        }
         if let (End::Lost, Some(will)) = (end, self.login.will.take()) {
             let publish = Publish::new(will.topic, will.message, will.retain);
+            let qos = will.qos as u8;
             if self.is_sealed(&publish.topic) {
                 self.hand_to_verifier(publish, None).await;
             } else {
-                self.ctx.lag.published([&publish.topic[..]]);
-                if let Ok(tx) = self.router().await {
-                    let _ = tx.send(Packet::Publish(publish, None)).await;
-                }
+                // Logged in the outbox like any account publish, so
+                // persistent sessions get it too.
+                self.relay(publish, qos, None).await;
             }
         }
         if let Some((tx, _)) = self.login.link.as_mut() {
@@ -454,6 +473,22 @@ fn ready_now<F: std::future::Future>(fut: F) -> Option<F::Output> {
     match fut.as_mut().poll(&mut cx) {
         std::task::Poll::Ready(v) => Some(v),
         std::task::Poll::Pending => None,
+    }
+}
+
+/// A store failure while serving a persistent session ends the connection:
+/// its client reconnects and resumes from the last position written.
+fn store_error(e: sled::Error) -> ConnError {
+    tracing::error!(error = %e, "A persistent session's record could not be read or written.");
+    ConnError::Io(std::io::Error::other("session store"))
+}
+
+/// Resolves when a persistent session has something to send; never for
+/// other sessions.
+async fn feed_ready(feed: &mut Option<super::persistent::Feed>) {
+    match feed {
+        Some(f) => f.ready().await,
+        None => std::future::pending().await,
     }
 }
 

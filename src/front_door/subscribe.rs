@@ -35,7 +35,8 @@ impl<P: Protocol> Session<P> {
             return Err(refused::NOT_ALLOWED);
         }
         if filter.starts_with("$share/") {
-            if !self.login.clean_session {
+            // The outbox feeds a persistent session alone: no group to share.
+            if !self.login.clean_session || self.login.feed.is_some() {
                 return Err(refused::SHARED_PERSISTENT);
             }
             if self.subs.holds(filter) {

@@ -149,6 +149,25 @@ impl Subscriptions {
         Ok(())
     }
 
+    /// Takes back the filters of a resumed persistent session (kept by
+    /// `crate::sessions`, not the router). They were admitted when it
+    /// subscribed, so no cap refuses them now; they fill this connection's
+    /// room as they did before.
+    pub(super) fn restore<'a>(&mut self, filters: impl Iterator<Item = &'a str>) {
+        let mut n = 0;
+        for f in filters {
+            if self.held.insert(f.to_owned()) {
+                n += 1;
+            }
+        }
+        *self
+            .caps
+            .lock()
+            .accounts
+            .entry(self.account.clone())
+            .or_default() += n;
+    }
+
     /// Whether this connection already holds `filter`.
     pub(super) fn holds(&self, filter: &str) -> bool {
         self.held.contains(filter)

@@ -37,7 +37,12 @@ fn harness() -> Harness {
     let master = crate::envelope::MasterKey::from_bytes([7; 32]);
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let (verifier, rx) = mpsc::channel(16);
+    let (outbox, _) = crate::outbox::Outbox::open(&db, u64::MAX).unwrap();
+    let persistent =
+        crate::sessions::Sessions::open(&db, outbox, config.sessions.clone(), metrics.clone())
+            .unwrap();
     let ctx = Context {
+        persistent,
         auth: Authenticator::new(master, registry, &config.users, true, false),
         acl: super::acl::Acl::new(&config.topics, &config.acl, &config.users),
         broker: crate::broker::Broker::start(&config.router),
@@ -79,6 +84,7 @@ async fn device_session(h: &Harness, keep_alive: u16) -> (DuplexStream, JoinHand
         resumed: false,
         taken_over: CancellationToken::new(),
         cursor: None,
+        feed: None,
     };
     let session = Session::new(
         h.ctx.clone(),

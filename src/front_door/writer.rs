@@ -60,6 +60,11 @@ impl<P: Protocol> Writer<P> {
         Ok(self.buf.get(start).copied().unwrap_or(0))
     }
 
+    /// The buffer, for packets encoded elsewhere (`persistent.rs`).
+    pub fn raw(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
     /// Writes out everything encoded so far. A peer that takes nothing for
     /// the write timeout is given up on (`ConnError::Stalled`).
     pub async fn flush(&mut self, stream: &mut Stream) -> Result<(), ConnError> {

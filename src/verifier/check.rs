@@ -18,6 +18,8 @@ pub enum Checked {
     /// update is durable.
     Accept {
         topic: SealedTopic,
+        /// The key version the message was sealed under.
+        kid: u32,
         nonce: u64,
         mac: [u8; 32],
         plaintext: Vec<u8>,
@@ -180,9 +182,11 @@ impl Checker {
         }
         let mac = parsed.mac;
         let nonce_v = parsed.nonce;
+        let kid = parsed.kid;
         match envelope::open_body(parsed, &keys.enc) {
             Some(plaintext) => Ok(Checked::Accept {
                 topic: t,
+                kid,
                 nonce: nonce_v,
                 mac,
                 plaintext,

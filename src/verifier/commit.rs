@@ -1,45 +1,55 @@
 //! The commit stage: one sled flush per batch (group commit), then the
 //! batch's publishes in message order, then its acknowledgements.
 //!
-//! Nothing waiting for a commit is published unless that flush succeeded:
-//! if it fails, each such message becomes `store_unavailable` and the gateway
-//! fails closed.
+//! Nothing waiting for a commit is published or acknowledged unless that
+//! flush succeeded: if it fails, each such message becomes
+//! `store_unavailable` and the gateway fails closed. Once the flush
+//! returns, the batch's outbox entries are durable and persistent sessions
+//! may read them; the router gets the batch for clean sessions.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use super::{reject, AckResult, AckTo, Outcome};
-use crate::events::{result, RejectReason, SecurityEvent};
+use crate::events::{result, RejectReason};
+use crate::failpoint;
 use crate::metrics::Metrics;
+use crate::outbox::{Entry, Outbox};
 use crate::republish::Republisher;
 
 /// What one message publishes, in the order messages arrived.
 pub(super) enum Output {
-    /// Publish at once (events, unverified, passthrough).
-    Now(String, Bytes, bool),
-    Event(SecurityEvent),
-    /// Verified plaintext: published only after the batch's flush.
+    /// Published whether or not the flush succeeds: security events,
+    /// unverified payloads, passthrough. Nobody was promised them.
+    Now(Entry),
+    /// Published and acknowledged only after the batch's flush: verified
+    /// plaintext (with its origin) and what accounts publish.
     AfterCommit {
         /// Index of the message in `Job::acks`.
         idx: usize,
-        topic: String,
-        payload: Bytes,
-        retain: bool,
-        device_id: String,
-        stream: String,
-        nonce: u64,
+        entry: Entry,
+        /// The sealed stream, for the event if the commit fails.
+        stream: Option<String>,
     },
+}
+
+impl Output {
+    pub fn entry(&self) -> &Entry {
+        match self {
+            Output::Now(e) | Output::AfterCommit { entry: e, .. } => e,
+        }
+    }
 }
 
 /// One verified batch.
 pub(super) struct Job {
     pub outputs: Vec<Output>,
     pub acks: Vec<(Option<AckTo>, Outcome)>,
-    /// False when writing the windows to sled already failed.
+    /// False when writing the windows and the outbox to sled already failed.
     pub staged: bool,
+    /// The outbox sequence number after this batch's entries.
+    pub outbox_end: Option<u64>,
 }
 
 impl Job {
@@ -48,10 +58,13 @@ impl Job {
             outputs: Vec::with_capacity(n),
             acks: Vec::with_capacity(n),
             staged: true,
+            outbox_end: None,
         }
     }
 
-    pub fn needs_flush(&self) -> bool {
+    /// Whether the batch holds a message that may not be published before
+    /// the flush.
+    pub fn promises(&self) -> bool {
         self.outputs
             .iter()
             .any(|o| matches!(o, Output::AfterCommit { .. }))
@@ -61,6 +74,7 @@ impl Job {
 pub(super) struct Committer {
     pub db: sled::Db,
     pub out: Republisher,
+    pub outbox: Arc<Outbox>,
     pub metrics: Arc<Metrics>,
     pub store_ok: Arc<AtomicBool>,
 }
@@ -79,52 +93,45 @@ impl Committer {
     }
 
     fn commit(&mut self, mut job: Job) {
-        let committed = if job.needs_flush() {
+        let promises = job.promises();
+        let committed = if job.outbox_end.is_some() || !job.staged {
             let started = Instant::now();
             let flushed = job.staged && self.flush();
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
-            let n = job
-                .outputs
-                .iter()
-                .filter(|o| matches!(o, Output::AfterCommit { .. }))
-                .count();
-            self.metrics.batch_size.observe(n as f64);
+            self.metrics.batch_size.observe(job.outputs.len() as f64);
             flushed
         } else {
             true
         };
+        if committed {
+            if let Some(end) = job.outbox_end {
+                if promises {
+                    failpoint::abort_at(failpoint::ABORT_AFTER_FLUSH);
+                }
+                self.outbox.flushed(end);
+            }
+        }
         for o in job.outputs {
             match o {
-                Output::Now(topic, payload, retain) => self.out.queue(topic, payload, retain),
-                Output::Event(e) => self.out.queue_event(&e),
-                Output::AfterCommit {
-                    topic,
-                    payload,
-                    retain,
-                    ..
-                } if committed => {
-                    self.metrics.message(result::ACCEPTED);
-                    self.out.queue(topic, payload, retain);
+                Output::Now(entry) => self.out.queue(&entry),
+                Output::AfterCommit { entry, .. } if committed => {
+                    if entry.origin.is_some() {
+                        self.metrics.message(result::ACCEPTED);
+                    }
+                    self.out.queue(&entry);
                 }
-                Output::AfterCommit {
-                    idx,
-                    device_id,
-                    stream,
-                    nonce,
-                    ..
-                } => {
+                Output::AfterCommit { idx, entry, stream } => {
                     job.acks[idx].1 = Outcome::Unavailable;
+                    let Some(origin) = entry.origin else {
+                        continue;
+                    };
                     let reason = RejectReason::StoreUnavailable;
-                    if let Some(e) = reject(
-                        &self.metrics,
-                        reason,
-                        device_id,
-                        Some(stream),
-                        Some(nonce),
-                        None,
-                    ) {
+                    let nonce = Some(origin.nonce);
+                    if let Some(e) =
+                        reject(&self.metrics, reason, origin.device, stream, nonce, None)
+                    {
                         self.out.queue_event(&e);
                     }
                 }
@@ -141,6 +148,8 @@ impl Committer {
             {
                 *outcome = Outcome::Unavailable;
             }
+        } else if promises && committed {
+            failpoint::abort_at(failpoint::ABORT_AFTER_HANDOFF);
         }
         for (ack, outcome) in job.acks {
             if let Some(a) = ack {

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::events::{result, RejectReason, SecurityEvent};
 use crate::metrics::Metrics;
+use crate::outbox::{self, Entry, Origin};
 use crate::replay::ReplayStore;
 use crate::republish::Republisher;
 use check::{Checked, Checker};
@@ -29,6 +30,8 @@ pub struct Inbound {
     pub topic: Bytes,
     pub payload: Bytes,
     pub retain: bool,
+    /// The QoS it came with: persistent sessions get it at most at this.
+    pub qos: u8,
     /// Where to acknowledge once the outcome is final (QoS 1 and 2 only).
     pub ack: Option<AckTo>,
 }
@@ -60,6 +63,9 @@ pub enum Outcome {
 
 pub enum Input {
     Message(Inbound),
+    /// An account's publish (not sealed): logged in the outbox like every
+    /// message, and acknowledged once durable.
+    Relay(Inbound),
     /// Operator reset of a device's window; answered once durable.
     ResetWindow(String, oneshot::Sender<Result<(), String>>),
     /// The event of a refusal decided (and counted) at the front door
@@ -80,6 +86,8 @@ pub struct Verifier {
     /// The database `store` lives in; the commit stage flushes it.
     pub db: sled::Db,
     pub out: Republisher,
+    /// Every published message is logged here in the windows' transaction.
+    pub outbox: outbox::Writer,
     pub topics: crate::config::Topics,
     pub metrics: Arc<Metrics>,
     /// Cleared for good when a commit or the router hand-off fails: the
@@ -140,6 +148,18 @@ fn security_event(
     }
 }
 
+/// An entry for a payload published as it came (unverified, passthrough).
+fn plain(topic: String, m: &Inbound, now: u64) -> Entry {
+    Entry {
+        topic,
+        payload: m.payload.clone(),
+        qos: m.qos,
+        retain: m.retain,
+        at_ms: now,
+        origin: None,
+    }
+}
+
 /// The acknowledgement outcome of a reject.
 fn outcome_of(reason: RejectReason) -> Outcome {
     match reason {
@@ -154,6 +174,7 @@ fn outcome_of(reason: RejectReason) -> Outcome {
 struct Stage {
     checker: Checker,
     store: ReplayStore,
+    outbox: outbox::Writer,
     topics: crate::config::Topics,
     metrics: Arc<Metrics>,
     store_ok: Arc<AtomicBool>,
@@ -169,6 +190,7 @@ impl Verifier {
             store,
             db,
             out,
+            outbox,
             topics,
             metrics,
             store_ok,
@@ -179,6 +201,7 @@ impl Verifier {
         let committer = Committer {
             db,
             out,
+            outbox: outbox.outbox().clone(),
             metrics: metrics.clone(),
             store_ok: store_ok.clone(),
         };
@@ -189,6 +212,7 @@ impl Verifier {
         let mut stage = Stage {
             checker,
             store,
+            outbox,
             topics,
             metrics,
             store_ok,
@@ -239,8 +263,27 @@ impl Stage {
                     continue;
                 }
                 Input::Event { reason, client } => {
-                    job.outputs
-                        .push(Output::Event(security_event(reason, client, None, None)));
+                    let e = security_event(reason, client, None, None);
+                    let entry = crate::republish::event_entry(&self.topics, &e, now);
+                    job.outputs.push(Output::Now(entry));
+                    continue;
+                }
+                Input::Relay(m) => {
+                    let idx = job.acks.len();
+                    let entry = Entry {
+                        topic: String::from_utf8_lossy(&m.topic).into_owned(),
+                        payload: m.payload,
+                        qos: m.qos,
+                        retain: m.retain,
+                        at_ms: now,
+                        origin: None,
+                    };
+                    job.outputs.push(Output::AfterCommit {
+                        idx,
+                        entry,
+                        stream: None,
+                    });
+                    job.acks.push((m.ack, Outcome::Delivered));
                     continue;
                 }
                 Input::ResetWindow(id, reply) => {
@@ -253,11 +296,8 @@ impl Stage {
             let outcome = self.verify_one(&m, now, idx, &mut job.outputs);
             job.acks.push((m.ack, outcome));
         }
-        if job.needs_flush() {
-            if let Err(e) = self.store.stage() {
-                self.store_failed(&e);
-                job.staged = false;
-            }
+        if !job.outputs.is_empty() {
+            self.stage(&mut job);
         }
         (job, close)
     }
@@ -282,7 +322,7 @@ impl Stage {
         };
         if self.passthrough {
             let clean = topic.replacen(&self.checker.sealed_prefix, &self.out_topics().clean, 1);
-            outputs.push(Output::Now(clean, m.payload.clone(), m.retain));
+            outputs.push(Output::Now(plain(clean, m, now)));
             return Outcome::Delivered;
         }
         if !self.store_ok.load(Ordering::Relaxed) {
@@ -296,6 +336,7 @@ impl Stage {
         match checked {
             Ok(Checked::Accept {
                 topic,
+                kid,
                 nonce,
                 mac,
                 plaintext,
@@ -313,21 +354,29 @@ impl Stage {
                     );
                 }
                 let clean = topic.under(&self.out_topics().clean);
-                outputs.push(Output::AfterCommit {
-                    idx,
+                let entry = Entry {
                     topic: clean,
                     payload: Bytes::from(plaintext),
+                    qos: m.qos,
                     retain: m.retain,
-                    device_id: topic.device_id,
-                    stream: topic.stream,
-                    nonce,
+                    at_ms: now,
+                    origin: Some(Origin {
+                        device: topic.device_id,
+                        kid,
+                        nonce,
+                    }),
+                };
+                outputs.push(Output::AfterCommit {
+                    idx,
+                    entry,
+                    stream: Some(topic.stream),
                 });
                 Outcome::Delivered
             }
             Ok(Checked::Unsealed { topic }) => {
                 self.metrics.message(result::UNVERIFIED);
                 let t = topic.under(&self.out_topics().unverified);
-                outputs.push(Output::Now(t, m.payload.clone(), m.retain));
+                outputs.push(Output::Now(plain(t, m, now)));
                 Outcome::Delivered
             }
             Ok(Checked::Reject {
@@ -340,6 +389,35 @@ impl Stage {
             Err(e) => {
                 self.store_failed(&e);
                 self.unavailable(outputs, topic)
+            }
+        }
+    }
+
+    /// Writes the batch's window updates and outbox entries in one sled
+    /// transaction; the commit stage flushes it. Waits first while the
+    /// outbox is at its size bound: the devices are held, nothing is lost.
+    fn stage(&mut self, job: &mut Job) {
+        if self.outbox.wait_for_room(&|| false) {
+            tracing::warn!(
+                bytes = self.outbox.outbox().bytes(),
+                "The outbox was full: devices were held until persistent sessions read on."
+            );
+        }
+        let pending = self
+            .outbox
+            .stage(job.outputs.iter().map(|o| o.entry().clone()));
+        let outbox = Some((self.outbox.outbox().tree(), &pending.batch));
+        match self.store.stage(outbox) {
+            Ok(()) => {
+                self.outbox.written(&pending);
+                job.outbox_end = pending.end;
+                if job.promises() {
+                    crate::failpoint::abort_at(crate::failpoint::ABORT_AFTER_STAGE);
+                }
+            }
+            Err(e) => {
+                self.store_failed(&e);
+                job.staged = false;
             }
         }
     }
@@ -379,7 +457,8 @@ impl Stage {
         detail: Option<crate::envelope::Malformed>,
     ) -> Outcome {
         if let Some(event) = reject(&self.metrics, reason, device_id, stream, nonce, detail) {
-            outputs.push(Output::Event(event));
+            let entry = crate::republish::event_entry(&self.topics, &event, crate::now_ms());
+            outputs.push(Output::Now(entry));
         }
         outcome_of(reason)
     }

@@ -1,0 +1,375 @@
+//! Feeding a persistent session from the durable outbox: in order, from the
+//! session's own acknowledged position, at most `sessions.max_inflight`
+//! QoS 1/2 messages unacknowledged at a time.
+//!
+//! The position moves only on the client's acknowledgements, so a restart or
+//! a lost connection resends what was not acknowledged (DUP set), and
+//! nothing is skipped. The router is not involved: rumqttd could neither
+//! keep these sessions across a restart nor deliver below the subscription's
+//! QoS.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use tokio::sync::watch;
+
+use crate::outbox::Entry;
+use crate::sessions::{Attached, Sessions};
+
+/// Out-of-order acknowledgements kept above the position at most; older
+/// ones are forgotten and their messages resent after a reconnect.
+const MAX_ACKED: usize = 10_000;
+/// Entries examined per turn of the session loop, so one session catching
+/// up does not starve the others on its worker.
+const READ_CHUNK: usize = 256;
+
+struct InFlight {
+    seq: u64,
+    /// PUBREC seen (QoS 2): delivered; the packet id waits for PUBCOMP.
+    received: bool,
+}
+
+pub(super) struct Feed {
+    sessions: Arc<Sessions>,
+    id: String,
+    generation: u64,
+    filters: Vec<(String, u8)>,
+    /// The next outbox entry to examine.
+    read_at: u64,
+    /// Entries below this were sent before: resent with DUP.
+    sent_to: u64,
+    /// Sequence numbers in flight, and acknowledged above the lowest of them.
+    pending: BTreeSet<u64>,
+    acked: BTreeSet<u64>,
+    by_pkid: HashMap<u16, InFlight>,
+    next_pkid: u16,
+    head: watch::Receiver<u64>,
+    max_inflight: usize,
+    changed: bool,
+}
+
+impl Feed {
+    pub fn new(sessions: Arc<Sessions>, id: String, attached: &Attached) -> Feed {
+        let r = &attached.record;
+        let read_at = r.next.max(sessions.outbox().first());
+        Feed {
+            head: sessions.outbox().watch(),
+            max_inflight: sessions.config().max_inflight,
+            sessions,
+            id,
+            generation: attached.generation,
+            filters: r.filters.clone(),
+            read_at,
+            sent_to: r.sent_to,
+            pending: BTreeSet::new(),
+            acked: r.acked.iter().copied().filter(|s| *s >= read_at).collect(),
+            by_pkid: HashMap::new(),
+            next_pkid: 1,
+            changed: false,
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.by_pkid.len()
+    }
+
+    /// Resolves when there may be something to send: entries past the read
+    /// position and room in the in-flight window.
+    pub async fn ready(&mut self) {
+        if self.in_flight() >= self.max_inflight {
+            return std::future::pending().await;
+        }
+        loop {
+            if self.read_at < *self.head.borrow_and_update() {
+                return;
+            }
+            if self.head.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// The highest QoS a filter of this session grants `topic`.
+    fn granted(&self, topic: &str) -> Option<u8> {
+        self.filters
+            .iter()
+            .filter(|(f, _)| crate::topic::matches(f, topic))
+            .map(|(_, q)| *q)
+            .max()
+    }
+
+    /// Encodes what is ready into `out`: matching entries at the lower of
+    /// their QoS and the subscription's.
+    /// Returns how many QoS 1/2 messages went out.
+    pub fn fill(&mut self, v5: bool, out: &mut BytesMut) -> Result<usize, sled::Error> {
+        let room = self.max_inflight.saturating_sub(self.in_flight());
+        if room == 0 {
+            return Ok(0);
+        }
+        let entries = self.sessions.outbox().read(self.read_at, READ_CHUNK)?;
+        // Entries trimmed while this session was offline past its retention.
+        let first = self.sessions.outbox().first();
+        self.read_at = self.read_at.max(first);
+        let mut sent = 0;
+        for s in entries {
+            if sent == room {
+                break;
+            }
+            self.read_at = s.seq + 1;
+            if self.acked.contains(&s.seq) {
+                continue;
+            }
+            let Some(granted) = self.granted(&s.entry.topic) else {
+                continue;
+            };
+            let qos = granted.min(s.entry.qos);
+            let dup = qos > 0 && s.seq < self.sent_to;
+            let pkid = if qos > 0 { self.take_pkid() } else { 0 };
+            encode_publish(v5, &s.entry, qos, pkid, dup, out);
+            if qos > 0 {
+                self.pending.insert(s.seq);
+                self.by_pkid.insert(
+                    pkid,
+                    InFlight {
+                        seq: s.seq,
+                        received: false,
+                    },
+                );
+                sent += 1;
+            } else {
+                self.acked.insert(s.seq);
+            }
+        }
+        self.sent_to = self.sent_to.max(self.read_at);
+        self.changed = true;
+        Ok(sent)
+    }
+
+    fn take_pkid(&mut self) -> u16 {
+        loop {
+            let p = self.next_pkid;
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.by_pkid.contains_key(&p) {
+                return p;
+            }
+        }
+    }
+
+    fn delivered(&mut self, seq: u64) {
+        self.pending.remove(&seq);
+        self.acked.insert(seq);
+        self.changed = true;
+    }
+
+    /// A PUBACK; false if the packet id is not one of ours.
+    pub fn puback(&mut self, pkid: u16) -> bool {
+        match self.by_pkid.remove(&pkid) {
+            Some(f) => {
+                self.delivered(f.seq);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A PUBREC: delivered; the PUBREL is owed. False if not ours.
+    pub fn pubrec(&mut self, pkid: u16) -> bool {
+        let Some(f) = self.by_pkid.get_mut(&pkid) else {
+            return false;
+        };
+        if !f.received {
+            f.received = true;
+            let seq = f.seq;
+            self.delivered(seq);
+        }
+        true
+    }
+
+    /// A PUBCOMP frees the packet id.
+    pub fn pubcomp(&mut self, pkid: u16) {
+        if self.by_pkid.get(&pkid).is_some_and(|f| f.received) {
+            self.by_pkid.remove(&pkid);
+        }
+    }
+
+    /// Where the session stands: the lowest entry not yet delivered.
+    fn position(&self) -> u64 {
+        self.pending.first().copied().unwrap_or(self.read_at)
+    }
+
+    /// Writes the position if it moved (not flushed: see `Sessions::update`).
+    pub fn save(&mut self) -> Result<(), sled::Error> {
+        if !self.changed {
+            return Ok(());
+        }
+        self.changed = false;
+        let next = self.position();
+        self.acked = self.acked.split_off(&next);
+        while self.acked.len() > MAX_ACKED {
+            self.acked.pop_last();
+        }
+        let acked: Vec<u64> = self.acked.iter().copied().collect();
+        let sent_to = self.sent_to;
+        self.sessions.update(&self.id, self.generation, |r| {
+            r.next = next;
+            r.acked = acked;
+            r.sent_to = sent_to;
+        })
+    }
+
+    /// Adds or replaces filters (granted at `qos`) and makes them durable
+    /// before the SUBACK.
+    pub async fn subscribe(&mut self, granted: &[(String, u8)]) -> Result<(), sled::Error> {
+        for (f, q) in granted {
+            match self.filters.iter_mut().find(|(g, _)| g == f) {
+                Some(slot) => slot.1 = *q,
+                None => self.filters.push((f.clone(), *q)),
+            }
+        }
+        self.store_filters().await
+    }
+
+    pub async fn unsubscribe(&mut self, filters: &[String]) -> Result<(), sled::Error> {
+        self.filters.retain(|(f, _)| !filters.contains(f));
+        self.store_filters().await
+    }
+
+    async fn store_filters(&mut self) -> Result<(), sled::Error> {
+        let filters = self.filters.clone();
+        self.sessions
+            .update(&self.id, self.generation, |r| r.filters = filters)?;
+        self.sessions.sync().await
+    }
+
+    pub fn filters(&self) -> impl Iterator<Item = &str> {
+        self.filters.iter().map(|(f, _)| f.as_str())
+    }
+
+    /// The connection ended: the session stays, without it.
+    pub fn detach(mut self) {
+        if let Err(e) = self.save() {
+            tracing::error!(error = %e, "Could not record a persistent session's position.");
+        }
+        self.sessions.detach(&self.id, self.generation);
+    }
+}
+
+/// Writes an MQTT PUBLISH. rumqttd keeps a publish's QoS and packet id
+/// private to its crate, so packets it did not decode itself cannot carry
+/// them: this is the one encoder of our own, checked against rumqttd's
+/// decoder in the tests below.
+fn encode_publish(v5: bool, e: &Entry, qos: u8, pkid: u16, dup: bool, out: &mut BytesMut) {
+    let mut props = BytesMut::new();
+    if v5 {
+        if let Some(p) = crate::republish::properties(e) {
+            for (k, v) in &p.user_properties {
+                props.put_u8(0x26);
+                put_str(&mut props, k);
+                put_str(&mut props, v);
+            }
+        }
+    }
+    let mut len = 2 + e.topic.len() + e.payload.len();
+    if qos > 0 {
+        len += 2;
+    }
+    if v5 {
+        len += varint_len(props.len()) + props.len();
+    }
+    out.put_u8(0x30 | (u8::from(dup) << 3) | (qos << 1) | u8::from(e.retain));
+    put_varint(out, len);
+    put_str(out, &e.topic);
+    if qos > 0 {
+        out.put_u16(pkid);
+    }
+    if v5 {
+        put_varint(out, props.len());
+        out.extend_from_slice(&props);
+    }
+    out.extend_from_slice(&e.payload);
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    out.put_u16(s.len() as u16);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn varint_len(mut n: usize) -> usize {
+    let mut len = 1;
+    while n >= 128 {
+        n /= 128;
+        len += 1;
+    }
+    len
+}
+
+fn put_varint(out: &mut BytesMut, mut n: usize) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.put_u8(b);
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttd::protocol::{v4::V4, v5::V5, Packet, Protocol};
+
+    fn entry(payload: usize) -> Entry {
+        Entry {
+            topic: "clean/dev-1/t".into(),
+            payload: vec![7u8; payload].into(),
+            qos: 2,
+            retain: true,
+            at_ms: 1_700_000_000_000,
+            origin: Some(crate::outbox::Origin {
+                device: "dev-1".into(),
+                kid: 3,
+                nonce: 42,
+            }),
+        }
+    }
+
+    #[test]
+    fn rumqttd_decodes_what_we_encode() {
+        for payload in [0, 10, 200, 20_000] {
+            for qos in 0..=2u8 {
+                let e = entry(payload);
+                let mut b = BytesMut::new();
+                encode_publish(false, &e, qos, 513, true, &mut b);
+                let Packet::Publish(p, None) = V4.read_mut(&mut b, 1 << 20).unwrap() else {
+                    panic!("not a publish")
+                };
+                assert_eq!(
+                    (&p.topic[..], &p.payload[..]),
+                    (e.topic.as_bytes(), &e.payload[..])
+                );
+                assert!(p.retain);
+                assert!(b.is_empty());
+
+                let mut b = BytesMut::new();
+                encode_publish(true, &e, qos, 513, false, &mut b);
+                let Packet::Publish(p, Some(props)) = V5.read_mut(&mut b, 1 << 20).unwrap() else {
+                    panic!("not a v5 publish with properties")
+                };
+                assert_eq!(&p.payload[..], &e.payload[..]);
+                let names: Vec<&str> = props
+                    .user_properties
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                assert_eq!(names, ["sg-device", "sg-kid", "sg-nonce", "sg-received"]);
+                assert_eq!(props.user_properties[2].1, "42");
+                assert!(b.is_empty());
+            }
+        }
+    }
+}
