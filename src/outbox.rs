@@ -88,7 +88,7 @@ pub struct Stored {
     pub size: u64,
 }
 
-fn decode(seq: u64, key_len: usize, v: &[u8]) -> Option<Stored> {
+fn decode(seq: u64, key_len: usize, v: &[u8], with_payload: bool) -> Option<Stored> {
     let mut r = Reader(v);
     if r.u8()? != VERSION {
         return None;
@@ -114,7 +114,11 @@ fn decode(seq: u64, key_len: usize, v: &[u8]) -> Option<Stored> {
         size: (key_len + v.len()) as u64,
         entry: Entry {
             topic,
-            payload: Bytes::copy_from_slice(r.0),
+            payload: if with_payload {
+                Bytes::copy_from_slice(r.0)
+            } else {
+                Bytes::new()
+            },
             qos: (flags >> 1) & 3,
             retain: flags & 1 == 1,
             at_ms,
@@ -207,10 +211,10 @@ impl Outbox {
             .range(key(0)..)
             .next()
             .transpose()?
-            .and_then(|(k, v)| decode(seq_of(&k)?, k.len(), &v));
+            .and_then(|(k, v)| decode(seq_of(&k)?, k.len(), &v, false));
         let last = tree
             .last()?
-            .and_then(|(k, v)| decode(seq_of(&k)?, k.len(), &v));
+            .and_then(|(k, v)| decode(seq_of(&k)?, k.len(), &v, false));
         let next = last
             .as_ref()
             .map_or(trimmed_to, |l| (l.seq + 1).max(trimmed_to));
@@ -278,6 +282,15 @@ impl Outbox {
 
     /// Up to `max` flushed entries from `from` on, in order.
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<Stored>, sled::Error> {
+        self.scan(from, max, true)
+    }
+
+    /// As `read`, without the payloads: what trimming looks at.
+    pub fn read_headers(&self, from: u64, max: usize) -> Result<Vec<Stored>, sled::Error> {
+        self.scan(from, max, false)
+    }
+
+    fn scan(&self, from: u64, max: usize, with_payload: bool) -> Result<Vec<Stored>, sled::Error> {
         let head = self.head();
         let mut out = Vec::new();
         if from >= head {
@@ -285,7 +298,7 @@ impl Outbox {
         }
         for kv in self.tree.range(key(from)..key(head)).take(max) {
             let (k, v) = kv?;
-            if let Some(s) = seq_of(&k).and_then(|seq| decode(seq, k.len(), &v)) {
+            if let Some(s) = seq_of(&k).and_then(|seq| decode(seq, k.len(), &v, with_payload)) {
                 out.push(s);
             }
         }

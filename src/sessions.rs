@@ -319,7 +319,7 @@ impl Sessions {
         let now = crate::now_ms();
         self.expire(now)?;
         let head = self.outbox.head();
-        let entries = self.outbox.read(self.outbox.first(), max)?;
+        let entries = self.outbox.read_headers(self.outbox.first(), max)?;
         if entries.is_empty() {
             return Ok(0);
         }

@@ -1,0 +1,224 @@
+//! What the durable outbox adds that MQTT 5 clients can see: every verified
+//! message names its origin (device, kid, nonce, time received) in user
+//! properties set by the gateway alone, whether it reaches the subscriber
+//! through the router (clean session) or the outbox (persistent session);
+//! and persistent sessions follow MQTT 5's Clean Start and Session Expiry.
+
+mod common;
+
+use common::*;
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::mpsc;
+
+#[derive(Debug)]
+enum Seen {
+    ConnAck { present: bool, expiry: Option<u32> },
+    Publish(String, Vec<u8>, Vec<(String, String)>),
+    SubAck,
+    PubAck,
+    Closed,
+}
+
+struct V5 {
+    client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Seen>,
+}
+
+impl V5 {
+    /// Connects and returns the client with what its CONNACK said.
+    async fn connect(o: MqttOptions) -> (V5, bool, Option<u32>) {
+        let (client, mut el) = AsyncClient::new(o, 100);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let seen = match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(a))) => Seen::ConnAck {
+                        present: a.session_present,
+                        expiry: a.properties.and_then(|p| p.session_expiry_interval),
+                    },
+                    Ok(Event::Incoming(Packet::Publish(p))) => Seen::Publish(
+                        String::from_utf8(p.topic.to_vec()).unwrap(),
+                        p.payload.to_vec(),
+                        p.properties.map(|p| p.user_properties).unwrap_or_default(),
+                    ),
+                    Ok(Event::Incoming(Packet::SubAck(_))) => Seen::SubAck,
+                    Ok(Event::Incoming(Packet::PubAck(_))) => Seen::PubAck,
+                    Ok(_) => continue,
+                    Err(_) => {
+                        let _ = tx.send(Seen::Closed);
+                        return;
+                    }
+                };
+                if tx.send(seen).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut c = V5 { client, rx };
+        match c.next().await {
+            Seen::ConnAck { present, expiry } => (c, present, expiry),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    async fn next(&mut self) -> Seen {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("timed out waiting for MQTT traffic")
+            .unwrap_or(Seen::Closed)
+    }
+
+    async fn subscribe(&mut self, filter: &str) {
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        loop {
+            if let Seen::SubAck = self.next().await {
+                return;
+            }
+        }
+    }
+
+    async fn next_publish(&mut self) -> (String, Vec<u8>, Vec<(String, String)>) {
+        loop {
+            match self.next().await {
+                Seen::Publish(t, p, props) => return (t, p, props),
+                Seen::Closed => panic!("closed while waiting for a publish"),
+                _ => {}
+            }
+        }
+    }
+
+    async fn disconnect(mut self) {
+        self.client.disconnect().await.unwrap();
+        while !matches!(self.next().await, Seen::Closed) {}
+    }
+}
+
+/// A dashboard account's MQTT 5 options: `expiry` seconds of session.
+fn dash(port: u16, id: &str, clean_start: bool, expiry: Option<u32>) -> MqttOptions {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_credentials(SUB_USER, SUB_PASS);
+    o.set_clean_start(clean_start);
+    o.set_session_expiry_interval(expiry);
+    o
+}
+
+/// The user properties of a verified message, checked and returned without
+/// the receive time (which is checked for shape).
+fn origin(props: &[(String, String)]) -> Vec<(String, String)> {
+    let names: Vec<&str> = props.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["sg-device", "sg-kid", "sg-nonce", "sg-received"]);
+    let received = &props[3].1;
+    assert!(
+        received.len() == 24 && received.ends_with('Z'),
+        "{received:?}"
+    );
+    props[..3].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_messages_name_their_origin_and_nothing_a_device_attached() {
+    let gw = Gateway::start(&[]);
+    let creds = gw.add_device("esp32-p").await;
+    // One subscriber fed by the router, one by the outbox.
+    let (mut routed, _, _) = V5::connect(dash(gw.mqtt_port, "routed", true, None)).await;
+    routed.subscribe("clean/#").await;
+    let (mut kept, present, _) = V5::connect(dash(gw.mqtt_port, "kept", true, Some(3600))).await;
+    assert!(!present);
+    kept.subscribe("clean/#").await;
+
+    let mut o = MqttOptions::new(&creds.device_id, "127.0.0.1", gw.mqtt_port);
+    o.set_credentials(&creds.device_id, &creds.mqtt_password);
+    let (mut device, _, _) = V5::connect(o).await;
+    // Properties outside the MAC: a forged origin and one of its own.
+    let forged = PublishProperties {
+        user_properties: vec![
+            ("sg-nonce".into(), "999".into()),
+            ("sg-device".into(), "someone-else".into()),
+            ("note".into(), "from the device".into()),
+        ],
+        ..Default::default()
+    };
+    device
+        .client
+        .publish_with_properties(
+            "sealed/esp32-p/t",
+            QoS::AtLeastOnce,
+            false,
+            seal(&creds, "t", 7, b"reading"),
+            forged,
+        )
+        .await
+        .unwrap();
+    while !matches!(device.next().await, Seen::PubAck) {}
+
+    let expected = vec![
+        ("sg-device".to_owned(), "esp32-p".to_owned()),
+        ("sg-kid".to_owned(), creds.kid.to_string()),
+        ("sg-nonce".to_owned(), "7".to_owned()),
+    ];
+    for sub in [&mut routed, &mut kept] {
+        let (topic, payload, props) = sub.next_publish().await;
+        assert_eq!(
+            (topic.as_str(), payload.as_slice()),
+            ("clean/esp32-p/t", &b"reading"[..])
+        );
+        assert_eq!(origin(&props), expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_session_lasts_its_expiry_and_clean_start_ends_it() {
+    let gw = Gateway::start(&[]);
+    let creds = gw.add_device("esp32-q").await;
+    let mut dev = Client::device(gw.mqtt_port, &creds).await;
+    let topic = "sealed/esp32-q/t";
+
+    let (mut c, present, _) = V5::connect(dash(gw.mqtt_port, "q", true, Some(3600))).await;
+    assert!(!present);
+    c.subscribe("clean/#").await;
+    c.disconnect().await;
+    dev.publish_acked(topic, seal(&creds, "t", 1, b"while away"))
+        .await;
+
+    // Resumed: the subscription and the message waited.
+    let (mut c, present, _) = V5::connect(dash(gw.mqtt_port, "q", false, Some(3600))).await;
+    assert!(present);
+    let (t, p, _) = c.next_publish().await;
+    assert_eq!(
+        (t.as_str(), p.as_slice()),
+        ("clean/esp32-q/t", &b"while away"[..])
+    );
+    c.disconnect().await;
+
+    // Clean Start with no expiry ends the session: nothing waits any more.
+    let (c, present, _) = V5::connect(dash(gw.mqtt_port, "q", true, None)).await;
+    assert!(!present);
+    c.disconnect().await;
+    dev.publish_acked(topic, seal(&creds, "t", 2, b"nobody kept"))
+        .await;
+    let (mut c, present, _) = V5::connect(dash(gw.mqtt_port, "q", false, Some(3600))).await;
+    assert!(!present);
+    c.subscribe("clean/#").await;
+    dev.publish_acked(topic, seal(&creds, "t", 3, b"new")).await;
+    let (_, p, _) = c.next_publish().await;
+    assert_eq!(p, b"new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_expires_and_a_longer_expiry_is_capped_and_told() {
+    let gw = Gateway::start_with_config("[sessions]\nmax_expiry_secs = 1\n", &[]);
+    let (mut c, _, told) = V5::connect(dash(gw.mqtt_port, "e", true, Some(3600))).await;
+    assert_eq!(told, Some(1), "the CONNACK says the expiry kept");
+    c.subscribe("clean/#").await;
+    assert_eq!(gw.metric("sealgate_persistent_sessions").await, 1.0);
+    c.disconnect().await;
+    // A second after the connection ended, the session is gone.
+    wait_metric(&gw, "sealgate_persistent_sessions", |v| v == 0.0).await;
+    let (_, present, _) = V5::connect(dash(gw.mqtt_port, "e", false, Some(1))).await;
+    assert!(!present);
+}
