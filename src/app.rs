@@ -113,6 +113,7 @@ pub async fn run(
             .map_err(|e| AppError::Router(e.to_string()))?
     };
 
+    let stop = CancellationToken::new();
     let (verifier_tx, verifier_rx) = mpsc::channel::<Input>(config.verifier.queue);
     let verifier = Verifier {
         checker: Checker::new(
@@ -132,6 +133,7 @@ pub async fn run(
         store_ok: store_ok.clone(),
         max_batch: config.verifier.max_batch,
         passthrough: config.verifier.passthrough,
+        stopping: stop.clone(),
     };
     let verifier_done = CancellationToken::new();
     let verifier_thread = {
@@ -177,7 +179,6 @@ pub async fn run(
         .map_err(|e| AppError::Router(e.to_string()))?;
 
     let broker_for_failpoint = broker.clone();
-    let stop = CancellationToken::new();
     let lag_monitor = tokio::spawn(lag.clone().monitor(stop.clone()));
     let housekeeping = tokio::spawn(persistent.clone().housekeep(stop.clone()));
     let (revoked, _) = tokio::sync::broadcast::channel::<String>(64);

@@ -257,6 +257,7 @@ pub mod metric {
     pub const ROUTER_FILTERS: &str = "sealgate_router_filters";
     pub const PERSISTENT_SESSIONS: &str = "sealgate_persistent_sessions";
     pub const OUTBOX_BYTES: &str = "sealgate_outbox_bytes";
+    pub const OUTBOX_FULL: &str = "sealgate_outbox_full";
 }
 
 /// Values of the `reason` label on `sealgate_subscriptions_refused_total`:

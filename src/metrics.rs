@@ -35,6 +35,8 @@ pub struct Metrics {
     pub router_filters: Gauge,
     pub persistent_sessions: Gauge,
     pub outbox_bytes: Gauge,
+    /// 1 while devices are held because the outbox is at its size bound.
+    pub outbox_full: Gauge,
 }
 
 impl Default for Metrics {
@@ -64,6 +66,7 @@ impl Metrics {
             router_filters: Gauge::default(),
             persistent_sessions: Gauge::default(),
             outbox_bytes: Gauge::default(),
+            outbox_full: Gauge::default(),
             registry: PromRegistry::default(),
         };
         registry.register(
@@ -145,6 +148,11 @@ impl Metrics {
             metric::OUTBOX_BYTES,
             "Bytes the durable outbox holds for persistent sessions",
             m.outbox_bytes.clone(),
+        );
+        registry.register(
+            metric::OUTBOX_FULL,
+            "1 while device publishes are held because the outbox is at sessions.outbox_max_bytes",
+            m.outbox_full.clone(),
         );
         // Pre-create every reason so dashboards see zeros, not gaps.
         for r in RejectReason::ALL {

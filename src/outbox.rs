@@ -352,13 +352,10 @@ impl Writer {
 
     /// Waits while the log is at its size bound: the devices are held (no
     /// PUBACK) until persistent sessions read on or trimming frees room.
-    /// Returns true if it had to wait.
-    pub fn wait_for_room(&self, stop: &dyn Fn() -> bool) -> bool {
+    pub fn wait_for_room(&self, stop: &dyn Fn() -> bool) {
         let o = &self.outbox;
-        let mut waited = false;
         let mut guard = o.room.0.lock().unwrap_or_else(|e| e.into_inner());
         while o.bytes() >= o.max_bytes && !stop() {
-            waited = true;
             guard = o
                 .room
                 .1
@@ -366,7 +363,6 @@ impl Writer {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        waited
     }
 
     pub fn outbox(&self) -> &Arc<Outbox> {

@@ -318,20 +318,36 @@ impl Sessions {
     pub fn trim(&self, max: usize) -> Result<usize, sled::Error> {
         let now = crate::now_ms();
         self.expire(now)?;
+        let mut removed = 0;
+        // Small reads first: when the oldest entry is still needed, one
+        // header is all this pass looks at.
+        let mut chunk = 64;
+        while removed < max {
+            let n = self.trim_chunk(now, chunk.min(max - removed))?;
+            removed += n;
+            if n < chunk {
+                break;
+            }
+            chunk = (chunk * 4).min(8192);
+        }
+        self.metrics.outbox_bytes.set(self.outbox.bytes() as i64);
+        Ok(removed)
+    }
+
+    /// Trims from the front of the outbox among its first `max` entries;
+    /// returns how many were removed.
+    fn trim_chunk(&self, now: u64, max: usize) -> Result<usize, sled::Error> {
         let head = self.outbox.head();
         let entries = self.outbox.read_headers(self.outbox.first(), max)?;
         if entries.is_empty() {
             return Ok(0);
         }
-        let written = entries
-            .last()
-            .map_or(0, |l| l.total)
-            .max(self.outbox.written_total());
+        let written = self.outbox.written_total();
         let c = &self.config;
         let past_retention = |s: &Stored| {
             head - s.seq > c.retention_messages
                 || now.saturating_sub(s.entry.at_ms) > c.retention_secs.saturating_mul(1000)
-                || written - (s.total - s.size) > c.retention_bytes
+                || written.saturating_sub(s.total - s.size) > c.retention_bytes
         };
         let mut removable = 0;
         let mut lost = 0u64;
@@ -367,7 +383,6 @@ impl Sessions {
                 "Offline persistent sessions were past the retention bound: their oldest messages were dropped."
             );
         }
-        self.metrics.outbox_bytes.set(self.outbox.bytes() as i64);
         Ok(removable)
     }
 

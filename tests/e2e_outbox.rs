@@ -13,7 +13,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::mpsc;
 
 #[derive(Debug)]
-enum Seen {
+enum Got {
     ConnAck { present: bool, expiry: Option<u32> },
     Publish(String, Vec<u8>, Vec<(String, String)>),
     SubAck,
@@ -23,7 +23,7 @@ enum Seen {
 
 struct V5 {
     client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<Seen>,
+    rx: mpsc::UnboundedReceiver<Got>,
 }
 
 impl V5 {
@@ -34,20 +34,20 @@ impl V5 {
         tokio::spawn(async move {
             loop {
                 let seen = match el.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(a))) => Seen::ConnAck {
+                    Ok(Event::Incoming(Packet::ConnAck(a))) => Got::ConnAck {
                         present: a.session_present,
                         expiry: a.properties.and_then(|p| p.session_expiry_interval),
                     },
-                    Ok(Event::Incoming(Packet::Publish(p))) => Seen::Publish(
+                    Ok(Event::Incoming(Packet::Publish(p))) => Got::Publish(
                         String::from_utf8(p.topic.to_vec()).unwrap(),
                         p.payload.to_vec(),
                         p.properties.map(|p| p.user_properties).unwrap_or_default(),
                     ),
-                    Ok(Event::Incoming(Packet::SubAck(_))) => Seen::SubAck,
-                    Ok(Event::Incoming(Packet::PubAck(_))) => Seen::PubAck,
+                    Ok(Event::Incoming(Packet::SubAck(_))) => Got::SubAck,
+                    Ok(Event::Incoming(Packet::PubAck(_))) => Got::PubAck,
                     Ok(_) => continue,
                     Err(_) => {
-                        let _ = tx.send(Seen::Closed);
+                        let _ = tx.send(Got::Closed);
                         return;
                     }
                 };
@@ -58,16 +58,16 @@ impl V5 {
         });
         let mut c = V5 { client, rx };
         match c.next().await {
-            Seen::ConnAck { present, expiry } => (c, present, expiry),
+            Got::ConnAck { present, expiry } => (c, present, expiry),
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }
 
-    async fn next(&mut self) -> Seen {
+    async fn next(&mut self) -> Got {
         tokio::time::timeout(WAIT, self.rx.recv())
             .await
             .expect("timed out waiting for MQTT traffic")
-            .unwrap_or(Seen::Closed)
+            .unwrap_or(Got::Closed)
     }
 
     async fn subscribe(&mut self, filter: &str) {
@@ -76,7 +76,7 @@ impl V5 {
             .await
             .unwrap();
         loop {
-            if let Seen::SubAck = self.next().await {
+            if let Got::SubAck = self.next().await {
                 return;
             }
         }
@@ -85,8 +85,8 @@ impl V5 {
     async fn next_publish(&mut self) -> (String, Vec<u8>, Vec<(String, String)>) {
         loop {
             match self.next().await {
-                Seen::Publish(t, p, props) => return (t, p, props),
-                Seen::Closed => panic!("closed while waiting for a publish"),
+                Got::Publish(t, p, props) => return (t, p, props),
+                Got::Closed => panic!("closed while waiting for a publish"),
                 _ => {}
             }
         }
@@ -94,7 +94,7 @@ impl V5 {
 
     async fn disconnect(mut self) {
         self.client.disconnect().await.unwrap();
-        while !matches!(self.next().await, Seen::Closed) {}
+        while !matches!(self.next().await, Got::Closed) {}
     }
 }
 
@@ -154,7 +154,7 @@ async fn verified_messages_name_their_origin_and_nothing_a_device_attached() {
         )
         .await
         .unwrap();
-    while !matches!(device.next().await, Seen::PubAck) {}
+    while !matches!(device.next().await, Got::PubAck) {}
 
     let expected = vec![
         ("sg-device".to_owned(), "esp32-p".to_owned()),
@@ -221,4 +221,106 @@ async fn a_session_expires_and_a_longer_expiry_is_capped_and_told() {
     wait_metric(&gw, "sealgate_persistent_sessions", |v| v == 0.0).await;
     let (_, present, _) = V5::connect(dash(gw.mqtt_port, "e", false, Some(1))).await;
     assert!(!present);
+}
+
+/// At its size bound the outbox holds the devices (no PUBACK) instead of
+/// dropping anything; once the persistent session reads on, every message
+/// is acknowledged and delivered, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_holds_devices_and_loses_nothing() {
+    use rumqttc::{Event as E4, Packet as P4, QoS as Q4};
+    const N: u64 = 60;
+    let gw = Gateway::start_with_config(
+        "[sessions]\noutbox_max_bytes = 8192\nretention_bytes = 8192\nmax_inflight = 1\n\
+         [limits]\ndevice_rate = 0.0\n[verifier]\nmax_batch = 4\n",
+        &[],
+    );
+    let creds = gw.add_device("esp32-h").await;
+    // A persistent subscriber that acknowledges nothing until told to.
+    let mut o = options(gw.mqtt_port, "holder", SUB_USER, SUB_PASS);
+    o.set_clean_session(false);
+    o.set_manual_acks(true);
+    let (sub, mut el) = rumqttc::AsyncClient::new(o, 100);
+    sub.subscribe("clean/#", Q4::AtLeastOnce).await.unwrap();
+    let (got_tx, mut got) = mpsc::unbounded_channel();
+    let (acking_tx, mut acking) = tokio::sync::watch::channel(false);
+    let acker = sub.clone();
+    tokio::spawn(async move {
+        let mut waiting = Vec::new();
+        loop {
+            tokio::select! {
+                ev = el.poll() => match ev {
+                    Ok(E4::Incoming(P4::SubAck(_))) => { let _ = got_tx.send(None); }
+                    Ok(E4::Incoming(P4::Publish(p))) => {
+                        let _ = got_tx.send(Some(p.payload.to_vec()));
+                        waiting.push(p);
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                },
+                _ = acking.changed() => {}
+            }
+            if *acking.borrow() {
+                for p in waiting.drain(..) {
+                    acker.ack(&p).await.unwrap();
+                }
+            }
+        }
+    });
+    assert_eq!(got.recv().await, Some(None), "SUBACK first");
+
+    let mut dev = Client::device(gw.mqtt_port, &creds).await;
+    for n in 1..=N {
+        let body = format!("{n:0200}");
+        dev.client
+            .publish(
+                "sealed/esp32-h/t",
+                Q4::AtLeastOnce,
+                false,
+                seal(&creds, "t", n, body.as_bytes()),
+            )
+            .await
+            .unwrap();
+    }
+    wait_metric(&gw, "sealgate_outbox_full", |v| v == 1.0).await;
+    // Held: the devices are not told anything is delivered meanwhile.
+    let mut acked = 0;
+    while let Ok(Seen4::PubAck(_)) = dev.rx.try_recv().map(Seen4::from) {
+        acked += 1;
+    }
+    assert!(acked < N, "{acked} of {N} acknowledged while full");
+
+    acking_tx.send(true).unwrap();
+    while acked < N {
+        if let common::Seen::PubAck(_) = dev.next().await {
+            acked += 1;
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < N as usize {
+        let body = tokio::time::timeout(WAIT, got.recv())
+            .await
+            .expect("every message arrives")
+            .flatten()
+            .expect("a publish");
+        let n: u64 = String::from_utf8(body).unwrap().parse().unwrap();
+        assert!(seen.insert(n), "message {n} twice");
+    }
+    assert_eq!(seen, (1..=N).collect());
+    assert_eq!(gw.metric("sealgate_outbox_full").await, 0.0);
+}
+
+/// The harness's events, for `try_recv`.
+enum Seen4 {
+    PubAck(u16),
+    Other,
+}
+
+impl From<common::Seen> for Seen4 {
+    fn from(s: common::Seen) -> Seen4 {
+        match s {
+            common::Seen::PubAck(p) => Seen4::PubAck(p),
+            _ => Seen4::Other,
+        }
+    }
 }

@@ -439,7 +439,14 @@ fn durability(
         return Ok(None);
     }
     match sessions.attach(id, account, clean_start, expiry) {
-        Ok(a) => Ok(Some(a)),
+        Ok(mut a) => {
+            // Topic rules may have narrowed since it subscribed: a kept
+            // filter the account may no longer use is dropped.
+            a.record
+                .filters
+                .retain(|(f, _)| ctx.acl.may_subscribe(role, f));
+            Ok(Some(a))
+        }
         Err(crate::sessions::Refused::TooMany) => Err(ConnectRefusal::TooManySessions),
         Err(crate::sessions::Refused::Store) => Err(ConnectRefusal::SessionStore),
     }

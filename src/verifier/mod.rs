@@ -95,6 +95,9 @@ pub struct Verifier {
     pub store_ok: Arc<AtomicBool>,
     pub max_batch: usize,
     pub passthrough: bool,
+    /// Cancelled at shutdown: a full outbox no longer holds the batch, so
+    /// draining cannot wait on sessions that are closing.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 fn now_rfc3339() -> String {
@@ -179,6 +182,7 @@ struct Stage {
     metrics: Arc<Metrics>,
     store_ok: Arc<AtomicBool>,
     passthrough: bool,
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Verifier {
@@ -196,6 +200,7 @@ impl Verifier {
             store_ok,
             max_batch,
             passthrough,
+            stopping,
         } = self;
         let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Job>(1);
         let committer = Committer {
@@ -217,6 +222,7 @@ impl Verifier {
             metrics,
             store_ok,
             passthrough,
+            stopping,
         };
         let mut batch = Vec::with_capacity(max_batch);
         loop {
@@ -397,11 +403,16 @@ impl Stage {
     /// transaction; the commit stage flushes it. Waits first while the
     /// outbox is at its size bound: the devices are held, nothing is lost.
     fn stage(&mut self, job: &mut Job) {
-        if self.outbox.wait_for_room(&|| false) {
+        let outbox = self.outbox.outbox();
+        if outbox.bytes() >= outbox.max_bytes() {
+            self.metrics.outbox_full.set(1);
             tracing::warn!(
-                bytes = self.outbox.outbox().bytes(),
-                "The outbox was full: devices were held until persistent sessions read on."
+                bytes = outbox.bytes(),
+                "The outbox is full: devices are held until persistent sessions read on."
             );
+            let stopping = self.stopping.clone();
+            self.outbox.wait_for_room(&|| stopping.is_cancelled());
+            self.metrics.outbox_full.set(0);
         }
         let pending = self
             .outbox
