@@ -114,6 +114,20 @@ pub async fn run(
     };
 
     let stop = CancellationToken::new();
+    let out = {
+        let mut out = Republisher::new(verifier_link, config.topics.clone(), lag.clone());
+        let outbox = outbox_writer.outbox().clone();
+        tokio::task::spawn_blocking(move || {
+            let n = out.restore_retained(outbox.all_retained())?;
+            if n > 0 {
+                tracing::info!(messages = n, "Retained messages restored into the router.");
+            }
+            Ok::<_, Box<rumqttd::local::LinkError>>(out)
+        })
+        .await
+        .map_err(|e| AppError::Router(e.to_string()))?
+        .map_err(|e| AppError::Router(e.to_string()))?
+    };
     let (verifier_tx, verifier_rx) = mpsc::channel::<Input>(config.verifier.queue);
     let verifier = Verifier {
         checker: Checker::new(
@@ -126,7 +140,7 @@ pub async fn run(
         ),
         store,
         db: db.clone(),
-        out: Republisher::new(verifier_link, config.topics.clone(), lag.clone()),
+        out,
         outbox: outbox_writer,
         topics: config.topics.clone(),
         metrics: metrics.clone(),

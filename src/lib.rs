@@ -40,7 +40,7 @@ pub(crate) mod failpoint;
 pub mod front_door;
 pub(crate) mod health;
 pub(crate) mod lag;
-pub(crate) mod metrics;
+pub mod metrics;
 pub mod outbox;
 pub mod registry;
 pub mod replay;

@@ -158,6 +158,10 @@ fn seq_of(k: &[u8]) -> Option<u64> {
 /// sessions) and its trimmer.
 pub struct Outbox {
     tree: sled::Tree,
+    /// The retained message of each topic (MQTT's retain flag), kept with
+    /// the log in the same transaction: it outlives the entry it came in,
+    /// and the router's own retained store, which a restart empties.
+    retained: sled::Tree,
     /// The sequence number after the last flushed entry: readers see
     /// nothing at or past it, so nothing a crash could take back is read.
     head: watch::Sender<u64>,
@@ -182,6 +186,8 @@ pub struct Writer {
 #[derive(Default)]
 pub struct Pending {
     pub(crate) batch: sled::Batch,
+    /// Retained messages set (or cleared, by an empty payload).
+    pub(crate) retained: sled::Batch,
     /// The sequence number after the batch's last entry.
     pub(crate) end: Option<u64>,
     bytes: u64,
@@ -195,11 +201,13 @@ impl Pending {
 
 impl Outbox {
     pub const TREE: &'static str = "outbox";
+    pub const RETAINED_TREE: &'static str = "retained";
 
     /// Opens the log: reads its first and last entries and where trimming
     /// stopped, never the entries between.
     pub fn open(db: &sled::Db, max_bytes: u64) -> Result<(Arc<Outbox>, Writer), sled::Error> {
         let tree = db.open_tree(Self::TREE)?;
+        let retained = db.open_tree(Self::RETAINED_TREE)?;
         let (trimmed_to, trimmed_total) = match tree.get(META_KEY)? {
             Some(v) if v.len() == 16 => (
                 u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
@@ -222,6 +230,7 @@ impl Outbox {
         let trimmed = first.as_ref().map_or(written, |f| f.total - f.size);
         let outbox = Arc::new(Outbox {
             tree,
+            retained,
             head: watch::Sender::new(next),
             written: AtomicU64::new(written),
             trimmed: AtomicU64::new(trimmed),
@@ -238,6 +247,38 @@ impl Outbox {
 
     pub fn tree(&self) -> &sled::Tree {
         &self.tree
+    }
+
+    pub fn retained_tree(&self) -> &sled::Tree {
+        &self.retained
+    }
+
+    /// The retained messages whose topics `filter` matches. Only topics
+    /// under the filter's literal prefix are looked at.
+    pub fn retained(&self, filter: &str) -> Result<Vec<Entry>, sled::Error> {
+        let literal = filter.find(['+', '#']).map_or(filter, |i| &filter[..i]);
+        let mut out = Vec::new();
+        for kv in self.retained.scan_prefix(literal.as_bytes()) {
+            let (k, v) = kv?;
+            let Ok(topic) = std::str::from_utf8(&k) else {
+                continue;
+            };
+            if !crate::topic::matches(filter, topic) {
+                continue;
+            }
+            if let Some(s) = decode(0, 0, &v, true) {
+                out.push(s.entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every retained message, to give the router back after a restart.
+    pub fn all_retained(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.retained
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .filter_map(|(_, v)| decode(0, 0, &v, true).map(|s| s.entry))
     }
 
     /// The sequence number after the last flushed entry.
@@ -338,7 +379,15 @@ impl Writer {
             let size = e.size();
             total += size;
             p.bytes += size;
-            p.batch.insert(&key(self.next), e.encode(total));
+            let encoded = e.encode(total);
+            if e.retain {
+                // MQTT: an empty retained message clears the topic's.
+                match e.payload.is_empty() {
+                    true => p.retained.remove(e.topic.as_bytes()),
+                    false => p.retained.insert(e.topic.as_bytes(), encoded.clone()),
+                }
+            }
+            p.batch.insert(&key(self.next), encoded);
             self.next += 1;
             p.end = Some(self.next);
         }
@@ -368,6 +417,20 @@ impl Writer {
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
     }
+
+    /// Stages and writes `entries` on their own, outside any window
+    /// transaction, and lets readers see them (not flushed): for tools and
+    /// tests that prepare a log.
+    pub fn append(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<(), sled::Error> {
+        let p = self.stage(entries);
+        self.outbox.tree.apply_batch(p.batch.clone())?;
+        self.outbox.retained.apply_batch(p.retained.clone())?;
+        self.written(&p);
+        if let Some(end) = p.end {
+            self.outbox.flushed(end);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -390,10 +453,7 @@ mod tests {
     }
 
     fn write(w: &mut Writer, entries: Vec<Entry>) {
-        let p = w.stage(entries);
-        w.outbox().tree().apply_batch(p.batch.clone()).unwrap();
-        w.written(&p);
-        w.outbox().flushed(p.end.unwrap());
+        w.append(entries).unwrap();
     }
 
     #[test]
@@ -421,6 +481,33 @@ mod tests {
         assert_eq!(o.read(7, 100).unwrap().len(), 3);
         let sizes: u64 = o.read(0, 100).unwrap().iter().map(|s| s.size).sum();
         assert_eq!(o.bytes(), sizes);
+    }
+
+    #[test]
+    fn retained_messages_are_kept_per_topic_and_cleared_by_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let (o, mut w) = Outbox::open(&db, u64::MAX).unwrap();
+        let mut e = entry("clean/a/t", 2);
+        write(
+            &mut w,
+            vec![e.clone(), entry("clean/b/t", 4), entry("clean/c/t", 1)],
+        );
+        let topics = |f: &str| -> Vec<String> {
+            o.retained(f)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.topic)
+                .collect()
+        };
+        assert_eq!(topics("clean/#"), ["clean/a/t", "clean/b/t"]);
+        assert_eq!(topics("clean/+/t"), ["clean/a/t", "clean/b/t"]);
+        assert_eq!(topics("clean/b/#"), ["clean/b/t"]);
+        assert_eq!(o.retained("clean/a/t").unwrap()[0].payload, e.payload);
+        e.payload = Bytes::new();
+        write(&mut w, vec![e]);
+        assert_eq!(topics("#"), ["clean/b/t"]);
+        assert_eq!(o.all_retained().count(), 1);
     }
 
     #[test]

@@ -246,7 +246,10 @@ impl ReplayStore {
     /// disk: the commit stage flushes once per batch. One transaction, so no
     /// crash can keep a window update and lose the message that made it
     /// (a resend would then be judged `duplicate`, acknowledged, and lost).
-    pub fn stage(&mut self, outbox: Option<(&sled::Tree, &sled::Batch)>) -> Result<(), StoreError> {
+    pub fn stage(
+        &mut self,
+        outbox: Option<(&crate::outbox::Outbox, &crate::outbox::Pending)>,
+    ) -> Result<(), StoreError> {
         use sled::Transactional;
         let mut windows = sled::Batch::default();
         for id in self.dirty.drain() {
@@ -255,10 +258,11 @@ impl ReplayStore {
         }
         let result = match outbox {
             None => self.tree.apply_batch(windows),
-            Some((tree, entries)) => (&self.tree, tree)
-                .transaction(|(w, o)| {
+            Some((o, p)) => (&self.tree, o.tree(), o.retained_tree())
+                .transaction(|(w, log, retained)| {
                     w.apply_batch(&windows)?;
-                    o.apply_batch(entries)?;
+                    log.apply_batch(&p.batch)?;
+                    retained.apply_batch(&p.retained)?;
                     Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
                 })
                 .map_err(|e| match e {

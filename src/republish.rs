@@ -91,6 +91,25 @@ impl Republisher {
         ));
     }
 
+    /// Gives the router back the retained messages kept in the outbox
+    /// (rumqttd keeps its own in memory only). Run before the listeners
+    /// open, so no client subscribes before they are back.
+    pub fn restore_retained(
+        &mut self,
+        retained: impl Iterator<Item = Entry>,
+    ) -> Result<usize, Box<LinkError>> {
+        let mut n = 0;
+        for e in retained {
+            self.queue(&e);
+            n += 1;
+            if n % 1024 == 0 {
+                self.flush()?;
+            }
+        }
+        self.flush()?;
+        Ok(n)
+    }
+
     /// Queues a security event decided after staging (a failed commit).
     pub fn queue_event(&mut self, event: &SecurityEvent) {
         let e = event_entry(&self.topics, event, crate::now_ms());

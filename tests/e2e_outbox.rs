@@ -309,3 +309,48 @@ async fn a_full_outbox_holds_devices_and_loses_nothing() {
     assert_eq!(seen, (1..=N).collect());
     assert_eq!(gw.metric("sealgate_outbox_full").await, 0.0);
 }
+
+/// Retained messages are kept with the outbox: a persistent session gets
+/// them when it subscribes, and after a kill -9 the router has them back
+/// for clean sessions too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_survive_a_restart_and_reach_persistent_sessions() {
+    let gw = Gateway::start(&[]);
+    let creds = gw.add_device("esp32-r").await;
+    let mut dev = Client::device(gw.mqtt_port, &creds).await;
+    dev.client
+        .publish(
+            "sealed/esp32-r/state",
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            seal(&creds, "state", 1, b"on"),
+        )
+        .await
+        .unwrap();
+    while !matches!(dev.next().await, common::Seen::PubAck(_)) {}
+
+    let mut o = options(gw.mqtt_port, "kept-r", SUB_USER, SUB_PASS);
+    o.set_clean_session(false);
+    let (mut kept, r) = Client::connect_with(o).await;
+    r.unwrap();
+    kept.subscribe(&["clean/#"]).await;
+    assert_eq!(
+        kept.next_publish().await,
+        ("clean/esp32-r/state".into(), b"on".to_vec())
+    );
+    drop((kept, dev));
+
+    let gw = gw.kill9_and_restart();
+    for id in ["clean-r", "kept-r2"] {
+        let mut o = options(gw.mqtt_port, id, SUB_USER, SUB_PASS);
+        o.set_clean_session(id.starts_with("clean"));
+        let (mut sub, r) = Client::connect_with(o).await;
+        r.unwrap();
+        sub.subscribe(&["clean/#"]).await;
+        assert_eq!(
+            sub.next_publish().await,
+            ("clean/esp32-r/state".into(), b"on".to_vec()),
+            "{id}"
+        );
+    }
+}

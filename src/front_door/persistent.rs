@@ -8,7 +8,7 @@
 //! keep these sessions across a restart nor deliver below the subscription's
 //! QoS.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
@@ -25,7 +25,9 @@ const MAX_ACKED: usize = 10_000;
 const READ_CHUNK: usize = 256;
 
 struct InFlight {
-    seq: u64,
+    /// The outbox entry; `None` for a retained message sent on SUBSCRIBE,
+    /// which is not part of the session's position.
+    seq: Option<u64>,
     /// PUBREC seen (QoS 2): delivered; the packet id waits for PUBCOMP.
     received: bool,
 }
@@ -47,6 +49,8 @@ pub(super) struct Feed {
     head: watch::Receiver<u64>,
     max_inflight: usize,
     changed: bool,
+    /// Retained messages owed for new subscriptions, at the QoS to send.
+    retained: VecDeque<(Entry, u8)>,
 }
 
 impl Feed {
@@ -67,6 +71,7 @@ impl Feed {
             by_pkid: HashMap::new(),
             next_pkid: 1,
             changed: false,
+            retained: VecDeque::new(),
         }
     }
 
@@ -79,6 +84,9 @@ impl Feed {
     pub async fn ready(&mut self) {
         if self.in_flight() >= self.max_inflight {
             return std::future::pending().await;
+        }
+        if !self.retained.is_empty() {
+            return;
         }
         loop {
             if self.read_at < *self.head.borrow_and_update() {
@@ -107,11 +115,30 @@ impl Feed {
         if room == 0 {
             return Ok(0);
         }
+        let mut sent = 0;
+        // MQTT: retained messages follow the SUBACK, before new ones.
+        while sent < room {
+            let Some((e, qos)) = self.retained.pop_front() else {
+                break;
+            };
+            let pkid = if qos > 0 { self.take_pkid() } else { 0 };
+            encode_publish(v5, &e, qos, pkid, false, true, out);
+            if qos > 0 {
+                let f = InFlight {
+                    seq: None,
+                    received: false,
+                };
+                self.by_pkid.insert(pkid, f);
+                sent += 1;
+            }
+        }
+        if sent == room {
+            return Ok(sent);
+        }
         let entries = self.sessions.outbox().read(self.read_at, READ_CHUNK)?;
         // Entries trimmed while this session was offline past its retention.
         let first = self.sessions.outbox().first();
         self.read_at = self.read_at.max(first);
-        let mut sent = 0;
         for s in entries {
             if sent == room {
                 break;
@@ -126,13 +153,15 @@ impl Feed {
             let qos = granted.min(s.entry.qos);
             let dup = qos > 0 && s.seq < self.sent_to;
             let pkid = if qos > 0 { self.take_pkid() } else { 0 };
-            encode_publish(v5, &s.entry, qos, pkid, dup, out);
+            // Retain As Published is not offered: a message that matches an
+            // established subscription goes out with RETAIN 0.
+            encode_publish(v5, &s.entry, qos, pkid, dup, false, out);
             if qos > 0 {
                 self.pending.insert(s.seq);
                 self.by_pkid.insert(
                     pkid,
                     InFlight {
-                        seq: s.seq,
+                        seq: Some(s.seq),
                         received: false,
                     },
                 );
@@ -156,7 +185,10 @@ impl Feed {
         }
     }
 
-    fn delivered(&mut self, seq: u64) {
+    fn delivered(&mut self, seq: Option<u64>) {
+        let Some(seq) = seq else {
+            return;
+        };
         self.pending.remove(&seq);
         self.acked.insert(seq);
         self.changed = true;
@@ -219,12 +251,16 @@ impl Feed {
     }
 
     /// Adds or replaces filters (granted at `qos`) and makes them durable
-    /// before the SUBACK.
+    /// before the SUBACK; the retained messages they match are sent next.
     pub async fn subscribe(&mut self, granted: &[(String, u8)]) -> Result<(), sled::Error> {
         for (f, q) in granted {
             match self.filters.iter_mut().find(|(g, _)| g == f) {
                 Some(slot) => slot.1 = *q,
                 None => self.filters.push((f.clone(), *q)),
+            }
+            for e in self.sessions.outbox().retained(f)? {
+                let qos = e.qos.min(*q);
+                self.retained.push_back((e, qos));
             }
         }
         self.store_filters().await
@@ -259,7 +295,15 @@ impl Feed {
 /// private to its crate, so packets it did not decode itself cannot carry
 /// them: this is the one encoder of our own, checked against rumqttd's
 /// decoder in the tests below.
-fn encode_publish(v5: bool, e: &Entry, qos: u8, pkid: u16, dup: bool, out: &mut BytesMut) {
+fn encode_publish(
+    v5: bool,
+    e: &Entry,
+    qos: u8,
+    pkid: u16,
+    dup: bool,
+    retain: bool,
+    out: &mut BytesMut,
+) {
     let mut props = BytesMut::new();
     if v5 {
         if let Some(p) = crate::republish::properties(e) {
@@ -277,7 +321,7 @@ fn encode_publish(v5: bool, e: &Entry, qos: u8, pkid: u16, dup: bool, out: &mut 
     if v5 {
         len += varint_len(props.len()) + props.len();
     }
-    out.put_u8(0x30 | (u8::from(dup) << 3) | (qos << 1) | u8::from(e.retain));
+    out.put_u8(0x30 | (u8::from(dup) << 3) | (qos << 1) | u8::from(retain));
     put_varint(out, len);
     put_str(out, &e.topic);
     if qos > 0 {
@@ -344,7 +388,8 @@ mod tests {
             for qos in 0..=2u8 {
                 let e = entry(payload);
                 let mut b = BytesMut::new();
-                encode_publish(false, &e, qos, 513, true, &mut b);
+                encode_publish(false, &e, qos, 513, true, true, &mut b);
+                assert_eq!((b[0] >> 1) & 3, qos);
                 let Packet::Publish(p, None) = V4.read_mut(&mut b, 1 << 20).unwrap() else {
                     panic!("not a publish")
                 };
@@ -356,7 +401,7 @@ mod tests {
                 assert!(b.is_empty());
 
                 let mut b = BytesMut::new();
-                encode_publish(true, &e, qos, 513, false, &mut b);
+                encode_publish(true, &e, qos, 513, false, true, &mut b);
                 let Packet::Publish(p, Some(props)) = V5.read_mut(&mut b, 1 << 20).unwrap() else {
                     panic!("not a v5 publish with properties")
                 };

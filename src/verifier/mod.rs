@@ -417,7 +417,7 @@ impl Stage {
         let pending = self
             .outbox
             .stage(job.outputs.iter().map(|o| o.entry().clone()));
-        let outbox = Some((self.outbox.outbox().tree(), &pending.batch));
+        let outbox = Some((&**self.outbox.outbox(), &pending));
         match self.store.stage(outbox) {
             Ok(()) => {
                 self.outbox.written(&pending);
