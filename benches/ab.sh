@@ -8,6 +8,7 @@
 # usage: REPS=5 benches/ab.sh DIR_A DIR_B [RATE ...]
 #   DIR_A, DIR_B: target/release directories of the two builds (each with
 #   sealgate); RATE as firmware-sim --rate (0 = closed loop, default).
+#   SIM_ARGS: more firmware-sim flags, e.g. --persistent-subscriber.
 set -euo pipefail
 A=$(cd "$1" && pwd); B=$(cd "$2" && pwd); shift 2
 RATES=${*:-0}
@@ -27,7 +28,7 @@ run() { # BIN RATE -> JSON line
     local out
     out=$(taskset -c 1 "$B/firmware-sim" --mqtt 127.0.0.1:18833 --devices-file "$W/fleet.json" \
         --subscriber dash:pw --rate "$2" --duration 10s --encrypt --qos 1 --payload-bytes 128 \
-        --json 2> /dev/null | tail -1)
+        --json ${SIM_ARGS:-} 2> /dev/null | tail -1)
     local hwm
     hwm=$(grep VmHWM /proc/$server/status | awk '{print $2}')
     kill $server; wait $server 2> /dev/null || true
@@ -53,5 +54,6 @@ for rate in sorted({r["rate"] for r in rows}):
         med[side] = {k: m(k) for k in ("delivered_per_sec", "p50", "p99", "peak_rss_kb")}
         med[side]["lost"] = sum(x["lost"] for x in rs)
         print(f"rate={rate} build={side} runs={len(rs)} median {med[side]}")
-    print(f"rate={rate} B/A delivered {med['B']['delivered_per_sec'] / med['A']['delivered_per_sec']:.3f}")
+    print(f"rate={rate} B/A delivered {med['B']['delivered_per_sec'] / med['A']['delivered_per_sec']:.3f}"
+          f" p99 {med['B']['p99'] / med['A']['p99']:.3f}")
 EOF

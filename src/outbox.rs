@@ -9,11 +9,15 @@
 //! restart. Persistent sessions (`crate::sessions`) read this log from
 //! their own durable position; the router keeps serving clean sessions.
 //!
-//! Layout: keys are sequence numbers (8 bytes, big-endian), so the tree's
-//! order is the log's. The empty key holds where trimming stopped, so the
-//! sequence never goes back even when the log is empty. Each entry records
-//! the running byte total, so the log's size is known from its first and
-//! last entries at startup, without a scan.
+//! Layout: every message has a sequence number, but sled holds records of
+//! a few KiB (several messages of one batch), keyed by their first sequence
+//! number (8 bytes, big-endian), so the tree's order is the log's. Far
+//! fewer inserts than one per message: sled rewrites a leaf on every
+//! insert, which at one insert per message cost more than half the
+//! gateway's throughput. The empty key holds
+//! where trimming stopped, so the sequence never goes back even when the log
+//! is empty. Each record carries the running byte total, so the log's size is
+//! known from its first and last records at startup, without a scan.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -45,16 +49,21 @@ pub struct Origin {
 
 const VERSION: u8 = 1;
 const META_KEY: &[u8] = b"";
-/// Fixed part of an encoded entry: version, flags, time, running total.
-const HEADER: usize = 1 + 1 + 8 + 8;
+/// Fixed part of an encoded entry: version, flags, time.
+const HEADER: usize = 1 + 1 + 8;
+/// Fixed part of a record: version, entry count, running total.
+const RECORD_HEADER: usize = 1 + 4 + 8;
+/// A record is closed once it holds this many bytes. sled splits a leaf at
+/// 17 items and writes a page image larger than a quarter segment (128 KiB)
+/// as a separate blob file, which sled 0.34 does not fsync: records this
+/// small keep every leaf in the log, where `flush` makes it durable.
+pub const RECORD_BYTES: usize = 4096;
 
 impl Entry {
-    fn encode(&self, total: u64) -> Vec<u8> {
-        let mut v = Vec::with_capacity(HEADER + 2 + self.topic.len() + 32 + self.payload.len());
+    fn encode_into(&self, v: &mut Vec<u8>) {
         v.push(VERSION);
         v.push(u8::from(self.retain) | (self.qos.min(2) << 1));
         v.extend_from_slice(&self.at_ms.to_be_bytes());
-        v.extend_from_slice(&total.to_be_bytes());
         v.extend_from_slice(&(self.topic.len() as u16).to_be_bytes());
         v.extend_from_slice(self.topic.as_bytes());
         match &self.origin {
@@ -68,34 +77,54 @@ impl Entry {
             }
         }
         v.extend_from_slice(&self.payload);
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.size());
+        self.encode_into(&mut v);
         v
     }
 
-    /// The size an entry adds to the log: its key and its value.
-    fn size(&self) -> u64 {
+    /// The length of its encoding.
+    fn size(&self) -> usize {
         let origin = self.origin.as_ref().map_or(0, |o| 1 + o.device.len() + 12);
-        (8 + HEADER + 2 + self.topic.len() + 1 + origin + self.payload.len()) as u64
+        HEADER + 2 + self.topic.len() + 1 + origin + self.payload.len()
     }
 }
 
-/// An entry read back, with where it stands in the log.
+/// An entry read back, with its sequence number.
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub seq: u64,
     pub entry: Entry,
-    /// Bytes of the log up to and including this entry, since its creation.
+}
+
+/// One batch's record, as trimming sees it.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The first entry's sequence number.
+    pub seq: u64,
+    pub entries: Vec<Entry>,
+    /// Bytes of the log up to and including this record, since its creation.
     pub total: u64,
+    /// This record's key and value.
     pub size: u64,
 }
 
-fn decode(seq: u64, key_len: usize, v: &[u8], with_payload: bool) -> Option<Stored> {
+impl Batch {
+    /// The sequence number after its last entry.
+    pub fn end(&self) -> u64 {
+        self.seq + self.entries.len() as u64
+    }
+}
+
+fn decode_entry(v: &[u8], with_payload: bool) -> Option<Entry> {
     let mut r = Reader(v);
     if r.u8()? != VERSION {
         return None;
     }
     let flags = r.u8()?;
     let at_ms = r.u64()?;
-    let total = r.u64()?;
     let topic_len = u16::from_be_bytes(r.take(2)?.try_into().ok()?) as usize;
     let topic = String::from_utf8(r.take(topic_len)?.to_vec()).ok()?;
     let origin = match r.u8()? {
@@ -108,23 +137,52 @@ fn decode(seq: u64, key_len: usize, v: &[u8], with_payload: bool) -> Option<Stor
             Some(Origin { device, kid, nonce })
         }
     };
-    Some(Stored {
-        seq,
-        total,
-        size: (key_len + v.len()) as u64,
-        entry: Entry {
-            topic,
-            payload: if with_payload {
-                Bytes::copy_from_slice(r.0)
-            } else {
-                Bytes::new()
-            },
-            qos: (flags >> 1) & 3,
-            retain: flags & 1 == 1,
-            at_ms,
-            origin,
+    Some(Entry {
+        topic,
+        payload: if with_payload {
+            Bytes::copy_from_slice(r.0)
+        } else {
+            Bytes::new()
         },
+        qos: (flags >> 1) & 3,
+        retain: flags & 1 == 1,
+        at_ms,
+        origin,
     })
+}
+
+/// A record: its header, then each entry as a length and its encoding.
+fn decode_record(k: &[u8], v: &[u8], with_payload: bool) -> Option<Batch> {
+    let seq = seq_of(k)?;
+    let mut r = Reader(v);
+    if r.u8()? != VERSION {
+        return None;
+    }
+    let count = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
+    let total = r.u64()?;
+    let mut entries = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len = u32::from_be_bytes(r.take(4)?.try_into().ok()?) as usize;
+        entries.push(decode_entry(r.take(len)?, with_payload)?);
+    }
+    Some(Batch {
+        seq,
+        entries,
+        total,
+        size: (k.len() + v.len()) as u64,
+    })
+}
+
+/// Only the header of a record: its end and running total.
+fn record_header(k: &[u8], v: &[u8]) -> Option<(u64, u64, u64)> {
+    let seq = seq_of(k)?;
+    let mut r = Reader(v);
+    if r.u8()? != VERSION {
+        return None;
+    }
+    let count = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
+    let total = r.u64()?;
+    Some((seq + u64::from(count), total, (k.len() + v.len()) as u64))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -169,7 +227,8 @@ pub struct Outbox {
     /// first entry still kept: their difference is the log's size.
     written: AtomicU64,
     trimmed: AtomicU64,
-    /// The lowest sequence number still kept (== head when empty).
+    /// The first sequence number of the oldest record kept (== head when
+    /// empty).
     first: AtomicU64,
     max_bytes: u64,
     /// Signalled when trimming frees room, for a writer waiting on it.
@@ -182,7 +241,7 @@ pub struct Writer {
     next: u64,
 }
 
-/// A batch's entries, staged with the windows in one transaction.
+/// A batch's record, staged with the windows in one transaction.
 #[derive(Default)]
 pub struct Pending {
     pub(crate) batch: sled::Batch,
@@ -215,26 +274,24 @@ impl Outbox {
             ),
             _ => (0, 0),
         };
-        let first = tree
-            .range(key(0)..)
-            .next()
-            .transpose()?
-            .and_then(|(k, v)| decode(seq_of(&k)?, k.len(), &v, false));
-        let last = tree
-            .last()?
-            .and_then(|(k, v)| decode(seq_of(&k)?, k.len(), &v, false));
-        let next = last
-            .as_ref()
-            .map_or(trimmed_to, |l| (l.seq + 1).max(trimmed_to));
-        let written = last.as_ref().map_or(trimmed_total, |l| l.total);
-        let trimmed = first.as_ref().map_or(written, |f| f.total - f.size);
+        let first = match tree.range(key(0)..).next().transpose()? {
+            Some((k, v)) => record_header(&k, &v).map(|h| (seq_of(&k).unwrap_or(0), h)),
+            None => None,
+        };
+        let last = match tree.last()? {
+            Some((k, v)) if k.len() == 8 => record_header(&k, &v),
+            _ => None,
+        };
+        let next = last.map_or(trimmed_to, |(end, _, _)| end.max(trimmed_to));
+        let written = last.map_or(trimmed_total, |(_, total, _)| total);
+        let trimmed = first.map_or(written, |(_, (_, total, size))| total - size);
         let outbox = Arc::new(Outbox {
             tree,
             retained,
             head: watch::Sender::new(next),
             written: AtomicU64::new(written),
             trimmed: AtomicU64::new(trimmed),
-            first: AtomicU64::new(first.map_or(next, |f| f.seq)),
+            first: AtomicU64::new(first.map_or(next, |(seq, _)| seq)),
             max_bytes,
             room: (Mutex::new(()), Condvar::new()),
         });
@@ -266,8 +323,8 @@ impl Outbox {
             if !crate::topic::matches(filter, topic) {
                 continue;
             }
-            if let Some(s) = decode(0, 0, &v, true) {
-                out.push(s.entry);
+            if let Some(e) = decode_entry(&v, true) {
+                out.push(e);
             }
         }
         Ok(out)
@@ -278,7 +335,7 @@ impl Outbox {
         self.retained
             .iter()
             .filter_map(|kv| kv.ok())
-            .filter_map(|(_, v)| decode(0, 0, &v, true).map(|s| s.entry))
+            .filter_map(|(_, v)| decode_entry(&v, true))
     }
 
     /// The sequence number after the last flushed entry.
@@ -321,48 +378,95 @@ impl Outbox {
         self.max_bytes
     }
 
-    /// Up to `max` flushed entries from `from` on, in order.
+    /// Flushed entries from `from` on, in order: at least the rest of the
+    /// record holding `from`, then whole records while fewer than `max`.
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<Stored>, sled::Error> {
-        self.scan(from, max, true)
-    }
-
-    /// As `read`, without the payloads: what trimming looks at.
-    pub fn read_headers(&self, from: u64, max: usize) -> Result<Vec<Stored>, sled::Error> {
-        self.scan(from, max, false)
-    }
-
-    fn scan(&self, from: u64, max: usize, with_payload: bool) -> Result<Vec<Stored>, sled::Error> {
         let head = self.head();
         let mut out = Vec::new();
         if from >= head {
             return Ok(out);
         }
-        for kv in self.tree.range(key(from)..key(head)).take(max) {
+        // The record holding `from` starts at or before it.
+        let start = match self.tree.range(key(0)..=key(from)).next_back() {
+            Some(kv) => seq_of(&kv?.0).unwrap_or(from),
+            None => from,
+        };
+        for kv in self.tree.range(key(start)..key(head)) {
             let (k, v) = kv?;
-            if let Some(s) = seq_of(&k).and_then(|seq| decode(seq, k.len(), &v, with_payload)) {
-                out.push(s);
+            let Some(b) = decode_record(&k, &v, true) else {
+                continue;
+            };
+            for (i, entry) in b.entries.into_iter().enumerate() {
+                let seq = b.seq + i as u64;
+                if seq >= from {
+                    out.push(Stored { seq, entry });
+                }
+            }
+            if out.len() >= max {
+                break;
             }
         }
         Ok(out)
     }
 
-    /// Removes `entries` (the oldest ones, in order) and records where
+    /// Up to `max` flushed records from the oldest, without payloads: what
+    /// trimming looks at.
+    pub fn oldest(&self, max: usize) -> Result<Vec<Batch>, sled::Error> {
+        let head = self.head();
+        let mut out = Vec::new();
+        for kv in self.tree.range(key(self.first())..key(head)).take(max) {
+            let (k, v) = kv?;
+            if let Some(b) = decode_record(&k, &v, false) {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes every record below `head`, reading only their headers: what
+    /// trimming does when no persistent session exists. Returns how many.
+    pub fn trim_before(&self, head: u64, max: usize) -> Result<usize, sled::Error> {
+        let mut batch = sled::Batch::default();
+        let mut last = None;
+        let mut n = 0;
+        for kv in self.tree.range(key(self.first())..key(head)).take(max) {
+            let (k, v) = kv?;
+            if let Some(h) = record_header(&k, &v) {
+                batch.remove(k);
+                last = Some(h);
+                n += 1;
+            }
+        }
+        let Some((end, total, _)) = last else {
+            return Ok(0);
+        };
+        self.finish_trim(batch, end, total)?;
+        Ok(n)
+    }
+
+    /// Removes `records` (the oldest ones, in order) and records where
     /// trimming stopped, in one batch. Not flushed: a crash merely keeps them.
-    pub fn trim(&self, entries: &[Stored]) -> Result<(), sled::Error> {
-        let Some(last) = entries.last() else {
+    pub fn trim(&self, records: &[Batch]) -> Result<(), sled::Error> {
+        let Some(last) = records.last() else {
             return Ok(());
         };
         let mut batch = sled::Batch::default();
-        for s in entries {
-            batch.remove(&key(s.seq));
+        for r in records {
+            batch.remove(&key(r.seq));
         }
+        self.finish_trim(batch, last.end(), last.total)
+    }
+
+    /// Applies a trim's removals with the marker of where it stopped, and
+    /// wakes a writer waiting for room.
+    fn finish_trim(&self, mut batch: sled::Batch, end: u64, total: u64) -> Result<(), sled::Error> {
         let mut meta = Vec::with_capacity(16);
-        meta.extend_from_slice(&(last.seq + 1).to_be_bytes());
-        meta.extend_from_slice(&last.total.to_be_bytes());
+        meta.extend_from_slice(&end.to_be_bytes());
+        meta.extend_from_slice(&total.to_be_bytes());
         batch.insert(META_KEY, meta);
         self.tree.apply_batch(batch)?;
-        self.trimmed.fetch_max(last.total, Ordering::AcqRel);
-        self.first.fetch_max(last.seq + 1, Ordering::AcqRel);
+        self.trimmed.fetch_max(total, Ordering::AcqRel);
+        self.first.fetch_max(end, Ordering::AcqRel);
         let _guard = self.room.0.lock().unwrap_or_else(|e| e.into_inner());
         self.room.1.notify_all();
         Ok(())
@@ -370,25 +474,48 @@ impl Outbox {
 }
 
 impl Writer {
-    /// Assigns the next sequence numbers to `entries` and stages them for
-    /// the batch's transaction.
-    pub fn stage(&mut self, entries: impl IntoIterator<Item = Entry>) -> Pending {
+    /// Assigns the next sequence numbers to `entries` and stages them, in
+    /// records of about [`RECORD_BYTES`], for the batch's transaction.
+    pub fn stage<'a>(&mut self, entries: impl IntoIterator<Item = &'a Entry>) -> Pending {
         let mut p = Pending::default();
         let mut total = self.outbox.written.load(Ordering::Acquire);
+        let mut record = Vec::with_capacity(RECORD_BYTES + 1024);
+        let mut first = self.next;
+        let mut count: u32 = 0;
+        let mut close = |record: &mut Vec<u8>, first: u64, count: u32, p: &mut Pending| {
+            let bytes = (8 + record.len()) as u64;
+            total += bytes;
+            p.bytes += bytes;
+            record[1..5].copy_from_slice(&count.to_be_bytes());
+            record[5..RECORD_HEADER].copy_from_slice(&total.to_be_bytes());
+            p.batch.insert(&key(first), std::mem::take(record));
+        };
         for e in entries {
-            let size = e.size();
-            total += size;
-            p.bytes += size;
-            let encoded = e.encode(total);
             if e.retain {
                 // MQTT: an empty retained message clears the topic's.
                 match e.payload.is_empty() {
                     true => p.retained.remove(e.topic.as_bytes()),
-                    false => p.retained.insert(e.topic.as_bytes(), encoded.clone()),
+                    false => p.retained.insert(e.topic.as_bytes(), e.encode()),
                 }
             }
-            p.batch.insert(&key(self.next), encoded);
+            if record.is_empty() {
+                record.push(VERSION);
+                record.extend_from_slice(&[0; 4 + 8]);
+            }
+            record.extend_from_slice(&(e.size() as u32).to_be_bytes());
+            e.encode_into(&mut record);
+            count += 1;
             self.next += 1;
+            if record.len() >= RECORD_BYTES {
+                close(&mut record, first, count, &mut p);
+                first = self.next;
+                count = 0;
+            }
+        }
+        if count > 0 {
+            close(&mut record, first, count, &mut p);
+        }
+        if p.bytes > 0 {
             p.end = Some(self.next);
         }
         p
@@ -422,7 +549,8 @@ impl Writer {
     /// transaction, and lets readers see them (not flushed): for tools and
     /// tests that prepare a log.
     pub fn append(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<(), sled::Error> {
-        let p = self.stage(entries);
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let p = self.stage(&entries);
         self.outbox.tree.apply_batch(p.batch.clone())?;
         self.outbox.retained.apply_batch(p.retained.clone())?;
         self.written(&p);
@@ -456,6 +584,20 @@ mod tests {
         w.append(entries).unwrap();
     }
 
+    /// Opens the database again after the previous handle was dropped.
+    /// sled's flusher thread lets go of the directory's lock a moment after
+    /// the last handle: under a loaded test run the first attempt can find
+    /// it still held. There is no event to await, so this retries.
+    fn reopen(path: &std::path::Path) -> sled::Db {
+        for _ in 0..100 {
+            if let Ok(db) = sled::open(path) {
+                return db;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        sled::open(path).unwrap()
+    }
+
     #[test]
     fn entries_round_trip_in_order_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -472,14 +614,19 @@ mod tests {
                 read.iter().map(|s| s.seq).collect::<Vec<_>>(),
                 (0..10).collect::<Vec<_>>()
             );
-            assert_eq!(o.bytes(), read.iter().map(|s| s.size).sum::<u64>());
+            // From the middle of a record, and across records.
+            let from = o.read(2, 1).unwrap();
+            assert_eq!(from.iter().map(|s| s.seq).collect::<Vec<_>>(), [2, 3]);
+            assert_eq!(o.read(3, 3).unwrap().len(), 7);
+            let records = o.oldest(10).unwrap();
+            assert_eq!(o.bytes(), records.iter().map(|b| b.size).sum::<u64>());
             db.flush().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen(dir.path());
         let (o, _w) = Outbox::open(&db, u64::MAX).unwrap();
         assert_eq!((o.first(), o.head()), (0, 10));
         assert_eq!(o.read(7, 100).unwrap().len(), 3);
-        let sizes: u64 = o.read(0, 100).unwrap().iter().map(|s| s.size).sum();
+        let sizes: u64 = o.oldest(10).unwrap().iter().map(|b| b.size).sum();
         assert_eq!(o.bytes(), sizes);
     }
 
@@ -515,7 +662,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let (o, mut w) = Outbox::open(&db, u64::MAX).unwrap();
-        let p = w.stage(vec![entry("a/b", 1)]);
+        let p = w.stage(&[entry("a/b", 1)]);
         o.tree().apply_batch(p.batch.clone()).unwrap();
         assert!(o.read(0, 10).unwrap().is_empty());
         o.flushed(p.end.unwrap());
@@ -528,22 +675,23 @@ mod tests {
         {
             let db = sled::open(dir.path()).unwrap();
             let (o, mut w) = Outbox::open(&db, u64::MAX).unwrap();
-            write(&mut w, (0..5).map(|n| entry("a/b", n)).collect());
-            let all = o.read(0, 10).unwrap();
-            o.trim(&all[..2]).unwrap();
+            write(&mut w, (0..2).map(|n| entry("a/b", n)).collect());
+            write(&mut w, (2..5).map(|n| entry("a/b", n)).collect());
+            let all = o.oldest(10).unwrap();
+            o.trim(&all[..1]).unwrap();
             assert_eq!(o.first(), 2);
-            assert_eq!(o.bytes(), all[2..].iter().map(|s| s.size).sum::<u64>());
-            o.trim(&all[2..]).unwrap();
+            assert_eq!(o.bytes(), all[1].size);
+            o.trim(&all[1..]).unwrap();
             assert_eq!(o.bytes(), 0);
             db.flush().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen(dir.path());
         let (o, mut w) = Outbox::open(&db, u64::MAX).unwrap();
         assert_eq!((o.first(), o.head(), o.bytes()), (5, 5, 0));
         write(&mut w, vec![entry("a/b", 9)]);
         let read = o.read(0, 10).unwrap();
         assert_eq!(read[0].seq, 5);
-        assert_eq!(o.bytes(), read[0].size);
+        assert_eq!(o.bytes(), o.oldest(1).unwrap()[0].size);
     }
 
     #[test]
@@ -559,7 +707,7 @@ mod tests {
             w.wait_for_room(&|| false);
             tx.send(()).unwrap();
         });
-        let all = reader.read(0, 10).unwrap();
+        let all = reader.oldest(10).unwrap();
         reader.trim(&all).unwrap();
         rx.recv().unwrap();
         t.join().unwrap();

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SessionsConfig;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Stored};
+use crate::outbox::{Batch, Outbox};
 
 /// What is kept of one persistent session.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -318,63 +318,77 @@ impl Sessions {
     pub fn trim(&self, max: usize) -> Result<usize, sled::Error> {
         let now = crate::now_ms();
         self.expire(now)?;
+        // Nobody can read an entry: it goes once it is flushed. The head is
+        // taken first: a session that attaches after the look starts at or
+        // past it.
+        let head = self.outbox.head();
+        if self.lock().is_empty() {
+            let removed = self.outbox.trim_before(head, max)?;
+            self.metrics.outbox_bytes.set(self.outbox.bytes() as i64);
+            return Ok(removed);
+        }
         let mut removed = 0;
-        // Small reads first: when the oldest entry is still needed, one
-        // header is all this pass looks at.
-        let mut chunk = 64;
+        // One record first: when the oldest is still needed, it is all this
+        // pass looks at.
+        let mut chunk = 1;
         while removed < max {
             let n = self.trim_chunk(now, chunk.min(max - removed))?;
             removed += n;
             if n < chunk {
                 break;
             }
-            chunk = (chunk * 4).min(8192);
+            chunk = (chunk * 4).min(256);
         }
         self.metrics.outbox_bytes.set(self.outbox.bytes() as i64);
         Ok(removed)
     }
 
-    /// Trims from the front of the outbox among its first `max` entries;
-    /// returns how many were removed.
+    /// Trims whole records from the front of the outbox among its oldest
+    /// `max`; returns how many were removed.
     fn trim_chunk(&self, now: u64, max: usize) -> Result<usize, sled::Error> {
         let head = self.outbox.head();
-        let entries = self.outbox.read_headers(self.outbox.first(), max)?;
-        if entries.is_empty() {
+        let records = self.outbox.oldest(max)?;
+        if records.is_empty() {
             return Ok(0);
         }
         let written = self.outbox.written_total();
         let c = &self.config;
-        let past_retention = |s: &Stored| {
-            head - s.seq > c.retention_messages
-                || now.saturating_sub(s.entry.at_ms) > c.retention_secs.saturating_mul(1000)
-                || written.saturating_sub(s.total - s.size) > c.retention_bytes
+        let past_retention = |b: &Batch, seq: u64, at_ms: u64| {
+            head - seq > c.retention_messages
+                || now.saturating_sub(at_ms) > c.retention_secs.saturating_mul(1000)
+                || written.saturating_sub(b.total - b.size) > c.retention_bytes
         };
         let mut removable = 0;
         let mut lost = 0u64;
         {
             let slots = self.lock();
-            for s in &entries {
-                let mut needed_online = false;
-                let mut needed_offline = 0u64;
-                for slot in slots.values() {
-                    if slot.record.needs(s.seq, &s.entry.topic) {
-                        match slot.online {
-                            Some(_) => needed_online = true,
-                            None => needed_offline += 1,
+            'records: for b in &records {
+                let mut lost_here = 0;
+                for (i, e) in b.entries.iter().enumerate() {
+                    let seq = b.seq + i as u64;
+                    let mut needed_online = false;
+                    let mut needed_offline = 0u64;
+                    for slot in slots.values() {
+                        if slot.record.needs(seq, &e.topic) {
+                            match slot.online {
+                                Some(_) => needed_online = true,
+                                None => needed_offline += 1,
+                            }
                         }
                     }
+                    if needed_online || (needed_offline > 0 && !past_retention(b, seq, e.at_ms)) {
+                        break 'records;
+                    }
+                    lost_here += needed_offline;
                 }
-                if needed_online || (needed_offline > 0 && !past_retention(s)) {
-                    break;
-                }
-                lost += needed_offline;
+                lost += lost_here;
                 removable += 1;
             }
         }
         if removable == 0 {
             return Ok(0);
         }
-        self.outbox.trim(&entries[..removable])?;
+        self.outbox.trim(&records[..removable])?;
         if lost > 0 {
             self.metrics
                 .dropped(crate::events::dropped::SESSION_RETENTION, lost);
@@ -419,7 +433,8 @@ impl Sessions {
 
     /// Runs housekeeping until `stop`: trims as fast as the outbox grows.
     pub async fn housekeep(self: Arc<Self>, stop: CancellationToken) {
-        const BATCH: usize = 20_000;
+        /// Records (batches) per pass.
+        const BATCH: usize = 1024;
         loop {
             let me = self.clone();
             let trimmed = tokio::task::spawn_blocking(move || me.trim(BATCH)).await;

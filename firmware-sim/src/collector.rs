@@ -29,6 +29,9 @@ pub struct Topics {
 pub struct Subscriber {
     pub user: String,
     pub password: String,
+    /// Connect with a persistent session (clean session 0), which the
+    /// gateway serves from its durable outbox rather than the router.
+    pub persistent: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +93,7 @@ pub async fn start(
     let mut opts = MqttOptions::new(client_id, target.host.clone(), target.port);
     opts.set_credentials(sub.user.clone(), sub.password.clone())
         .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(!sub.persistent)
         .set_max_packet_size(1 << 20, 1 << 20)
         .set_inflight(1000);
     let (client, mut eventloop) = AsyncClient::new(opts, 1000);

@@ -69,6 +69,11 @@ struct Cli {
           hide_env_values = true, value_parser = parse_subscriber, required = true)]
     subscriber: Subscriber,
 
+    /// The subscriber keeps a persistent session (clean session 0): the
+    /// gateway then serves it from the durable outbox.
+    #[arg(long)]
+    persistent_subscriber: bool,
+
     /// Messages per second across the whole fleet; 0 = as fast as the
     /// inflight window allows.
     #[arg(long, default_value_t = 100.0, value_parser = parse_rate)]
@@ -168,6 +173,7 @@ fn parse_subscriber(s: &str) -> Result<Subscriber, String> {
         Some((user, password)) if !user.is_empty() => Ok(Subscriber {
             user: user.to_owned(),
             password: password.to_owned(),
+            persistent: false,
         }),
         _ => Err("expected USER:PASSWORD of a dashboard account".into()),
     }
@@ -239,7 +245,10 @@ impl Cli {
                 clean: self.clean_prefix.clone(),
                 events: self.events_prefix.clone(),
             },
-            subscriber: self.subscriber.clone(),
+            subscriber: Subscriber {
+                persistent: self.persistent_subscriber,
+                ..self.subscriber.clone()
+            },
             source,
             link: LinkOptions {
                 inflight: self.inflight,

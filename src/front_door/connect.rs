@@ -311,13 +311,10 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
                 .find(|u| &u.name == name)
                 .and_then(|u| u.slow_subscriber)
                 .unwrap_or(ctx.config.limits.slow_subscriber);
-            Some(ctx.lag.reader(
-                name,
-                &router_client_id,
-                policy == crate::config::SlowSubscriber::Block,
-                !clean,
-                resumed,
-            ))
+            Some(
+                ctx.lag
+                    .reader(name, policy == crate::config::SlowSubscriber::Block),
+            )
         }
         Role::Device(_) => None,
     };

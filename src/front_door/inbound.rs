@@ -94,9 +94,8 @@ impl<P: Protocol> Session<P> {
                         p => {
                             if let Packet::Subscribe(s, _) = &p {
                                 let filters = s.filters.iter().filter_map(|f| tracked(&f.path));
-                                match self.login.cursor.as_mut() {
-                                    Some(c) => c.subscribed(filters),
-                                    None => self.ctx.lag.routed(filters),
+                                if let Some(c) = self.login.cursor.as_mut() {
+                                    c.subscribed(filters);
                                 }
                             }
                             to_router.push(p)

@@ -51,6 +51,9 @@ pub(super) struct Feed {
     changed: bool,
     /// Retained messages owed for new subscriptions, at the QoS to send.
     retained: VecDeque<(Entry, u8)>,
+    /// Entries read from the outbox and not yet examined: a record holds a
+    /// whole batch, far more than one turn's in-flight room.
+    buffered: VecDeque<crate::outbox::Stored>,
 }
 
 impl Feed {
@@ -72,6 +75,7 @@ impl Feed {
             next_pkid: 1,
             changed: false,
             retained: VecDeque::new(),
+            buffered: VecDeque::new(),
         }
     }
 
@@ -135,14 +139,17 @@ impl Feed {
         if sent == room {
             return Ok(sent);
         }
-        let entries = self.sessions.outbox().read(self.read_at, READ_CHUNK)?;
-        // Entries trimmed while this session was offline past its retention.
-        let first = self.sessions.outbox().first();
-        self.read_at = self.read_at.max(first);
-        for s in entries {
-            if sent == room {
-                break;
+        while sent < room {
+            if self.buffered.is_empty() {
+                let entries = self.sessions.outbox().read(self.read_at, READ_CHUNK)?;
+                if entries.is_empty() {
+                    break;
+                }
+                self.buffered.extend(entries);
             }
+            let Some(s) = self.buffered.pop_front() else {
+                break;
+            };
             self.read_at = s.seq + 1;
             if self.acked.contains(&s.seq) {
                 continue;

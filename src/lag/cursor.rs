@@ -1,6 +1,6 @@
 //! A subscriber session's own positions in the router's logs: moved on every
-//! forwarded message without a lock, shared with the monitor, parked while a
-//! persistent session is offline.
+//! forwarded message without a lock, shared with the monitor. Only clean
+//! sessions read the router: persistent ones are fed from the outbox.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,9 +35,6 @@ pub struct Cursor {
     /// The session's positions, found by the topics they match: the router
     /// says which log a message came from only by its offset.
     pub(super) index: Trie<Arc<Position>>,
-    /// The router client id of a persistent session, to park positions
-    /// under, and this session's serial.
-    pub(super) parked_as: Option<(String, u64)>,
 }
 
 impl Cursor {
@@ -138,30 +135,9 @@ impl Cursor {
 }
 
 impl Drop for Cursor {
-    /// Parks the positions of the newest session of a persistent client id;
-    /// otherwise (a clean session, or one taken over) they are let go, and
-    /// with them every filter nobody else tracks.
+    /// Lets the positions go, and with them every filter nobody else tracks.
     fn drop(&mut self) {
         let positions = std::mem::take(&mut *lock(&self.reader.positions));
-        if let Some((id, serial)) = self.parked_as.take() {
-            let mut parked = lock(&self.lag.parked);
-            // Only the newest session of a client id parks: one that was
-            // taken over would leave positions older than its successor's.
-            if let Some((newest, slot)) = parked.get_mut(&id) {
-                if *newest == serial {
-                    // A filter it got nothing on yet: it is at the head now,
-                    // or before it (an upper bound never counts a false gap).
-                    let kept = positions
-                        .values()
-                        .map(|p| match p.next.load(Ordering::Relaxed) {
-                            UNKNOWN => (p.head.clone(), p.head.estimate()),
-                            next => (p.head.clone(), next),
-                        })
-                        .collect();
-                    *slot = Some(kept);
-                }
-            }
-        }
         self.reader.closed.store(true, Ordering::Release);
         self.index = Trie::default();
         let filters: Vec<String> = positions.into_keys().collect();
@@ -182,7 +158,7 @@ mod tests {
     #[test]
     fn a_gap_in_offsets_is_counted_exactly_and_redeliveries_are_not() {
         let lag = lag();
-        let mut c = lag.reader("dash", "u.dash", false, false, false);
+        let mut c = lag.reader("dash", false);
         c.subscribed(["clean/#"]);
         c.forwarded(b"clean/a/t", (0, 5));
         c.forwarded(b"clean/a/t", (0, 6));
@@ -198,7 +174,7 @@ mod tests {
     #[test]
     fn overlapping_filters_each_keep_their_own_position() {
         let lag = lag();
-        let mut c = lag.reader("dash", "u.dash", false, false, false);
+        let mut c = lag.reader("dash", false);
         c.subscribed(["clean/#", "clean/+/t"]);
         // The router forwards a message once per filter, from each log.
         for (a, b) in [(10, 3), (11, 4), (12, 5)] {
@@ -210,67 +186,9 @@ mod tests {
     }
 
     #[test]
-    fn a_resumed_persistent_session_counts_what_it_missed_while_away() {
-        let lag = lag();
-        let mut c = lag.reader("dash", "u.dash", false, true, false);
-        c.subscribed(["clean/#"]);
-        c.forwarded(b"clean/a/t", (0, 7));
-        drop(c);
-        let mut c = lag.reader("dash", "u.dash", false, true, true);
-        c.forwarded(b"clean/a/t", (3, 50));
-        assert_eq!(dropped_lagged(&lag), 42);
-        // A session the router did not keep starts over.
-        drop(c);
-        let mut c = lag.reader("dash", "u.dash", false, true, false);
-        c.subscribed(["clean/#"]);
-        c.forwarded(b"clean/a/t", (9, 900));
-        assert_eq!(dropped_lagged(&lag), 42);
-    }
-
-    #[test]
-    fn a_session_taken_over_does_not_park_stale_positions() {
-        let lag = lag();
-        let mut old = lag.reader("dash", "u.dash", false, true, false);
-        old.subscribed(["clean/#"]);
-        old.forwarded(b"clean/a/t", (0, 7));
-        let mut new = lag.reader("dash", "u.dash", false, true, true);
-        new.subscribed(["clean/#"]);
-        new.forwarded(b"clean/a/t", (0, 30));
-        drop(old);
-        drop(new);
-        let mut back = lag.reader("dash", "u.dash", false, true, true);
-        back.forwarded(b"clean/a/t", (0, 31));
-        assert_eq!(dropped_lagged(&lag), 0);
-    }
-
-    #[test]
-    fn a_persistent_session_that_got_nothing_counts_from_where_the_log_was() {
-        let lag = lag();
-        let mut c = lag.reader("dash", "u.dash", false, true, false);
-        c.subscribed(["clean/#"]);
-        drop(c);
-        for _ in 0..100 {
-            lag.published([&b"clean/a/t"[..]]);
-        }
-        // Nobody subscribed to clean/# before: the log began with our count.
-        let mut c = lag.reader("dash", "u.dash", false, true, true);
-        c.forwarded(b"clean/a/t", (1, 60));
-        assert_eq!(dropped_lagged(&lag), 60);
-        drop(c);
-        // A filter a device had subscribed first: where its log was is unknown.
-        lag.routed(["cmd/#"]);
-        let mut c = lag.reader("ops", "u.ops", false, true, false);
-        c.subscribed(["cmd/#"]);
-        drop(c);
-        let mut c = lag.reader("ops", "u.ops", false, true, true);
-        c.forwarded(b"cmd/a/t", (1, 60));
-        assert_eq!(dropped_lagged(&lag), 60);
-    }
-
-    #[test]
     fn a_forwarded_message_with_any_topic_bytes_is_handled() {
         let lag = lag();
-        let mut c = lag.reader("dash", "u.dash", false, false, false);
+        let mut c = lag.reader("dash", false);
         c.subscribed(["#", "é/+"]);
         c.forwarded("é/ü".as_bytes(), (0, 1));
         c.forwarded(b"\xc3", (0, 2));
@@ -281,8 +199,8 @@ mod tests {
     #[test]
     fn filters_nobody_reads_any_more_are_no_longer_tracked() {
         let lag = lag();
-        let mut a = lag.reader("a", "u.a", false, false, false);
-        let mut b = lag.reader("b", "u.b", false, false, false);
+        let mut a = lag.reader("a", false);
+        let mut b = lag.reader("b", false);
         for round in 0..100 {
             let filters: Vec<String> = (0..50).map(|n| format!("clean/+/{round}/{n}")).collect();
             a.subscribed(filters.iter().map(String::as_str));
@@ -301,21 +219,5 @@ mod tests {
         assert!(lag.heads.read().unwrap().get("clean/#").is_some());
         drop(b);
         assert!(!tracked(&lag));
-    }
-
-    #[test]
-    fn a_parked_session_keeps_its_filters_until_it_is_not_resumed() {
-        let lag = lag();
-        let mut c = lag.reader("dash", "u.dash", false, true, false);
-        c.subscribed(["clean/#"]);
-        drop(c);
-        assert!(tracked(&lag), "parked");
-        let c = lag.reader("dash", "u.dash", false, true, true);
-        drop(c);
-        assert!(tracked(&lag), "resumed and parked again");
-        // The router did not keep the session: nor do we.
-        let c = lag.reader("dash", "u.dash", false, false, false);
-        assert!(!tracked(&lag));
-        drop(c);
     }
 }

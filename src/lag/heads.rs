@@ -28,28 +28,14 @@ pub(super) struct Head {
     pub(super) filter: String,
     pub(super) published: AtomicU64,
     pub(super) skew: AtomicI64,
-    /// Nobody had subscribed to the filter before we began counting, so the
-    /// router's log starts with our count: its offsets are at most ours.
-    pub(super) fresh: bool,
 }
 
 impl Head {
-    pub(super) fn new(filter: &str, fresh: bool) -> Head {
+    pub(super) fn new(filter: &str) -> Head {
         Head {
             filter: filter.to_owned(),
             published: AtomicU64::new(0),
             skew: AtomicI64::new(NO_SKEW),
-            fresh,
-        }
-    }
-
-    /// The router's next offset for this filter, or an upper bound of it.
-    pub(super) fn estimate(&self) -> u64 {
-        let published = self.published.load(Ordering::Relaxed);
-        match self.skew.load(Ordering::Relaxed) {
-            NO_SKEW if self.fresh => published,
-            NO_SKEW => UNKNOWN,
-            skew => u64::try_from(published as i64 - skew).unwrap_or(0),
         }
     }
 

@@ -22,8 +22,11 @@
 //! Only `block` subscriber accounts hold the fleet, and each for at most
 //! `limits.max_hold_secs` per episode (`hold`): past that it is treated as
 //! `drop`, and what it then misses is counted as `hold_exceeded`. It is not
-//! disconnected: a persistent session would come back as far behind, and
-//! the loss is counted exactly from offsets while it stays connected.
+//! disconnected: the loss is counted exactly from offsets while it stays
+//! connected.
+//!
+//! Only clean sessions are tracked here: persistent sessions read the
+//! outbox (`crate::sessions`), whose own bound holds the devices.
 //!
 //! Our count starts when a filter is first tracked, the router's offsets when
 //! it first saw the filter, so the two differ by a constant (the skew). It is
@@ -33,9 +36,8 @@
 //! on its way into the router, which drains while devices are held, so a held
 //! fleet is always released once the reader catches up.
 //!
-//! A filter is tracked while a session reads it or a persistent session has
-//! it parked; after that its head is freed, and a later head for it learns
-//! its skew again.
+//! A filter is tracked while a session reads it; after that its head is
+//! freed, and a later head for it learns its skew again.
 //!
 //! - `heads`: per-filter counts and the trie that matches topics to them.
 //! - `cursor`: one session's positions.
@@ -48,8 +50,8 @@ mod heads;
 mod hold;
 mod reader;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -57,7 +59,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use cursor::Cursor;
-use cursor::Position;
 use heads::{Head, Trie};
 use hold::{Holds, Seen};
 use reader::Reader;
@@ -72,24 +73,12 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// Holds are logged at most this often.
 const HOLD_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// An offline session's next offset per filter.
-type Parked = Vec<(Arc<Head>, u64)>;
-
 /// Subscriber positions and the device hold, shared by the whole gateway.
 pub struct Lag {
     /// Every tracked filter, found by the topics it matches. A head is here
-    /// while a session reads its filter or a parked session holds it.
+    /// while a session reads its filter.
     heads: RwLock<Trie<Arc<Head>>>,
-    /// Every filter anyone asked the router for, devices included. The
-    /// router keeps a log per filter for ever (far larger than this entry),
-    /// so whether one existed before our head must be remembered as long.
-    routed: Mutex<HashSet<String>>,
     readers: Mutex<Vec<Arc<Reader>>>,
-    /// Persistent sessions by router client id: the newest session's serial,
-    /// and its positions while it is offline, so loss while it was away is
-    /// counted when it comes back.
-    parked: Mutex<HashMap<String, (u64, Option<Parked>)>>,
-    serials: AtomicU64,
     /// `block` readers over the bound; devices wait while it is not 0.
     holding: AtomicUsize,
     released: Notify,
@@ -110,10 +99,7 @@ impl Lag {
     pub fn new(max_lag: u64, max_hold: Duration, metrics: Arc<Metrics>) -> Arc<Lag> {
         Arc::new(Lag {
             heads: RwLock::default(),
-            routed: Mutex::default(),
             readers: Mutex::default(),
-            parked: Mutex::default(),
-            serials: AtomicU64::new(0),
             holding: AtomicUsize::new(0),
             released: Notify::new(),
             max_lag,
@@ -142,17 +128,6 @@ impl Lag {
         }
     }
 
-    /// Notes filters a connection that is not tracked (a device) asks the
-    /// router for: their logs then exist before any head of ours.
-    pub fn routed<'a>(&self, filters: impl IntoIterator<Item = &'a str>) {
-        let mut routed = lock(&self.routed);
-        for f in filters {
-            if !routed.contains(f) {
-                routed.insert(f.to_owned());
-            }
-        }
-    }
-
     /// Returns once no `block` subscriber is too far behind. Device sessions
     /// await this before a sealed publish goes to the verifier.
     pub async fn admitted(&self) {
@@ -165,53 +140,15 @@ impl Lag {
         }
     }
 
-    /// Starts tracking a subscriber session of account `name`. `resumed`:
-    /// the router kept its persistent session, so its positions from last
-    /// time still apply.
-    pub fn reader(
-        self: &Arc<Self>,
-        name: &str,
-        router_client_id: &str,
-        block: bool,
-        persistent: bool,
-        resumed: bool,
-    ) -> Cursor {
-        let serial = self.serials.fetch_add(1, Ordering::Relaxed);
-        // A session taking over a live one finds nothing parked: it is
-        // tracked again from its next SUBSCRIBE.
-        let parked = {
-            let mut parked = lock(&self.parked);
-            let previous = parked.remove(router_client_id).and_then(|(_, p)| p);
-            if persistent {
-                parked.insert(router_client_id.to_owned(), (serial, None));
-            }
-            previous
-        };
-        let mut index = Trie::default();
-        let mut positions = HashMap::new();
-        match parked {
-            Some(p) if resumed => {
-                for (head, next) in p {
-                    let p = Position::new(head, next);
-                    index.get_or_insert_with(&p.head.filter, || p.clone());
-                    positions.insert(p.head.filter.clone(), p);
-                }
-            }
-            Some(p) => {
-                let filters: Vec<String> = p.iter().map(|(h, _)| h.filter.clone()).collect();
-                drop(p);
-                self.forget(filters);
-            }
-            None => {}
-        }
+    /// Starts tracking a clean subscriber session of account `name`.
+    pub fn reader(self: &Arc<Self>, name: &str, block: bool) -> Cursor {
         let demoted = block && lock(&self.holds).exceeded(name);
-        let reader = Arc::new(Reader::new(name, block, positions, demoted));
+        let reader = Arc::new(Reader::new(name, block, HashMap::new(), demoted));
         lock(&self.readers).push(reader.clone());
         Cursor {
             lag: self.clone(),
             reader,
-            index,
-            parked_as: persistent.then(|| (router_client_id.to_owned(), serial)),
+            index: Trie::default(),
         }
     }
 
@@ -219,12 +156,7 @@ impl Lag {
     fn head(&self, filter: &str) -> Arc<Head> {
         let mut heads = self.heads.write().unwrap_or_else(|e| e.into_inner());
         heads
-            .get_or_insert_with(filter, || {
-                Arc::new(Head::new(
-                    filter,
-                    lock(&self.routed).insert(filter.to_owned()),
-                ))
-            })
+            .get_or_insert_with(filter, || Arc::new(Head::new(filter)))
             .clone()
     }
 
@@ -237,8 +169,8 @@ impl Lag {
         }
         let mut heads = self.heads.write().unwrap_or_else(|e| e.into_inner());
         for f in filters {
-            // The trie's own reference is the last: no session reads it and
-            // none has it parked. New references are only made under this
+            // The trie's own reference is the last: no session reads it.
+            // New references are only made under this
             // lock, so none can appear meanwhile.
             if heads.get(&f).is_some_and(|h| Arc::strong_count(h) == 1) {
                 heads.remove(&f);
@@ -391,7 +323,7 @@ mod tests {
     /// A reader of `clean/#` that was handed offset `at`, with `published`
     /// messages counted for the filter by then.
     fn reader_at(lag: &Arc<Lag>, block: bool, published: u64, at: u64) -> Cursor {
-        let mut c = lag.reader("r", "u.r", block, false, false);
+        let mut c = lag.reader("r", block);
         c.subscribed(["clean/#"]);
         publish(lag, published);
         c.forwarded(b"clean/a/t", (0, at));
@@ -495,7 +427,7 @@ mod tests {
             "+/d2/#",
             "sealgate/events/#",
         ];
-        let mut c = lag.reader("dash", "u.dash", false, false, false);
+        let mut c = lag.reader("dash", false);
         c.subscribed(filters);
         lag.published([
             &b"clean/d1/t"[..],
@@ -528,7 +460,7 @@ mod tests {
     /// A fresh `block` reader of `clean/#` for `account`, 20 behind, after
     /// a monitor pass at `at`.
     fn behind_20(lag: &Arc<Lag>, account: &str, at: tokio::time::Instant) -> Cursor {
-        let mut c = lag.reader(account, account, true, false, false);
+        let mut c = lag.reader(account, true);
         c.subscribed(["clean/#"]);
         publish(lag, 1);
         c.forwarded(b"clean/a/t", (0, 0));

@@ -115,12 +115,12 @@ impl Committer {
         }
         for o in job.outputs {
             match o {
-                Output::Now(entry) => self.out.queue(&entry),
+                Output::Now(entry) => self.out.queue(entry),
                 Output::AfterCommit { entry, .. } if committed => {
                     if entry.origin.is_some() {
                         self.metrics.message(result::ACCEPTED);
                     }
-                    self.out.queue(&entry);
+                    self.out.queue(entry);
                 }
                 Output::AfterCommit { idx, entry, stream } => {
                     job.acks[idx].1 = Outcome::Unavailable;

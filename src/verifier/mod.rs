@@ -414,9 +414,7 @@ impl Stage {
             self.outbox.wait_for_room(&|| stopping.is_cancelled());
             self.metrics.outbox_full.set(0);
         }
-        let pending = self
-            .outbox
-            .stage(job.outputs.iter().map(|o| o.entry().clone()));
+        let pending = self.outbox.stage(job.outputs.iter().map(|o| o.entry()));
         let outbox = Some((&**self.outbox.outbox(), &pending));
         match self.store.stage(outbox) {
             Ok(()) => {
