@@ -118,7 +118,9 @@ impl Batch {
     }
 }
 
-fn decode_entry(v: &[u8], with_payload: bool) -> Option<Entry> {
+/// Decodes one entry; `payload` makes the payload from its offset in `v`
+/// (a slice of a shared buffer, a copy, or nothing).
+fn decode_entry(v: &[u8], payload: impl FnOnce(usize) -> Bytes) -> Option<Entry> {
     let mut r = Reader(v);
     if r.u8()? != VERSION {
         return None;
@@ -137,13 +139,10 @@ fn decode_entry(v: &[u8], with_payload: bool) -> Option<Entry> {
             Some(Origin { device, kid, nonce })
         }
     };
+    let at = v.len() - r.0.len();
     Some(Entry {
         topic,
-        payload: if with_payload {
-            Bytes::copy_from_slice(r.0)
-        } else {
-            Bytes::new()
-        },
+        payload: payload(at),
         qos: (flags >> 1) & 3,
         retain: flags & 1 == 1,
         at_ms,
@@ -152,7 +151,9 @@ fn decode_entry(v: &[u8], with_payload: bool) -> Option<Entry> {
 }
 
 /// A record: its header, then each entry as a length and its encoding.
-fn decode_record(k: &[u8], v: &[u8], with_payload: bool) -> Option<Batch> {
+/// With `whole` (the record in one shared buffer) payloads are slices of
+/// it, one copy per record; without, they are left empty.
+fn decode_record(k: &[u8], v: &[u8], whole: Option<&Bytes>) -> Option<Batch> {
     let seq = seq_of(k)?;
     let mut r = Reader(v);
     if r.u8()? != VERSION {
@@ -163,7 +164,12 @@ fn decode_record(k: &[u8], v: &[u8], with_payload: bool) -> Option<Batch> {
     let mut entries = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let len = u32::from_be_bytes(r.take(4)?.try_into().ok()?) as usize;
-        entries.push(decode_entry(r.take(len)?, with_payload)?);
+        let start = v.len() - r.0.len();
+        let e = decode_entry(r.take(len)?, |at| match whole {
+            Some(b) => b.slice(start + at..start + len),
+            None => Bytes::new(),
+        })?;
+        entries.push(e);
     }
     Some(Batch {
         seq,
@@ -323,7 +329,7 @@ impl Outbox {
             if !crate::topic::matches(filter, topic) {
                 continue;
             }
-            if let Some(e) = decode_entry(&v, true) {
+            if let Some(e) = decode_entry(&v, |at| Bytes::copy_from_slice(&v[at..])) {
                 out.push(e);
             }
         }
@@ -335,7 +341,7 @@ impl Outbox {
         self.retained
             .iter()
             .filter_map(|kv| kv.ok())
-            .filter_map(|(_, v)| decode_entry(&v, true))
+            .filter_map(|(_, v)| decode_entry(&v, |at| Bytes::copy_from_slice(&v[at..])))
     }
 
     /// The sequence number after the last flushed entry.
@@ -393,7 +399,8 @@ impl Outbox {
         };
         for kv in self.tree.range(key(start)..key(head)) {
             let (k, v) = kv?;
-            let Some(b) = decode_record(&k, &v, true) else {
+            let whole = Bytes::copy_from_slice(&v);
+            let Some(b) = decode_record(&k, &whole, Some(&whole)) else {
                 continue;
             };
             for (i, entry) in b.entries.into_iter().enumerate() {
@@ -416,7 +423,7 @@ impl Outbox {
         let mut out = Vec::new();
         for kv in self.tree.range(key(self.first())..key(head)).take(max) {
             let (k, v) = kv?;
-            if let Some(b) = decode_record(&k, &v, false) {
+            if let Some(b) = decode_record(&k, &v, None) {
                 out.push(b);
             }
         }

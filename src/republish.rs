@@ -15,8 +15,8 @@ use crate::events::{SecurityEvent, INVALID_DEVICE};
 use crate::lag::Lag;
 use crate::outbox::Entry;
 
-/// MQTT 5 user properties on every verified message a persistent session
-/// gets, so a consumer can tell a crash's repeat (same device and nonce)
+/// MQTT 5 user properties (written by `front_door::persistent`) on every
+/// verified message a persistent session gets, so a consumer can tell a crash's repeat (same device and nonce)
 /// from a new message. Set only here, from the gateway's own record:
 /// whatever a device attaches to a sealed publish is outside its MAC and
 /// never reaches `clean/`. Clean sessions cannot get a repeat (a message
@@ -28,23 +28,6 @@ pub mod property {
     pub const NONCE: &str = "sg-nonce";
     /// When the gateway received the message, RFC 3339 with milliseconds.
     pub const RECEIVED: &str = "sg-received";
-}
-
-/// The properties a verified message carries (`property`); none for others.
-pub fn properties(entry: &Entry) -> Option<PublishProperties> {
-    let o = entry.origin.as_ref()?;
-    Some(PublishProperties {
-        user_properties: vec![
-            (property::DEVICE.to_owned(), o.device.clone()),
-            (property::KID.to_owned(), o.kid.to_string()),
-            (property::NONCE.to_owned(), o.nonce.to_string()),
-            (
-                property::RECEIVED.to_owned(),
-                crate::rfc3339_ms(entry.at_ms),
-            ),
-        ],
-        ..Default::default()
-    })
 }
 
 /// The outbox entry of a security event. Events are never retained.

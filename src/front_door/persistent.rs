@@ -20,6 +20,8 @@ use crate::sessions::{Attached, Sessions};
 /// Out-of-order acknowledgements kept above the position at most; older
 /// ones are forgotten and their messages resent after a reconnect.
 const MAX_ACKED: usize = 10_000;
+/// How often a moving position is written at most.
+const SAVE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 /// Entries examined per turn of the session loop, so one session catching
 /// up does not starve the others on its worker.
 const READ_CHUNK: usize = 256;
@@ -54,6 +56,11 @@ pub(super) struct Feed {
     /// Entries read from the outbox and not yet examined: a record holds a
     /// whole batch, far more than one turn's in-flight room.
     buffered: VecDeque<crate::outbox::Stored>,
+    /// When the position was last written.
+    saved_at: std::time::Instant,
+    /// The last receive time formatted for `sg-received`: a batch's
+    /// messages share it.
+    received: (u64, String),
 }
 
 impl Feed {
@@ -76,6 +83,8 @@ impl Feed {
             changed: false,
             retained: VecDeque::new(),
             buffered: VecDeque::new(),
+            saved_at: std::time::Instant::now(),
+            received: (u64::MAX, String::new()),
         }
     }
 
@@ -126,7 +135,7 @@ impl Feed {
                 break;
             };
             let pkid = if qos > 0 { self.take_pkid() } else { 0 };
-            encode_publish(v5, &e, qos, pkid, false, true, out);
+            encode_publish(v5, &e, qos, pkid, false, true, &mut self.received, out);
             if qos > 0 {
                 let f = InFlight {
                     seq: None,
@@ -162,7 +171,7 @@ impl Feed {
             let pkid = if qos > 0 { self.take_pkid() } else { 0 };
             // Retain As Published is not offered: a message that matches an
             // established subscription goes out with RETAIN 0.
-            encode_publish(v5, &s.entry, qos, pkid, dup, false, out);
+            encode_publish(v5, &s.entry, qos, pkid, dup, false, &mut self.received, out);
             if qos > 0 {
                 self.pending.insert(s.seq);
                 self.by_pkid.insert(
@@ -237,17 +246,23 @@ impl Feed {
         self.pending.first().copied().unwrap_or(self.read_at)
     }
 
-    /// Writes the position if it moved (not flushed: see `Sessions::update`).
-    pub fn save(&mut self) -> Result<(), sled::Error> {
+    /// Writes the position if it moved, at most every [`SAVE_EVERY`]
+    /// unless `now` (not flushed: see `Sessions::update`). A position
+    /// written late only means repeats after a crash.
+    pub fn save(&mut self, now: bool) -> Result<(), sled::Error> {
         if !self.changed {
             return Ok(());
         }
-        self.changed = false;
         let next = self.position();
         self.acked = self.acked.split_off(&next);
         while self.acked.len() > MAX_ACKED {
             self.acked.pop_last();
         }
+        if !now && self.saved_at.elapsed() < SAVE_EVERY {
+            return Ok(());
+        }
+        self.changed = false;
+        self.saved_at = std::time::Instant::now();
         let acked: Vec<u64> = self.acked.iter().copied().collect();
         let sent_to = self.sent_to;
         self.sessions.update(&self.id, self.generation, |r| {
@@ -255,6 +270,14 @@ impl Feed {
             r.acked = acked;
             r.sent_to = sent_to;
         })
+    }
+
+    /// When a position deferred by `save` is due to be written: the
+    /// session loop wakes for it, so an idle session's position (which the
+    /// outbox's trimming waits on) is never left unwritten.
+    pub fn save_due(&self) -> Option<tokio::time::Instant> {
+        self.changed
+            .then(|| tokio::time::Instant::from_std(self.saved_at + SAVE_EVERY))
     }
 
     /// Adds or replaces filters (granted at `qos`) and makes them durable
@@ -291,7 +314,7 @@ impl Feed {
 
     /// The connection ended: the session stays, without it.
     pub fn detach(mut self) {
-        if let Err(e) = self.save() {
+        if let Err(e) = self.save(true) {
             tracing::error!(error = %e, "Could not record a persistent session's position.");
         }
         self.sessions.detach(&self.id, self.generation);
@@ -302,6 +325,7 @@ impl Feed {
 /// private to its crate, so packets it did not decode itself cannot carry
 /// them: this is the one encoder of our own, checked against rumqttd's
 /// decoder in the tests below.
+#[allow(clippy::too_many_arguments)]
 fn encode_publish(
     v5: bool,
     e: &Entry,
@@ -309,17 +333,24 @@ fn encode_publish(
     pkid: u16,
     dup: bool,
     retain: bool,
+    received: &mut (u64, String),
     out: &mut BytesMut,
 ) {
+    use crate::republish::property;
     let mut props = BytesMut::new();
-    if v5 {
-        if let Some(p) = crate::republish::properties(e) {
-            for (k, v) in &p.user_properties {
-                props.put_u8(0x26);
-                put_str(&mut props, k);
-                put_str(&mut props, v);
-            }
+    if let (true, Some(o)) = (v5, &e.origin) {
+        if received.0 != e.at_ms {
+            *received = (e.at_ms, crate::rfc3339_ms(e.at_ms));
         }
+        let mut number = itoa::Buffer::new();
+        for (k, v) in [
+            (property::DEVICE, o.device.as_str()),
+            (property::KID, number.format(o.kid)),
+        ] {
+            put_user_property(&mut props, k, v);
+        }
+        put_user_property(&mut props, property::NONCE, number.format(o.nonce));
+        put_user_property(&mut props, property::RECEIVED, &received.1);
     }
     let mut len = 2 + e.topic.len() + e.payload.len();
     if qos > 0 {
@@ -339,6 +370,13 @@ fn encode_publish(
         out.extend_from_slice(&props);
     }
     out.extend_from_slice(&e.payload);
+}
+
+/// MQTT 5 user property: identifier 0x26, then a UTF-8 string pair.
+fn put_user_property(out: &mut BytesMut, k: &str, v: &str) {
+    out.put_u8(0x26);
+    put_str(out, k);
+    put_str(out, v);
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -395,7 +433,8 @@ mod tests {
             for qos in 0..=2u8 {
                 let e = entry(payload);
                 let mut b = BytesMut::new();
-                encode_publish(false, &e, qos, 513, true, true, &mut b);
+                let mut r = (0, String::new());
+                encode_publish(false, &e, qos, 513, true, true, &mut r, &mut b);
                 assert_eq!((b[0] >> 1) & 3, qos);
                 let Packet::Publish(p, None) = V4.read_mut(&mut b, 1 << 20).unwrap() else {
                     panic!("not a publish")
@@ -408,7 +447,7 @@ mod tests {
                 assert!(b.is_empty());
 
                 let mut b = BytesMut::new();
-                encode_publish(true, &e, qos, 513, false, true, &mut b);
+                encode_publish(true, &e, qos, 513, false, true, &mut r, &mut b);
                 let Packet::Publish(p, Some(props)) = V5.read_mut(&mut b, 1 << 20).unwrap() else {
                     panic!("not a v5 publish with properties")
                 };

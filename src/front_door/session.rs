@@ -262,6 +262,7 @@ impl<P: Protocol> Session<P> {
 
         let end = 'session: loop {
             let idle = tokio::time::sleep_until(self.last_packet + keep_alive);
+            let save_due = self.login.feed.as_ref().and_then(|f| f.save_due());
             let mut router_active = false;
             tokio::select! {
                 // Reading goes on while draining: subscribers' PUBACKs keep the
@@ -285,6 +286,11 @@ impl<P: Protocol> Session<P> {
                 }
                 _ = tokio::time::sleep_until(self.unacked.deadline.unwrap_or_else(Instant::now)), if self.unacked.deadline.is_some() => {
                     return Err(ConnError::Stalled);
+                }
+                _ = tokio::time::sleep_until(save_due.unwrap_or_else(Instant::now)), if save_due.is_some() => {
+                    if let Some(feed) = self.login.feed.as_mut() {
+                        feed.save(true).map_err(store_error)?;
+                    }
                 }
                 _ = feed_ready(&mut self.login.feed) => {
                     if let Some(feed) = self.login.feed.as_mut() {
@@ -354,7 +360,7 @@ impl<P: Protocol> Session<P> {
             }
             self.out.flush(&mut self.stream).await?;
             if let Some(feed) = self.login.feed.as_mut() {
-                feed.save().map_err(store_error)?;
+                feed.save(false).map_err(store_error)?;
             }
             if let Some(c) = &self.login.cursor {
                 c.set_idle(self.unacked.count == 0);
