@@ -155,12 +155,7 @@ fn decode_entry(v: &[u8], payload: impl FnOnce(usize) -> Bytes) -> Option<Entry>
 /// it, one copy per record; without, they are left empty.
 fn decode_record(k: &[u8], v: &[u8], whole: Option<&Bytes>) -> Option<Batch> {
     let seq = seq_of(k)?;
-    let mut r = Reader(v);
-    if r.u8()? != VERSION {
-        return None;
-    }
-    let count = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
-    let total = r.u64()?;
+    let (count, total, mut r) = record_start(v)?;
     let mut entries = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let len = u32::from_be_bytes(r.take(4)?.try_into().ok()?) as usize;
@@ -179,16 +174,22 @@ fn decode_record(k: &[u8], v: &[u8], whole: Option<&Bytes>) -> Option<Batch> {
     })
 }
 
-/// Only the header of a record: its end and running total.
+/// Only the header of a record: its end, running total and size.
 fn record_header(k: &[u8], v: &[u8]) -> Option<(u64, u64, u64)> {
     let seq = seq_of(k)?;
+    let (count, total, _) = record_start(v)?;
+    Some((seq + u64::from(count), total, (k.len() + v.len()) as u64))
+}
+
+/// A record's entry count and running total, and a reader at its entries.
+fn record_start(v: &[u8]) -> Option<(u32, u64, Reader<'_>)> {
     let mut r = Reader(v);
     if r.u8()? != VERSION {
         return None;
     }
     let count = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
     let total = r.u64()?;
-    Some((seq + u64::from(count), total, (k.len() + v.len()) as u64))
+    Some((count, total, r))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -392,10 +393,22 @@ impl Outbox {
         if from >= head {
             return Ok(out);
         }
-        // The record holding `from` starts at or before it.
-        let start = match self.tree.range(key(0)..=key(from)).next_back() {
-            Some(kv) => seq_of(&kv?.0).unwrap_or(from),
-            None => from,
+        // The record holding `from` starts at or before it. A reader that
+        // consumed whole records asks for a record's first entry: found
+        // forwards. Otherwise (a position inside a record, after a restart
+        // or a takeover) it is the record before, found backwards, which
+        // sled does far more slowly.
+        let starts_here = match self.tree.range(key(from)..key(head)).next() {
+            Some(kv) => seq_of(&kv?.0) == Some(from),
+            None => false,
+        };
+        let start = if starts_here {
+            from
+        } else {
+            match self.tree.range(key(0)..key(from)).next_back() {
+                Some(kv) => seq_of(&kv?.0).unwrap_or(from),
+                None => from,
+            }
         };
         for kv in self.tree.range(key(start)..key(head)) {
             let (k, v) = kv?;

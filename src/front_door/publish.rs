@@ -240,22 +240,13 @@ impl<P: Protocol> Session<P> {
     /// backpressure. If the verifier no longer takes input (shutdown), the
     /// message is not acknowledged and the device will resend it.
     pub(super) async fn hand_to_verifier(&mut self, publish: Publish, ack: Option<AckTo>) -> bool {
-        // Held here while a `block` subscriber catches up: this socket is
-        // not read and nothing is acknowledged meanwhile.
-        self.ctx.lag.admitted().await;
         let qos = match &ack {
             Some(a) if a.qos2 => 2,
             Some(_) => 1,
             None => 0,
         };
-        let m = Inbound {
-            topic: publish.topic,
-            payload: publish.payload,
-            retain: publish.retain,
-            qos,
-            ack,
-        };
-        self.ctx.verifier.send(Input::Message(m)).await.is_ok()
+        self.queue_for_verifier(publish, qos, ack, Input::Message)
+            .await
     }
 
     /// Hands an account's publish (or will) to the outbox, through the
@@ -263,6 +254,27 @@ impl<P: Protocol> Session<P> {
     /// acknowledged once durable, like a sealed one.
     pub(super) async fn relay(&mut self, publish: Publish, qos: u8, ack: Option<AckTo>) {
         let acked = ack.is_some();
+        if self
+            .queue_for_verifier(publish, qos, ack, Input::Relay)
+            .await
+            && acked
+        {
+            self.owed += 1;
+        }
+    }
+
+    /// Queues a publish for the verifier as `kind`; false when it no longer
+    /// takes input.
+    async fn queue_for_verifier(
+        &mut self,
+        publish: Publish,
+        qos: u8,
+        ack: Option<AckTo>,
+        kind: fn(Inbound) -> Input,
+    ) -> bool {
+        // Held here while a `block` subscriber catches up: this socket is
+        // not read and nothing is acknowledged meanwhile.
+        self.ctx.lag.admitted().await;
         let m = Inbound {
             topic: publish.topic,
             payload: publish.payload,
@@ -270,10 +282,7 @@ impl<P: Protocol> Session<P> {
             qos,
             ack,
         };
-        self.ctx.lag.admitted().await;
-        if self.ctx.verifier.send(Input::Relay(m)).await.is_ok() && acked {
-            self.owed += 1;
-        }
+        self.ctx.verifier.send(kind(m)).await.is_ok()
     }
 
     /// The packet that answers a verifier outcome, if any.
