@@ -9,6 +9,9 @@
 #   DIR_A, DIR_B: target/release directories of the two builds (each with
 #   sealgate); RATE as firmware-sim --rate (0 = closed loop, default).
 #   SIM_ARGS: more firmware-sim flags, e.g. --persistent-subscriber.
+#   CONFIG: the gateway's configuration file, e.g. '[limits]\ndevice_rate = 0.0\n'
+#   (the default limit, 1,000 msgs/s per device, is near what 100 devices
+#   reach in a closed loop, and a 3.1.1 device gets no PUBACK over it).
 set -euo pipefail
 A=$(cd "$1" && pwd); B=$(cd "$2" && pwd); shift 2
 RATES=${*:-0}
@@ -17,7 +20,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 export SEALGATE_ADMIN_TOKEN=bench-token-0123456789 SEALGATE_ADMIN_URL=http://127.0.0.1:18083
 
 run() { # BIN RATE -> JSON line
-    rm -rf "$W/data"; : > "$W/c.toml"
+    rm -rf "$W/data"; printf '%b' "${CONFIG:-}" > "$W/c.toml"
     SEALGATE_CONFIG=$W/c.toml SEALGATE_DATA_DIR=$W/data SEALGATE_MQTT_LISTEN=127.0.0.1:18833 \
         SEALGATE_HTTP_LISTEN=127.0.0.1:18083 SEALGATE_USERS=dash:pw RUST_LOG=warn \
         taskset -c 0 "$1/sealgate" > "$W/server.log" 2>&1 &
