@@ -211,7 +211,9 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
     };
     // Only the session expiry is used; the rest is up to a packet's worth
     // of memory for the whole session.
-    let expiry = props.and_then(|p| p.session_expiry_interval);
+    let expiry = props.as_ref().and_then(|p| p.session_expiry_interval);
+    let receive_maximum = props.as_ref().and_then(|p| p.receive_maximum);
+    drop(props);
     drop(will_props);
     let username = login.as_ref().map(|l| l.username.as_str()).unwrap_or("");
     let admitted = admit(&ctx, &connect, will.as_ref(), login.as_ref());
@@ -321,7 +323,12 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
     let role_for_release = role.clone();
     let sessions = ctx.clone();
     let feed = durable.map(|d| {
-        super::persistent::Feed::new(ctx.persistent.clone(), router_client_id.clone(), &d)
+        super::persistent::Feed::new(
+            ctx.persistent.clone(),
+            router_client_id.clone(),
+            &d,
+            receive_maximum,
+        )
     });
     let login = Login {
         role,

@@ -64,12 +64,23 @@ pub(super) struct Feed {
 }
 
 impl Feed {
-    pub fn new(sessions: Arc<Sessions>, id: String, attached: &Attached) -> Feed {
+    /// `receive_maximum`: what an MQTT 5 client said it takes in flight
+    /// (MQTT5-3.3.4-7: never more QoS 1/2 messages unacknowledged).
+    pub fn new(
+        sessions: Arc<Sessions>,
+        id: String,
+        attached: &Attached,
+        receive_maximum: Option<u16>,
+    ) -> Feed {
         let r = &attached.record;
         let read_at = r.next.max(sessions.outbox().first());
+        let max_inflight = match receive_maximum {
+            Some(n) if n > 0 => sessions.config().max_inflight.min(usize::from(n)),
+            _ => sessions.config().max_inflight,
+        };
         Feed {
             head: sessions.outbox().watch(),
-            max_inflight: sessions.config().max_inflight,
+            max_inflight,
             sessions,
             id,
             generation: attached.generation,
@@ -425,6 +436,34 @@ mod tests {
                 nonce: 42,
             }),
         }
+    }
+
+    /// Over sockets the absence of a third message cannot be awaited, so
+    /// the window is checked on the feed itself.
+    #[tokio::test]
+    async fn an_mqtt5_receive_maximum_bounds_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let (outbox, mut writer) = crate::outbox::Outbox::open(&db, u64::MAX).unwrap();
+        let config = crate::config::Config::load(None, &[]).unwrap().sessions;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let sessions = Sessions::open(&db, outbox, config, metrics).unwrap();
+        let attached = sessions.attach("u.1.d.x", "d", true, 60).unwrap();
+        let mut feed = Feed::new(sessions.clone(), "u.1.d.x".into(), &attached, Some(2));
+        feed.subscribe(&[("clean/#".into(), 1)]).await.unwrap();
+        writer
+            .append((0..5).map(|n| Entry {
+                qos: 1,
+                retain: false,
+                at_ms: n,
+                ..entry(10)
+            }))
+            .unwrap();
+        let mut out = BytesMut::new();
+        assert_eq!(feed.fill(true, &mut out).unwrap(), 2);
+        assert_eq!(feed.fill(true, &mut out).unwrap(), 0, "the window is full");
+        assert!(feed.puback(1));
+        assert_eq!(feed.fill(true, &mut out).unwrap(), 1);
     }
 
     #[test]
