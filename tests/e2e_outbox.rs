@@ -359,3 +359,58 @@ async fn retained_messages_survive_a_restart_and_reach_persistent_sessions() {
         );
     }
 }
+
+/// A persistent session gets everything its filters match while it is
+/// away, across a kill -9: security events, unverified payloads and what
+/// accounts publish, not only verified plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_unverified_and_account_publishes_wait_for_a_persistent_session() {
+    let gw = Gateway::start_with_config(
+        "[verifier]\nallow_unsealed = true\n\
+         [[users]]\nname = \"dash\"\npassword = \"dash-password\"\n\
+         subscribe = [\"sealgate/events/#\", \"unverified/#\", \"status/#\"]\n\
+         [[users]]\nname = \"ops\"\npassword = \"ops-password\"\npublish = [\"status/#\"]\n",
+        &[("SEALGATE_USERS", "")],
+    );
+    let creds = gw.add_device("esp32-e").await;
+    let mut o = options(gw.mqtt_port, "kept-e", SUB_USER, SUB_PASS);
+    o.set_clean_session(false);
+    let (mut sub, r) = Client::connect_with(o.clone()).await;
+    r.unwrap();
+    sub.subscribe(&["sealgate/events/#", "unverified/#", "status/#"])
+        .await;
+    sub.client.disconnect().await.unwrap();
+    while !matches!(sub.next().await, common::Seen::Closed(_)) {}
+
+    let mut dev = Client::device(gw.mqtt_port, &creds).await;
+    // A forged MAC (an event), then a payload that is no envelope.
+    let mut forged = seal(&creds, "t", 1, b"x");
+    let at = forged.len() - 3;
+    forged[at] ^= 1;
+    dev.publish_acked("sealed/esp32-e/t", forged).await;
+    dev.publish_acked("sealed/esp32-e/t", b"plain reading".to_vec())
+        .await;
+    let (mut ops, r) = Client::connect(gw.mqtt_port, "ops-1", "ops", "ops-password").await;
+    r.unwrap();
+    ops.publish_acked("status/site", b"up".to_vec()).await;
+    drop((dev, ops));
+
+    let cfg = gw.config_file();
+    let cfg = cfg.to_str().unwrap();
+    let gw = gw.kill9_and_restart_with(&[("SEALGATE_CONFIG", cfg), ("SEALGATE_USERS", "")]);
+    let mut o = options(gw.mqtt_port, "kept-e", SUB_USER, SUB_PASS);
+    o.set_clean_session(false);
+    let (mut sub, r) = Client::connect_with(o).await;
+    r.unwrap();
+    let (t, p) = sub.next_publish().await;
+    assert_eq!(t, "sealgate/events/esp32-e");
+    assert_eq!(event(&p)["reason"], "bad_mac");
+    assert_eq!(
+        sub.next_publish().await,
+        ("unverified/esp32-e/t".into(), b"plain reading".to_vec())
+    );
+    assert_eq!(
+        sub.next_publish().await,
+        ("status/site".into(), b"up".to_vec())
+    );
+}

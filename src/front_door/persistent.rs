@@ -146,7 +146,18 @@ impl Feed {
                 break;
             };
             let pkid = if qos > 0 { self.take_pkid() } else { 0 };
-            encode_publish(v5, &e, qos, pkid, false, true, &mut self.received, out);
+            if unframable(encode_publish(
+                v5,
+                &e,
+                qos,
+                pkid,
+                false,
+                true,
+                &mut self.received,
+                out,
+            )) {
+                continue;
+            }
             if qos > 0 {
                 let f = InFlight {
                     seq: None,
@@ -182,7 +193,12 @@ impl Feed {
             let pkid = if qos > 0 { self.take_pkid() } else { 0 };
             // Retain As Published is not offered: a message that matches an
             // established subscription goes out with RETAIN 0.
-            encode_publish(v5, &s.entry, qos, pkid, dup, false, &mut self.received, out);
+            let encoded =
+                encode_publish(v5, &s.entry, qos, pkid, dup, false, &mut self.received, out);
+            if unframable(encoded) {
+                self.acked.insert(s.seq);
+                continue;
+            }
             if qos > 0 {
                 self.pending.insert(s.seq);
                 self.by_pkid.insert(
@@ -334,8 +350,9 @@ impl Feed {
 
 /// Writes an MQTT PUBLISH. rumqttd keeps a publish's QoS and packet id
 /// private to its crate, so packets it did not decode itself cannot carry
-/// them: this is the one encoder of our own, checked against rumqttd's
-/// decoder in the tests below.
+/// them: this is the one encoder of our own (lengths are written by
+/// rumqttd's `write_remaining_length`), checked against rumqttd's decoder in
+/// the tests below. Fails only for a packet MQTT cannot frame (over 256 MiB).
 #[allow(clippy::too_many_arguments)]
 fn encode_publish(
     v5: bool,
@@ -346,41 +363,49 @@ fn encode_publish(
     retain: bool,
     received: &mut (u64, String),
     out: &mut BytesMut,
-) {
+) -> Result<(), rumqttd::protocol::Error> {
     use crate::republish::property;
+    use rumqttd::protocol::v4::write_remaining_length;
+    // MQTT 5: the properties, after their length.
     let mut props = BytesMut::new();
-    if let (true, Some(o)) = (v5, &e.origin) {
-        if received.0 != e.at_ms {
-            *received = (e.at_ms, crate::rfc3339_ms(e.at_ms));
-        }
-        let mut number = itoa::Buffer::new();
-        for (k, v) in [
-            (property::DEVICE, o.device.as_str()),
-            (property::KID, number.format(o.kid)),
-        ] {
-            put_user_property(&mut props, k, v);
-        }
-        put_user_property(&mut props, property::NONCE, number.format(o.nonce));
-        put_user_property(&mut props, property::RECEIVED, &received.1);
-    }
-    let mut len = 2 + e.topic.len() + e.payload.len();
-    if qos > 0 {
-        len += 2;
-    }
     if v5 {
-        len += varint_len(props.len()) + props.len();
+        let mut list = BytesMut::new();
+        if let Some(o) = &e.origin {
+            if received.0 != e.at_ms {
+                *received = (e.at_ms, crate::rfc3339_ms(e.at_ms));
+            }
+            let mut number = itoa::Buffer::new();
+            put_user_property(&mut list, property::DEVICE, &o.device);
+            put_user_property(&mut list, property::KID, number.format(o.kid));
+            put_user_property(&mut list, property::NONCE, number.format(o.nonce));
+            put_user_property(&mut list, property::RECEIVED, &received.1);
+        }
+        write_remaining_length(&mut props, list.len())?;
+        props.extend_from_slice(&list);
     }
+    let pkid_len = if qos > 0 { 2 } else { 0 };
+    let len = 2 + e.topic.len() + pkid_len + props.len() + e.payload.len();
     out.put_u8(0x30 | (u8::from(dup) << 3) | (qos << 1) | u8::from(retain));
-    put_varint(out, len);
+    write_remaining_length(out, len)?;
     put_str(out, &e.topic);
     if qos > 0 {
         out.put_u16(pkid);
     }
-    if v5 {
-        put_varint(out, props.len());
-        out.extend_from_slice(&props);
-    }
+    out.extend_from_slice(&props);
     out.extend_from_slice(&e.payload);
+    Ok(())
+}
+
+/// Whether a message could not be framed; it is logged and skipped (it
+/// can never be delivered, and must not stop the session's position).
+fn unframable(r: Result<(), rumqttd::protocol::Error>) -> bool {
+    match r {
+        Ok(()) => false,
+        Err(e) => {
+            tracing::warn!(error = ?e, "Skipped a message too large to frame as MQTT.");
+            true
+        }
+    }
 }
 
 /// MQTT 5 user property: identifier 0x26, then a UTF-8 string pair.
@@ -393,29 +418,6 @@ fn put_user_property(out: &mut BytesMut, k: &str, v: &str) {
 fn put_str(out: &mut BytesMut, s: &str) {
     out.put_u16(s.len() as u16);
     out.extend_from_slice(s.as_bytes());
-}
-
-fn varint_len(mut n: usize) -> usize {
-    let mut len = 1;
-    while n >= 128 {
-        n /= 128;
-        len += 1;
-    }
-    len
-}
-
-fn put_varint(out: &mut BytesMut, mut n: usize) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.put_u8(b);
-        if n == 0 {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -473,7 +475,7 @@ mod tests {
                 let e = entry(payload);
                 let mut b = BytesMut::new();
                 let mut r = (0, String::new());
-                encode_publish(false, &e, qos, 513, true, true, &mut r, &mut b);
+                encode_publish(false, &e, qos, 513, true, true, &mut r, &mut b).unwrap();
                 assert_eq!((b[0] >> 1) & 3, qos);
                 let Packet::Publish(p, None) = V4.read_mut(&mut b, 1 << 20).unwrap() else {
                     panic!("not a publish")
@@ -486,7 +488,7 @@ mod tests {
                 assert!(b.is_empty());
 
                 let mut b = BytesMut::new();
-                encode_publish(true, &e, qos, 513, false, true, &mut r, &mut b);
+                encode_publish(true, &e, qos, 513, false, true, &mut r, &mut b).unwrap();
                 let Packet::Publish(p, Some(props)) = V5.read_mut(&mut b, 1 << 20).unwrap() else {
                     panic!("not a v5 publish with properties")
                 };

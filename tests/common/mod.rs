@@ -79,6 +79,11 @@ impl Gateway {
         g
     }
 
+    /// The configuration file a `start_with_config` gateway reads.
+    pub fn config_file(&self) -> PathBuf {
+        self.data_dir.with_file_name("sealgate.toml")
+    }
+
     /// Starts a gateway on an existing data directory (restart tests).
     pub fn start_in(dir: &Path, extra_env: &[(&str, &str)]) -> Gateway {
         Gateway::spawn(dir, extra_env, None)
@@ -216,10 +221,16 @@ impl Gateway {
     }
 
     /// SIGKILL (no shutdown path runs), then a new gateway on the same data.
-    pub fn kill9_and_restart(mut self) -> Gateway {
+    pub fn kill9_and_restart(self) -> Gateway {
+        self.kill9_and_restart_with(&[])
+    }
+
+    /// `kill9_and_restart` with environment for the new gateway (such as
+    /// the `SEALGATE_CONFIG` of `start_with_config`, see `config_file`).
+    pub fn kill9_and_restart_with(mut self, extra_env: &[(&str, &str)]) -> Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let mut next = Gateway::start_in(&self.data_dir, &[]);
+        let mut next = Gateway::start_in(&self.data_dir, extra_env);
         next._tmp = self._tmp.take();
         next
     }
