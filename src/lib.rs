@@ -22,8 +22,8 @@
 //! * `lag`: how far each subscriber is behind; holds devices for a `block`
 //!   subscriber, counts what a `drop` subscriber misses.
 //!
-//! Around it: [`envelope`] (the one wire-format implementation, shared with
-//! firmware-sim and the tests), [`registry`] (devices in sled),
+//! Around it: [`envelope`] (the `sealgate-envelope` crate: the one
+//! wire-format implementation, shared with firmware-sim and the tests), [`registry`] (devices in sled),
 //! [`admin`] (HTTP API, health, metrics), [`events`] and `metrics` (every
 //! reason and metric name, once), [`config`], [`secrets`] (the master key
 //! and admin token files), [`app`] (startup and shutdown order),
@@ -34,7 +34,8 @@ pub mod admin;
 pub mod app;
 pub(crate) mod broker;
 pub mod config;
-pub mod envelope;
+/// The wire format, from its own `no_std` crate.
+pub use sealgate_envelope as envelope;
 pub mod events;
 pub(crate) mod failpoint;
 pub mod front_door;

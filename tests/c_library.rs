@@ -228,7 +228,8 @@ fn edge_cases() -> Vec<Case> {
                     plaintext: &body,
                     binary,
                 },
-            );
+            )
+            .expect("sealable");
             cases.push(seal_case(format!("edge-{n}"), &seal, &want));
         }
     }

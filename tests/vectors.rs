@@ -120,7 +120,8 @@ fn reseal_matches(v: &Value, payload: &[u8]) {
             plaintext: &plain,
             binary: payload.starts_with(b"SG\x01"),
         },
-    );
+    )
+    .expect("vector ids are normalised");
     assert_eq!(
         B64.encode(sealed),
         v["payload_b64"].as_str().unwrap(),

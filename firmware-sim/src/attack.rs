@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 use rumqttc::AsyncClient;
-use sealgate::envelope::{self, DeviceKeys, Enc};
+use sealgate_envelope::{self as envelope, DeviceKeys, Enc};
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::time::Instant;
 
@@ -141,7 +141,7 @@ struct Arena<'c> {
 impl Arena<'_> {
     /// Nonces above anything used before, this run or earlier ones.
     fn fresh_nonce(&mut self) -> u64 {
-        let n = self.next_nonce.max(first_nonce(sealgate::now_ms()));
+        let n = self.next_nonce.max(first_nonce(message::now_ms()));
         self.next_nonce = n + 1;
         n
     }

@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sealgate::admin::client::{bulk_device_id, AdminClient, BulkCredentials, Credentials};
-use sealgate::envelope::{normalise_device_id, DeviceKeys};
+use sealgate_client::{bulk_device_id, AdminClient, BulkCredentials, Credentials};
+use sealgate_envelope::{normalise_device_id, DeviceKeys};
 
 /// One simulated ESP32: what it would have in flash.
 #[derive(Debug, Clone)]

@@ -50,7 +50,7 @@ pub async fn run(common: &Common, plan: LoadPlan) -> Result<LoadReport, String> 
     let tally = Arc::new(Tally::new(epoch)?);
     let links = connect_all(&fleet, common, &tally).await?;
 
-    let base = message::first_nonce(sealgate::now_ms());
+    let base = message::first_nonce(message::now_ms());
     let ids: Vec<(String, u64)> = fleet.iter().map(|d| (d.id.clone(), base)).collect();
     let ledger = Arc::new(Ledger::new(&ids, epoch));
     let matcher = tokio::spawn(match_deliveries(rx, ledger.clone(), tally.clone()));

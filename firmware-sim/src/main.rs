@@ -195,10 +195,10 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 fn parse_stream(s: &str) -> Result<String, String> {
-    if s.len() > sealgate::envelope::MAX_STREAM_LEN {
+    if s.len() > sealgate_envelope::MAX_STREAM_LEN {
         return Err(format!(
             "at most {} bytes",
-            sealgate::envelope::MAX_STREAM_LEN
+            sealgate_envelope::MAX_STREAM_LEN
         ));
     }
     if s.contains(['+', '#', '\0']) {

@@ -3,7 +3,7 @@
 //! only chooses the plaintext, the nonce and the topic.
 
 use rand::Rng;
-use sealgate::envelope::{self, DeviceKeys, SealInput};
+use sealgate_envelope::{self as envelope, DeviceKeys, SealInput};
 use serde::Deserialize;
 
 /// How a device seals, shared by every message of a run.
@@ -11,6 +11,13 @@ use serde::Deserialize;
 pub struct SealStyle {
     pub binary: bool,
     pub encrypt: bool,
+}
+
+/// Milliseconds since the Unix epoch; 0 if the clock is before 1970.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The first nonce of a run. Devices keep no state between runs, so the
@@ -92,6 +99,7 @@ pub fn seal(
             binary: style.binary,
         },
     )
+    .expect("ids come normalised from the registry and streams are checked at start")
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Admin HTTP API (`/api/v1/devices`, bearer token), health, readiness and
-//! metrics endpoints, and the client the CLI and firmware-sim use.
+//! metrics endpoints. The client the CLI and firmware-sim use, and the
+//! request and answer types, are the `sealgate-client` crate, so
+//! firmware-sim links none of the server.
 
-pub mod client;
+pub use sealgate_client as client;
 mod error;
 mod handlers;
 mod serve;

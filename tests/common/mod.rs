@@ -440,6 +440,7 @@ pub fn seal(creds: &Credentials, stream: &str, nonce: u64, plaintext: &[u8]) -> 
             binary: false,
         },
     )
+    .expect("a registered id and a short stream")
 }
 
 /// Parses an event payload.

@@ -4,7 +4,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// HMAC-SHA256 over the concatenation of `parts`.
 pub(crate) fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
@@ -20,8 +20,8 @@ pub(crate) fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 #[derive(Clone)]
 pub struct MasterKey([u8; 32]);
 
-impl std::fmt::Debug for MasterKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("MasterKey(..)")
     }
 }
@@ -55,6 +55,12 @@ impl MasterKey {
     pub fn device_keys(&self, device_id: &str, kid: u32) -> DeviceKeys {
         DeviceKeys::from_secret(&self.device_secret(device_id, kid))
     }
+
+    /// A key for `purpose`, independent of every device key: the gateway
+    /// derives what it keeps at rest from here rather than from new secrets.
+    pub fn derive(&self, purpose: &[u8]) -> [u8; 32] {
+        hmac(&self.0, &[b"sealgate/v1/gateway", &[0], purpose])
+    }
 }
 
 /// The three keys a device derives from its secret.
@@ -65,8 +71,8 @@ pub struct DeviceKeys {
     pub auth: [u8; 32],
 }
 
-impl std::fmt::Debug for DeviceKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for DeviceKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("DeviceKeys(..)")
     }
 }
@@ -88,27 +94,84 @@ fn token_tag(k_auth: &[u8; 32], device_id: &str, expiry: u64) -> [u8; 32] {
     hmac(k_auth, &[device_id.as_bytes(), &[0], &expiry.to_be_bytes()])
 }
 
-/// The MQTT password a device presents: `v1:{expiry}:{hex tag}`. `expiry` is a
-/// Unix time in seconds, 0 for a token that never expires.
-pub fn connect_token(keys: &DeviceKeys, device_id: &str, expiry: u64) -> String {
-    format!(
-        "v1:{expiry}:{}",
-        hex::encode(token_tag(&keys.auth, device_id, expiry))
-    )
+/// `v1:` + up to 20 digits + `:` + 64 hex digits.
+const TOKEN_MAX: usize = 3 + 20 + 1 + 64;
+
+/// The MQTT password a device presents, `v1:{expiry}:{hex tag}`, built
+/// without a heap. `expiry` is a Unix time in seconds, 0 for a token that
+/// never expires. `Debug` does not print it: it is a credential.
+#[derive(Clone)]
+pub struct ConnectToken {
+    buf: [u8; TOKEN_MAX],
+    len: usize,
+}
+
+impl ConnectToken {
+    pub fn new(keys: &DeviceKeys, device_id: &str, expiry: u64) -> ConnectToken {
+        let mut buf = [0u8; TOKEN_MAX];
+        buf[..3].copy_from_slice(b"v1:");
+        let mut len = 3;
+        let mut digits = [0u8; 20];
+        let mut n = expiry;
+        let mut d = digits.len();
+        loop {
+            d -= 1;
+            digits[d] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        buf[len..len + digits.len() - d].copy_from_slice(&digits[d..]);
+        len += digits.len() - d;
+        buf[len] = b':';
+        len += 1;
+        hex::encode_to_slice(
+            token_tag(&keys.auth, device_id, expiry),
+            &mut buf[len..len + 64],
+        )
+        .expect("64 bytes for 32");
+        ConnectToken { buf, len: len + 64 }
+    }
+
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl core::fmt::Debug for ConnectToken {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("ConnectToken(..)")
+    }
+}
+
+/// [`ConnectToken`] as a `String`.
+#[cfg(feature = "alloc")]
+pub fn connect_token(keys: &DeviceKeys, device_id: &str, expiry: u64) -> alloc::string::String {
+    alloc::string::String::from(ConnectToken::new(keys, device_id, expiry).as_str())
 }
 
 /// Why a connect token was refused. Never carries the token itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenError {
-    #[error("token is not v1:<expiry>:<64 hex>")]
     Format,
-    #[error("token does not match the device key")]
     BadTag,
-    #[error("token has expired")]
     Expired,
-    #[error("tokens without expiry are refused by configuration")]
     NoExpiry,
 }
+
+impl core::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            TokenError::Format => "token is not v1:<expiry>:<64 hex>",
+            TokenError::BadTag => "token does not match the device key",
+            TokenError::Expired => "token has expired",
+            TokenError::NoExpiry => "tokens without expiry are refused by configuration",
+        })
+    }
+}
+
+impl core::error::Error for TokenError {}
 
 /// Checks a connect token in constant time. `now` is Unix seconds. The tag is
 /// checked before the expiry so a forged token never learns anything more
@@ -150,24 +213,33 @@ mod tests {
     #[test]
     fn token_round_trip_and_refusals() {
         let keys = MasterKey::from_bytes([7; 32]).device_keys("d1", 1);
-        let t = connect_token(&keys, "d1", 100);
-        assert_eq!(verify_connect_token(&keys, "d1", &t, 99, false), Ok(()));
+        let t = ConnectToken::new(&keys, "d1", 100);
+        let t = t.as_str();
+        assert!(t.starts_with("v1:100:"), "{t}");
+        assert_eq!(verify_connect_token(&keys, "d1", t, 99, false), Ok(()));
         assert_eq!(
-            verify_connect_token(&keys, "d1", &t, 100, false),
+            verify_connect_token(&keys, "d1", t, 100, false),
             Err(TokenError::Expired)
         );
         assert_eq!(
-            verify_connect_token(&keys, "d2", &t, 0, false),
+            verify_connect_token(&keys, "d2", t, 0, false),
             Err(TokenError::BadTag)
         );
-        let forever = connect_token(&keys, "d1", 0);
+        let forever = ConnectToken::new(&keys, "d1", 0);
+        assert!(forever.as_str().starts_with("v1:0:"));
         assert_eq!(
-            verify_connect_token(&keys, "d1", &forever, u64::MAX, true),
+            verify_connect_token(&keys, "d1", forever.as_str(), u64::MAX, true),
             Ok(())
         );
         assert_eq!(
-            verify_connect_token(&keys, "d1", &forever, 1, false),
+            verify_connect_token(&keys, "d1", forever.as_str(), 1, false),
             Err(TokenError::NoExpiry)
+        );
+        let max = ConnectToken::new(&keys, "d1", u64::MAX);
+        assert_eq!(max.as_str().len(), TOKEN_MAX);
+        assert_eq!(
+            verify_connect_token(&keys, "d1", max.as_str(), 1, false),
+            Ok(())
         );
         for bad in [
             "", "v1", "v2:0:00", "v1::00", "v1:-1:00", "v1:0:zz", "v1:0:00",
