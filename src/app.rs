@@ -185,6 +185,18 @@ pub async fn run(
         extra.push((listen("ws", addr).await?, Transport::WebSocket));
     }
     let http = listen("http", config.http.listen).await?;
+    let ingest_listener = if config.ingest.enabled {
+        let tls = match (&config.ingest.tls_cert, &config.ingest.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::front_door::transport::tls_acceptor(cert, key)
+                    .map_err(|e| AppError::Tls(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        Some((listen("ingest", config.ingest.listen).await?, tls))
+    } else {
+        None
+    };
     let mqtt_addr = mqtt
         .local_addr()
         .map_err(|e| AppError::Router(e.to_string()))?;
@@ -243,8 +255,29 @@ pub async fn run(
         tracker.clone(),
     )));
 
+    let ingest_stop = CancellationToken::new();
+    let ingest_task = ingest_listener.map(|(listener, tls)| {
+        if let Ok(a) = listener.local_addr() {
+            extra_addrs.push_str(&format!(" ingest={a}"));
+        }
+        let ingest = Arc::new(crate::ingest::Ingest::new(
+            config.ingest.clone(),
+            config.topics.sealed.clone(),
+            registry.clone(),
+            crate::registry::vault::Vault::new(&secrets.master),
+            verifier_tx.clone(),
+            metrics.clone(),
+        ));
+        tokio::spawn(crate::ingest::serve(
+            listener,
+            ingest,
+            tls,
+            ingest_stop.clone(),
+        ))
+    });
     let admin_state = Arc::new(AdminState {
         registry,
+        vault: crate::registry::vault::Vault::new(&secrets.master),
         master: secrets.master,
         metrics,
         store_ok,
@@ -290,6 +323,9 @@ pub async fn run(
         }
     }
     stop.cancel();
+    // The ingest stops taking requests with the front doors; requests in
+    // flight get their answer from the drain below.
+    ingest_stop.cancel();
     // Released for good: no connection waits on a subscriber during drain.
     let _ = lag_monitor.await;
     let _ = housekeeping.await;
@@ -307,6 +343,9 @@ pub async fn run(
     let grace = Duration::from_secs(if died.is_some() { 1 } else { 15 });
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("Some connections did not close in time.");
+    }
+    if let Some(task) = ingest_task {
+        let _ = task.await;
     }
     admin_stop.cancel();
     let _ = admin_task.await;

@@ -41,6 +41,12 @@ pub struct DeviceArgs {
     pub action: DeviceAction,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProfileArg {
+    V1,
+    LegacyEcowatt,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DeviceAction {
     /// Register a device; prints its secret once.
@@ -48,7 +54,29 @@ pub enum DeviceAction {
         id: String,
         #[arg(long)]
         label: Option<String>,
+        /// The envelope the device sends. `legacy-ecowatt` imports the keys
+        /// of firmware already in the field (needs --psk-hmac, --psk-aes and
+        /// --iv); such a device gets no v1 secret until `device migrate`.
+        #[arg(long, value_enum, default_value = "v1")]
+        profile: ProfileArg,
+        /// Legacy HMAC key, hex (16 to 64 bytes). Prefer the environment
+        /// variable: arguments are visible to other local users.
+        #[arg(long, env = "SEALGATE_PSK_HMAC", hide_env_values = true)]
+        psk_hmac: Option<String>,
+        /// Legacy AES-128 key, hex (16 bytes).
+        #[arg(long, env = "SEALGATE_PSK_AES", hide_env_values = true)]
+        psk_aes: Option<String>,
+        /// Legacy fixed IV, hex (16 bytes).
+        #[arg(long, env = "SEALGATE_PSK_IV", hide_env_values = true)]
+        iv: Option<String>,
         /// Print {"device_id","kid","secret","mqtt_password"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a legacy device to v1: its imported keys are deleted and its v1
+    /// secret is printed once; its nonce window carries over.
+    Migrate {
+        id: String,
         #[arg(long)]
         json: bool,
     },

@@ -22,6 +22,7 @@ pub struct Config {
     pub acl: AclConfig,
     pub limits: LimitsConfig,
     pub sessions: SessionsConfig,
+    pub ingest: IngestConfig,
     #[serde(default)]
     pub users: Vec<User>,
     /// Only from `SEALGATE_MASTER_KEY`; never read from a file here. Its
@@ -61,6 +62,45 @@ pub struct HttpConfig {
     pub header_read_timeout_ms: u64,
     /// Open admin connections; further sockets get a 503 and are closed.
     pub max_connections: usize,
+}
+
+/// The HTTP listener for legacy firmware that POSTs its envelope
+/// (`crate::ingest`). Device-facing, so separate from the admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// HTTPS when both are set (PEM), through the MQTT TLS listener's setup.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    pub path: String,
+    pub device_from: DeviceFrom,
+    pub device_header: String,
+    pub device_field: String,
+    /// Published as `clean/{device}/{stream}`.
+    pub stream: String,
+    pub max_body_bytes: usize,
+    pub max_connections: usize,
+    pub header_read_timeout_ms: u64,
+    /// Accepted requests per second per device; the burst is one second's.
+    pub device_rate: f64,
+}
+
+/// How an ingest request names its device. The name is a claim until the
+/// MAC checks under that device's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceFrom {
+    /// The header `ingest.device_header`.
+    Header,
+    /// The last path segment: `POST {ingest.path}/{device}`.
+    Path,
+    /// The field `ingest.device_field` of the verified plaintext, for fleets
+    /// that share one key pair.
+    Field,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -298,6 +338,11 @@ pub fn parse_users(v: &str) -> Result<Vec<User>, ConfigError> {
         .collect()
 }
 
+/// `name` as an HTTP header name, if it is one.
+pub fn http_header_name(name: &str) -> Option<axum::http::HeaderName> {
+    axum::http::HeaderName::from_bytes(name.as_bytes()).ok()
+}
+
 /// What an account name may be: see `Config::validate`.
 fn valid_account_name(name: &str) -> bool {
     (1..=64).contains(&name.chars().count())
@@ -342,6 +387,9 @@ impl Config {
         }
         if let Some(v) = env.get("SEALGATE_HTTP_LISTEN") {
             self.http.listen = parse_addr("SEALGATE_HTTP_LISTEN", &v)?;
+        }
+        if let Some(v) = env.get("SEALGATE_INGEST_LISTEN") {
+            self.ingest.listen = parse_addr("SEALGATE_INGEST_LISTEN", &v)?;
         }
         if let Some(v) = env.get("SEALGATE_MASTER_KEY") {
             let key = crate::envelope::MasterKey::from_hex(&v).ok_or(ConfigError::Env {
@@ -471,6 +519,50 @@ impl Config {
                 "http.header_read_timeout_ms",
                 "must be between 1 and 3600000 (one hour)",
             );
+        }
+        if self.ingest.tls_cert.is_some() != self.ingest.tls_key.is_some() {
+            return invalid(
+                "ingest.tls_cert",
+                "ingest.tls_cert and ingest.tls_key go together",
+            );
+        }
+        if !self.ingest.path.starts_with('/')
+            || self.ingest.path.len() < 2
+            || self.ingest.path.ends_with('/')
+        {
+            return invalid(
+                "ingest.path",
+                "must start with / and not end with /, like \"/process\"",
+            );
+        }
+        if http_header_name(&self.ingest.device_header).is_none() {
+            return invalid("ingest.device_header", "must be a valid HTTP header name");
+        }
+        if self.ingest.device_field.is_empty() {
+            return invalid("ingest.device_field", "must not be empty");
+        }
+        if self.ingest.stream.len() > crate::envelope::MAX_STREAM_LEN
+            || self.ingest.stream.contains(['+', '#', '\0'])
+        {
+            return invalid(
+                "ingest.stream",
+                "must be a topic of at most 200 bytes without wildcards",
+            );
+        }
+        if !(64..=1_048_576).contains(&self.ingest.max_body_bytes) {
+            return invalid("ingest.max_body_bytes", "must be between 64 and 1048576");
+        }
+        if self.ingest.max_connections == 0 {
+            return invalid("ingest.max_connections", "must be at least 1");
+        }
+        if !(1..=3_600_000).contains(&self.ingest.header_read_timeout_ms) {
+            return invalid(
+                "ingest.header_read_timeout_ms",
+                "must be between 1 and 3600000",
+            );
+        }
+        if !(self.ingest.device_rate > 0.0 && self.ingest.device_rate.is_finite()) {
+            return invalid("ingest.device_rate", "must be a positive number");
         }
         if self.http.max_connections == 0 {
             return invalid("http.max_connections", "must be at least 1");
@@ -649,6 +741,7 @@ mod tests {
         for (var, val) in [
             ("SEALGATE_MQTT_LISTEN", "localhost"),
             ("SEALGATE_HTTP_LISTEN", "1.2.3.4"),
+            ("SEALGATE_INGEST_LISTEN", "nowhere"),
             ("SEALGATE_MASTER_KEY", "abc"),
             ("SEALGATE_ADMIN_TOKEN", "short"),
             ("SEALGATE_USERS", "nopassword"),
@@ -714,6 +807,16 @@ mod tests {
                 "http.header_read_timeout_ms",
             ),
             ("[http]\nmax_connections = 0\n", "http.max_connections"),
+            ("[ingest]\npath = \"process\"\n", "ingest.path"),
+            ("[ingest]\npath = \"/process/\"\n", "ingest.path"),
+            (
+                "[ingest]\ndevice_header = \"bad header\"\n",
+                "ingest.device_header",
+            ),
+            ("[ingest]\ntls_cert = \"/x\"\n", "ingest.tls_cert"),
+            ("[ingest]\nstream = \"a/#\"\n", "ingest.stream"),
+            ("[ingest]\nmax_body_bytes = 10\n", "ingest.max_body_bytes"),
+            ("[ingest]\ndevice_rate = 0.0\n", "ingest.device_rate"),
         ] {
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

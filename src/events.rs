@@ -258,6 +258,33 @@ pub mod metric {
     pub const PERSISTENT_SESSIONS: &str = "sealgate_persistent_sessions";
     pub const OUTBOX_BYTES: &str = "sealgate_outbox_bytes";
     pub const OUTBOX_FULL: &str = "sealgate_outbox_full";
+    pub const INGEST_REQUESTS: &str = "sealgate_ingest_requests";
+}
+
+/// Values of the `answer` label on `sealgate_ingest_requests_total`: how the
+/// HTTP ingest answered a legacy device (`crate::ingest`).
+pub mod ingest_answer {
+    /// 200: verified and durable.
+    pub const ACCEPTED: &str = "accepted";
+    /// 401: any failed check (the verifier's reason is counted in
+    /// `sealgate_rejects_total` and published as usual).
+    pub const REFUSED: &str = "refused";
+    /// 413: body over `ingest.max_body_bytes`.
+    pub const TOO_LARGE: &str = "too_large";
+    /// 429: the device is over `ingest.device_rate`.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// 503: the store cannot take it now; the device should retry.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// 404/405: not the ingest path, or not a POST.
+    pub const NOT_FOUND: &str = "not_found";
+    pub const ALL: [&str; 6] = [
+        ACCEPTED,
+        REFUSED,
+        TOO_LARGE,
+        RATE_LIMITED,
+        UNAVAILABLE,
+        NOT_FOUND,
+    ];
 }
 
 /// Values of the `reason` label on `sealgate_subscriptions_refused_total`:

@@ -5,6 +5,8 @@
 //!
 //! * [`front_door`]: accepts MQTT connections, authenticates every CONNECT and
 //!   hands sealed publishes to the verifier, everything else to the broker.
+//! * [`ingest`]: the HTTP front door for legacy firmware that POSTs its
+//!   envelope; requests go to the same verifier queue.
 //! * `broker`: the embedded rumqttd router and its local links.
 //! * [`verifier`]: opens sealed messages in spec order (parse, device and kid,
 //!   MAC, nonce window, decrypt) in batches.
@@ -40,6 +42,7 @@ pub mod events;
 pub(crate) mod failpoint;
 pub mod front_door;
 pub(crate) mod health;
+pub mod ingest;
 pub(crate) mod lag;
 pub mod metrics;
 pub mod outbox;

@@ -7,10 +7,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use sealgate::admin::client::{AdminClient, ClientError, Credentials, DeviceView};
+use sealgate::admin::client::{AdminClient, ClientError, Credentials, DeviceView, LegacyKeysHex};
 use sealgate::config::{Config, ProcessEnv, DEFAULT_TOML};
 
-use cli::{Cli, Command, DeviceAction, DeviceArgs};
+use cli::{Cli, Command, DeviceAction, DeviceArgs, ProfileArg};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -91,8 +91,37 @@ fn device(args: DeviceArgs, config_path: Option<std::path::PathBuf>) -> Result<(
     let client = AdminClient::new(&args.admin_url, &token);
     let e = |e: ClientError| e.to_string();
     match args.action {
-        DeviceAction::Add { id, label, json } => {
-            print_credentials(&client.add(&id, label.as_deref()).map_err(e)?, json)
+        DeviceAction::Add {
+            id,
+            label,
+            profile,
+            psk_hmac,
+            psk_aes,
+            iv,
+            json,
+        } => {
+            let creds = match profile {
+                ProfileArg::V1 => {
+                    if psk_hmac.is_some() || psk_aes.is_some() || iv.is_some() {
+                        return Err(
+                            "--psk-hmac, --psk-aes and --iv need --profile legacy-ecowatt".into(),
+                        );
+                    }
+                    client.add(&id, label.as_deref())
+                }
+                ProfileArg::LegacyEcowatt => {
+                    let keys = LegacyKeysHex {
+                        psk_hmac: psk_hmac.ok_or("--profile legacy-ecowatt needs --psk-hmac")?,
+                        psk_aes: psk_aes.ok_or("--profile legacy-ecowatt needs --psk-aes")?,
+                        iv: iv.ok_or("--profile legacy-ecowatt needs --iv")?,
+                    };
+                    client.add_legacy(&id, label.as_deref(), &keys)
+                }
+            };
+            print_credentials(&creds.map_err(e)?, json)
+        }
+        DeviceAction::Migrate { id, json } => {
+            print_credentials(&client.migrate(&id).map_err(e)?, json)
         }
         DeviceAction::Rotate { id, json } => {
             print_credentials(&client.rotate(&id).map_err(e)?, json)
@@ -155,9 +184,14 @@ fn print_credentials(c: &Credentials, json: bool) {
     } else {
         println!("device_id:     {}", c.device_id);
         println!("kid:           {}", c.kid);
-        println!("secret:        {}", c.secret);
-        println!("mqtt_password: {}", c.mqtt_password);
-        eprintln!("The secret is shown once. Flash it into the device now.");
+        if c.secret.is_empty() {
+            println!("mqtt_password: {}", c.mqtt_password);
+            eprintln!("A legacy device keeps sealing with its imported keys; `device migrate` gives it a v1 secret.");
+        } else {
+            println!("secret:        {}", c.secret);
+            println!("mqtt_password: {}", c.mqtt_password);
+            eprintln!("The secret is shown once. Flash it into the device now.");
+        }
     }
 }
 
@@ -168,6 +202,7 @@ fn print_view(d: &DeviceView, json: bool) {
     }
     println!("device_id:     {}", d.device_id);
     println!("label:         {}", d.label);
+    println!("profile:       {}", d.profile);
     println!("state:         {}", d.state);
     println!("kid:           {}", d.kid);
     if let (Some(k), Some(u)) = (d.previous_kid, &d.previous_kid_valid_until) {

@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::events::{dropped, metric, subscription_refused, RejectReason};
+use crate::events::{dropped, ingest_answer, metric, subscription_refused, RejectReason};
 
 type Label = [(&'static str, &'static str); 1];
 
@@ -37,6 +37,7 @@ pub struct Metrics {
     pub outbox_bytes: Gauge,
     /// 1 while devices are held because the outbox is at its size bound.
     pub outbox_full: Gauge,
+    ingest: Family<Label, Counter>,
 }
 
 impl Default for Metrics {
@@ -67,6 +68,7 @@ impl Metrics {
             persistent_sessions: Gauge::default(),
             outbox_bytes: Gauge::default(),
             outbox_full: Gauge::default(),
+            ingest: Family::default(),
             registry: PromRegistry::default(),
         };
         registry.register(
@@ -154,12 +156,20 @@ impl Metrics {
             "1 while device publishes are held because the outbox is at sessions.outbox_max_bytes",
             m.outbox_full.clone(),
         );
+        registry.register(
+            metric::INGEST_REQUESTS,
+            "HTTP ingest requests by answer (events::ingest_answer)",
+            m.ingest.clone(),
+        );
         // Pre-create every reason so dashboards see zeros, not gaps.
         for r in RejectReason::ALL {
             let _ = m.rejects.get_or_create(&[("reason", r.as_str())]);
         }
         for r in dropped::ALL {
             let _ = m.dropped.get_or_create(&[("reason", r)]);
+        }
+        for a in ingest_answer::ALL {
+            let _ = m.ingest.get_or_create(&[("answer", a)]);
         }
         for r in subscription_refused::ALL {
             let _ = m.subscriptions_refused.get_or_create(&[("reason", r)]);
@@ -190,6 +200,11 @@ impl Metrics {
         self.subscriptions_refused
             .get_or_create(&[("reason", reason)])
             .inc();
+    }
+
+    /// Counts one HTTP ingest answer (`answer` from `events::ingest_answer`).
+    pub fn ingest(&self, answer: &'static str) {
+        self.ingest.get_or_create(&[("answer", answer)]).inc();
     }
 
     pub fn connect_refused(&self, reason: crate::events::ConnectRefusal) {

@@ -103,6 +103,87 @@ fn device_lifecycle_through_the_cli() {
 }
 
 #[test]
+fn legacy_devices_through_the_cli() {
+    let gw = Gateway::start(&[]);
+    let hmac = "7d2a9c41e0b35f66a18e04c9d27b3f5510aa9be4c3d2f1e0ff11223344556677";
+    let aes = "3c4fcf098815f7aba6d2ae2816157e2b";
+    // Keys from the environment, as the help advises (arguments are visible
+    // to other local users).
+    let out = Command::new(sealgate_bin())
+        .env_clear()
+        .env("SEALGATE_ADMIN_URL", &gw.http_url)
+        .env("SEALGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SEALGATE_PSK_HMAC", hmac)
+        .env("SEALGATE_PSK_AES", aes)
+        .env("SEALGATE_PSK_IV", "000102030405060708090a0b0c0d0e0f")
+        .args([
+            "device",
+            "add",
+            "ecowatt-7",
+            "--profile",
+            "legacy-ecowatt",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let added = ok_json(out);
+    assert!(added.get("secret").is_none(), "{added}");
+    assert!(added["mqtt_password"]
+        .as_str()
+        .unwrap()
+        .starts_with("v1:0:"));
+    let shown = cli(&gw, &["show", "ecowatt-7", "--json"]);
+    let text = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(!text.contains(hmac) && !text.contains(aes), "{text}");
+    assert_eq!(ok_json(shown)["profile"], "legacy-ecowatt");
+
+    // Bad keys: the field is named, its value never echoed.
+    let out = cli(
+        &gw,
+        &[
+            "add",
+            "e8",
+            "--profile",
+            "legacy-ecowatt",
+            "--psk-hmac",
+            "zz-secret-zz",
+            "--psk-aes",
+            aes,
+            "--iv",
+            aes,
+        ],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("400") && err.contains("psk_hmac must be hex"),
+        "{err}"
+    );
+    assert!(!err.contains("zz-secret-zz") && !err.contains(aes), "{err}");
+    let out = cli(&gw, &["add", "e9", "--profile", "legacy-ecowatt"]);
+    assert!(
+        stderr(&out).contains("needs --psk-hmac"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(&gw, &["add", "e9", "--psk-aes", aes]);
+    assert!(
+        stderr(&out).contains("need --profile legacy-ecowatt"),
+        "{}",
+        stderr(&out)
+    );
+
+    let migrated = ok_json(cli(&gw, &["migrate", "ecowatt-7", "--json"]));
+    assert_eq!(migrated["secret"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        ok_json(cli(&gw, &["show", "ecowatt-7", "--json"]))["profile"],
+        "v1"
+    );
+    let again = cli(&gw, &["migrate", "ecowatt-7"]);
+    assert!(stderr(&again).contains("409"), "{}", stderr(&again));
+}
+
+#[test]
 fn errors_are_specific() {
     let gw = Gateway::start(&[]);
     let out = cli(&gw, &["show", "nobody"]);

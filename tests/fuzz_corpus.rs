@@ -45,6 +45,11 @@ fn envelope_binary_corpus() {
 }
 
 #[test]
+fn envelope_legacy_corpus() {
+    replay("envelope_legacy", harness::envelope_legacy);
+}
+
+#[test]
 fn connect_token_corpus() {
     replay("connect_token", harness::connect_token);
 }

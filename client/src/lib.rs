@@ -1,5 +1,7 @@
-//! A small blocking client for the admin API, shared by the `sealgate device`
-//! CLI and firmware-sim so the API is spoken in one place.
+//! A small blocking client for sealgate's admin API and the API's request
+//! and answer types, shared by the gateway, the `sealgate device` CLI and
+//! firmware-sim, so the API is spoken in one place and firmware-sim needs
+//! nothing of the server.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,12 +13,16 @@ pub fn bulk_device_id(prefix: &str, i: u32, count: u32) -> String {
     format!("{prefix}{i:0width$}")
 }
 
-/// The one response that carries a device secret: `add` and `rotate` only.
+/// The one response that carries a device secret: `add`, `rotate` and
+/// `migrate` only.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Credentials {
     pub device_id: String,
     pub kid: u32,
-    /// The device secret `S`, 64 hex digits. Shown once.
+    /// The device secret `S`, 64 hex digits. Shown once. Absent for a device
+    /// added on the legacy profile: it seals with its imported keys, and gets
+    /// a v1 secret only when migrated.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret: String,
     /// A connect token that never expires, ready to use as MQTT password.
     pub mqtt_password: String,
@@ -27,6 +33,9 @@ pub struct Credentials {
 pub struct DeviceView {
     pub device_id: String,
     pub label: String,
+    /// `v1` or `legacy-ecowatt`.
+    #[serde(default = "v1")]
+    pub profile: String,
     pub state: String,
     pub kid: u32,
     pub previous_kid: Option<u32>,
@@ -36,6 +45,25 @@ pub struct DeviceView {
     pub last_seen: Option<String>,
     pub highest_nonce: u64,
     pub auto_registered: bool,
+}
+
+fn v1() -> String {
+    "v1".into()
+}
+
+/// The imported keys of a device on the legacy profile, as hex. Sent once,
+/// at registration; the gateway stores them encrypted and never returns them.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LegacyKeysHex {
+    pub psk_hmac: String,
+    pub psk_aes: String,
+    pub iv: String,
+}
+
+impl std::fmt::Debug for LegacyKeysHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LegacyKeysHex(..)")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,6 +159,32 @@ impl AdminClient {
             "devices",
             Some(serde_json::json!({ "device_id": device_id, "label": label })),
         )
+    }
+
+    /// Registers a device on the legacy EcoWatt profile with its imported keys.
+    pub fn add_legacy(
+        &self,
+        device_id: &str,
+        label: Option<&str>,
+        keys: &LegacyKeysHex,
+    ) -> Result<Credentials, ClientError> {
+        self.call(
+            "POST",
+            "devices",
+            Some(serde_json::json!({
+                "device_id": device_id,
+                "label": label,
+                "profile": "legacy-ecowatt",
+                "psk_hmac": keys.psk_hmac,
+                "psk_aes": keys.psk_aes,
+                "iv": keys.iv,
+            })),
+        )
+    }
+
+    /// Moves a legacy device to v1; the answer carries its v1 secret, once.
+    pub fn migrate(&self, device_id: &str) -> Result<Credentials, ClientError> {
+        self.call("POST", &format!("devices/{}/migrate", enc(device_id)), None)
     }
 
     pub fn add_bulk(&self, prefix: &str, count: u32) -> Result<BulkCredentials, ClientError> {

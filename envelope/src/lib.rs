@@ -20,6 +20,9 @@ extern crate alloc;
 mod claim;
 mod id;
 mod keys;
+/// The legacy EcoWatt-style envelope (gateway side, so it needs `json`).
+#[cfg(feature = "json")]
+pub mod legacy;
 mod open;
 mod seal;
 

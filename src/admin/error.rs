@@ -58,6 +58,7 @@ impl From<RegistryError> for ApiFailure {
             RegistryError::Exists => ApiFailure::Conflict("device already exists"),
             RegistryError::NotFound => ApiFailure::NotFound("no such device"),
             RegistryError::Revoked => ApiFailure::Conflict("device is revoked"),
+            RegistryError::NotLegacy => ApiFailure::Conflict("device is not on the legacy profile"),
             RegistryError::Reserved => {
                 ApiFailure::Conflict("device id is taken by a subscriber account")
             }

@@ -1,5 +1,6 @@
-//! Device registry endpoints. `add` and `rotate` are the only answers that
-//! carry a device secret; nothing can show it again.
+//! Device registry endpoints. `add`, `rotate` and `migrate` are the only
+//! answers that carry a device secret; nothing can show it again. Imported
+//! legacy keys go in once, at `add`, and no answer ever carries them.
 
 use std::sync::Arc;
 
@@ -12,8 +13,9 @@ use serde::Deserialize;
 
 use super::client::{BulkCredentials, Credentials, DeviceList, DeviceView};
 use super::{AdminState, ApiFailure};
+use crate::envelope::legacy::LegacyKeys;
 use crate::envelope::{connect_token, normalise_device_id, DeviceKeys};
-use crate::registry::{Device, DeviceState};
+use crate::registry::{Device, DeviceState, Profile};
 use crate::replay::ReplayStore;
 use crate::{now_ms, rfc3339_ms};
 
@@ -25,13 +27,18 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> ApiResult<T> {
         .map_err(|e| ApiFailure::BadRequest(format!("invalid JSON body: {e}")))
 }
 
+/// The device's v1 secret and a connect token. A legacy device gets the
+/// token only: it seals with its imported keys until migrated.
 fn credentials(state: &AdminState, d: &Device) -> Credentials {
     let secret = state.master.device_secret(&d.device_id, d.kid);
     let keys = DeviceKeys::from_secret(&secret);
     Credentials {
         device_id: d.device_id.clone(),
         kid: d.kid,
-        secret: hex::encode(secret),
+        secret: match d.profile() {
+            Profile::V1 => hex::encode(secret),
+            Profile::LegacyEcowatt => String::new(),
+        },
         mqtt_password: connect_token(&keys, &d.device_id, 0),
     }
 }
@@ -39,6 +46,7 @@ fn credentials(state: &AdminState, d: &Device) -> Credentials {
 fn view(state: &AdminState, d: Device) -> DeviceView {
     let summary = ReplayStore::summary(&state.windows, &d.device_id);
     DeviceView {
+        profile: d.profile().as_str().to_owned(),
         label: d.label,
         state: match d.state {
             DeviceState::Active => "active".into(),
@@ -64,6 +72,65 @@ pub struct AddBody {
     device_id: String,
     #[serde(default)]
     label: Option<String>,
+    /// `v1` (the default) or `legacy-ecowatt`.
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    psk_hmac: Option<String>,
+    #[serde(default)]
+    psk_aes: Option<String>,
+    #[serde(default)]
+    iv: Option<String>,
+}
+
+/// Decodes one imported key. The error names the field, never its value.
+fn key_hex(
+    field: &str,
+    value: Option<&str>,
+    lens: std::ops::RangeInclusive<usize>,
+) -> ApiResult<Vec<u8>> {
+    let bad = || {
+        let size = if lens.start() == lens.end() {
+            format!("{} bytes", lens.start())
+        } else {
+            format!("{} to {} bytes", lens.start(), lens.end())
+        };
+        ApiFailure::BadRequest(format!("{field} must be hex of {size}"))
+    };
+    let bytes = hex::decode(value.ok_or_else(bad)?.trim()).map_err(|_| bad())?;
+    if lens.contains(&bytes.len()) {
+        Ok(bytes)
+    } else {
+        Err(bad())
+    }
+}
+
+/// The imported keys of a legacy registration, or `None` for v1.
+fn legacy_keys(b: &AddBody) -> ApiResult<Option<LegacyKeys>> {
+    match b.profile.as_deref() {
+        None | Some("v1") => {
+            if b.psk_hmac.is_some() || b.psk_aes.is_some() || b.iv.is_some() {
+                return Err(ApiFailure::BadRequest(
+                    "psk_hmac, psk_aes and iv belong to the legacy-ecowatt profile".into(),
+                ));
+            }
+            Ok(None)
+        }
+        Some("legacy-ecowatt") => {
+            let fixed = |field, v: Option<&str>| -> ApiResult<[u8; 16]> {
+                let k = key_hex(field, v, 16..=16)?;
+                Ok(k.try_into().expect("length checked"))
+            };
+            Ok(Some(LegacyKeys {
+                psk_hmac: key_hex("psk_hmac", b.psk_hmac.as_deref(), 16..=64)?,
+                psk_aes: fixed("psk_aes", b.psk_aes.as_deref())?,
+                iv: fixed("iv", b.iv.as_deref())?,
+            }))
+        }
+        Some(_) => Err(ApiFailure::BadRequest(
+            "profile must be v1 or legacy-ecowatt".into(),
+        )),
+    }
 }
 
 pub async fn add(
@@ -71,9 +138,25 @@ pub async fn add(
     raw: Bytes,
 ) -> ApiResult<(StatusCode, Json<Credentials>)> {
     let b: AddBody = body(&raw)?;
-    let d = state.registry.add(&b.device_id, b.label, now_ms())?;
-    tracing::info!(device_id = %d.device_id, "Device registered.");
+    let legacy = legacy_keys(&b)?;
+    let d = state
+        .registry
+        .add_with(&b.device_id, b.label, now_ms(), |id| {
+            legacy.as_ref().map(|k| state.vault.seal(id, k))
+        })?;
+    tracing::info!(device_id = %d.device_id, profile = d.profile().as_str(), "Device registered.");
     Ok((StatusCode::CREATED, Json(credentials(&state, &d))))
+}
+
+/// Moves a legacy device to v1 and shows its v1 secret, once.
+pub async fn migrate(
+    State(state): State<Arc<AdminState>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Credentials>> {
+    lookup(&state, &id)?;
+    let d = state.registry.migrate(&id)?;
+    tracing::warn!(device_id = %d.device_id, kid = d.kid, "Device migrated to v1.");
+    Ok(Json(credentials(&state, &d)))
 }
 
 #[derive(Deserialize)]

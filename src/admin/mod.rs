@@ -27,12 +27,14 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::verifier::Input;
 pub use error::ApiFailure;
-pub use serve::{serve, ServeLimits};
+pub use serve::{serve, serve_with, ServeLimits, ServeOptions};
 
 /// What the handlers share.
 pub struct AdminState {
     pub registry: Registry,
     pub master: MasterKey,
+    /// Seals imported legacy keys before they reach the registry.
+    pub vault: crate::registry::vault::Vault,
     pub metrics: Arc<Metrics>,
     /// False once the replay store failed: `/readyz` answers 503.
     pub store_ok: Arc<AtomicBool>,
@@ -63,6 +65,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/devices/:id/revoke", post(handlers::revoke))
         .route("/devices/:id/rotate", post(handlers::rotate))
         .route("/devices/:id/reset-nonce", post(handlers::reset_nonce))
+        .route("/devices/:id/migrate", post(handlers::migrate))
         .fallback(|| async { ApiFailure::NotFound("no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -86,10 +86,32 @@ impl RateLimit {
         }
     }
 
-    pub fn check(&mut self, now: Instant) -> Verdict {
+    /// Whether a message now would be within the rate, taking nothing: for
+    /// the HTTP ingest, which charges only what verified ([`Self::charge`]),
+    /// so requests forged in a device's name cannot use up its rate.
+    pub fn has_room(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= 1.0
+    }
+
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.last = now;
+    }
+
+    /// Whether nothing was asked of the bucket for `idle`.
+    pub fn idle_since(&self, now: Instant, idle: Duration) -> bool {
+        now.saturating_duration_since(self.last) >= idle
+    }
+
+    /// Takes one message's worth (the bucket may go below zero).
+    pub fn charge(&mut self) {
+        self.tokens -= 1.0;
+    }
+
+    pub fn check(&mut self, now: Instant) -> Verdict {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return Verdict::Admit;

@@ -288,7 +288,7 @@ impl<P: Protocol> Session<P> {
     /// The packet that answers a verifier outcome, if any.
     pub(super) fn ack_packet(&mut self, ack: AckResult) -> Option<Packet> {
         let reason = match ack.outcome {
-            Outcome::Delivered => PubAckReason::Success,
+            Outcome::Delivered | Outcome::Duplicate => PubAckReason::Success,
             Outcome::Rejected(r) => match r {
                 crate::events::RejectReason::Malformed => PubAckReason::PayloadFormatInvalid,
                 _ => PubAckReason::NotAuthorized,

@@ -9,7 +9,36 @@ pub enum DeviceState {
     Revoked,
 }
 
-/// A registry record. Holds no secret.
+/// A legacy device's imported keys, encrypted under a key derived from the
+/// master key ([`super::vault`]): the only secret a record holds, and useless
+/// without the master key. `Debug` does not print it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SealedKeys(pub String);
+
+impl std::fmt::Debug for SealedKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealedKeys(..)")
+    }
+}
+
+/// The envelope a device sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    V1,
+    LegacyEcowatt,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::V1 => "v1",
+            Profile::LegacyEcowatt => "legacy-ecowatt",
+        }
+    }
+}
+
+/// A registry record. Holds no secret in the clear.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
     pub device_id: String,
@@ -30,6 +59,9 @@ pub struct Device {
     /// Registered by a valid MAC under a derived key, not by an operator.
     #[serde(default)]
     pub auto_registered: bool,
+    /// Set for a device on the legacy profile: its imported keys, sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy: Option<SealedKeys>,
 }
 
 /// What the registry says about a key version presented by a device.
@@ -52,6 +84,14 @@ impl Device {
             created_at_ms: now_ms,
             revoked_at_ms: None,
             auto_registered: false,
+            legacy: None,
+        }
+    }
+
+    pub fn profile(&self) -> Profile {
+        match self.legacy {
+            None => Profile::V1,
+            Some(_) => Profile::LegacyEcowatt,
         }
     }
 

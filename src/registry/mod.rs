@@ -5,12 +5,14 @@
 //! change is a compare-and-swap on the stored record (or one transaction),
 //! and the cache is refreshed from sled after each write, so concurrent
 //! admin calls cannot lose an update or undo a revocation.
-//! The registry stores no secret: device keys are derived from the master key
-//! on demand (spec section 3).
+//! The registry stores no secret in the clear: v1 device keys are derived
+//! from the master key on demand (spec section 3); the imported keys of
+//! legacy devices are kept sealed by [`vault`].
 
 mod device;
+pub mod vault;
 
-pub use device::{Device, DeviceState, KeyCheck};
+pub use device::{Device, DeviceState, KeyCheck, Profile, SealedKeys};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -31,6 +33,8 @@ pub enum RegistryError {
     Reserved,
     #[error("device is revoked")]
     Revoked,
+    #[error("device is not on the legacy profile")]
+    NotLegacy,
     #[error("label is longer than 200 bytes")]
     LabelTooLong,
     #[error("registry store unavailable")]
@@ -49,6 +53,9 @@ struct Inner {
     /// accounts first, so a device with such an id could never log in.
     reserved: std::collections::HashSet<String>,
     cache: RwLock<HashMap<String, Device>>,
+    /// Bumped by every write, so readers that derive something from all
+    /// records (the ingest's key pairs) know when to derive it again.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 const MAX_LABEL: usize = 200;
@@ -87,6 +94,7 @@ impl Registry {
                 reserved,
                 tree,
                 cache: RwLock::new(cache),
+                generation: Default::default(),
             }),
         })
     }
@@ -103,6 +111,13 @@ impl Registry {
     /// Runs `f` on the cached record without cloning it (hot path).
     pub fn with<R>(&self, device_id: &str, f: impl FnOnce(Option<&Device>) -> R) -> R {
         f(self.cache().get(device_id))
+    }
+
+    /// Changes whenever a record may have changed.
+    pub fn generation(&self) -> u64 {
+        self.inner
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn list(&self) -> Vec<Device> {
@@ -126,6 +141,9 @@ impl Registry {
     /// record than the store (a stale "active" would let a revoked device in).
     fn refresh(&self, ids: &[&str]) -> Result<(), RegistryError> {
         let mut cache = self.inner.cache.write().unwrap_or_else(|e| e.into_inner());
+        self.inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         for id in ids {
             match self.inner.tree.get(id.as_bytes())? {
                 Some(bytes) => match serde_json::from_slice::<Device>(&bytes) {
@@ -152,12 +170,42 @@ impl Registry {
         label: Option<String>,
         now_ms: u64,
     ) -> Result<Device, RegistryError> {
+        self.add_with(raw_id, label, now_ms, |_| None)
+    }
+
+    /// Registers a device at kid 1, on the legacy profile when `legacy` gives
+    /// sealed keys for the normalised id (they are bound to it).
+    pub fn add_with(
+        &self,
+        raw_id: &str,
+        label: Option<String>,
+        now_ms: u64,
+        legacy: impl FnOnce(&str) -> Option<SealedKeys>,
+    ) -> Result<Device, RegistryError> {
         let id = normalise_device_id(raw_id)?;
         let label = label.unwrap_or_default();
         if label.len() > MAX_LABEL {
             return Err(RegistryError::LabelTooLong);
         }
-        self.insert_new(Device::new(id, label, 1, now_ms))
+        let mut device = Device::new(id, label, 1, now_ms);
+        device.legacy = legacy(&device.device_id);
+        self.insert_new(device)
+    }
+
+    /// Moves a legacy device to v1: its imported keys are deleted from the
+    /// record, and from now on it must send v1 envelopes under its derived
+    /// key. Its nonce window is untouched, so nothing it sent before can be
+    /// replayed after.
+    pub fn migrate(&self, raw_id: &str) -> Result<Device, RegistryError> {
+        self.update(raw_id, |d| {
+            if d.state == DeviceState::Revoked {
+                return Err(RegistryError::Revoked);
+            }
+            if d.legacy.take().is_none() {
+                return Err(RegistryError::NotLegacy);
+            }
+            Ok(())
+        })
     }
 
     /// Registers many devices at kid 1 with one flush. Refuses the whole set,

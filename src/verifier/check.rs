@@ -1,14 +1,21 @@
 //! The spec's verification order for one message, as a pure decision over
 //! the registry and the replay windows: parse, device and kid, MAC (constant
 //! time), nonce window, decrypt. Nothing is published or made durable here.
+//!
+//! A device on the legacy profile is opened by the legacy rules instead
+//! (parse, revoked, decrypt and MAC as one step that cannot tell a bad
+//! padding from a bad MAC, nonce window) and shares everything after: the
+//! window, the verdicts, the events and the clean output.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::envelope::legacy::{self, LegacyKeys};
 use crate::envelope::{self, DeviceKeys, Malformed, MasterKey, SealedTopic};
 use crate::events::RejectReason;
 use crate::metrics::Metrics;
-use crate::registry::{KeyCheck, Registry};
+use crate::registry::vault::Vault;
+use crate::registry::{DeviceState, KeyCheck, Registry, SealedKeys};
 use crate::replay::{ReplayStore, StoreError, WindowVerdict};
 
 /// Outcome of checking one message.
@@ -18,7 +25,8 @@ pub enum Checked {
     /// update is durable.
     Accept {
         topic: SealedTopic,
-        /// The key version the message was sealed under.
+        /// The key version the message was sealed under; 0 for a legacy
+        /// device, whose keys have no version.
         kid: u32,
         nonce: u64,
         mac: [u8; 32],
@@ -51,6 +59,11 @@ pub struct Checker {
     /// Keyed by device, then by kid (a device has one or two live kids), so
     /// a hit costs no allocation.
     keys: HashMap<String, Vec<(u32, DeviceKeys)>>,
+    /// Opens the stored keys of legacy devices.
+    vault: Vault,
+    /// Opened legacy keys by device, with the sealed record they came from:
+    /// a changed record is opened again.
+    legacy_keys: HashMap<String, (SealedKeys, LegacyKeys)>,
 }
 
 fn reject(reason: RejectReason, t: &SealedTopic, nonce: Option<u64>) -> Checked {
@@ -60,6 +73,18 @@ fn reject(reason: RejectReason, t: &SealedTopic, nonce: Option<u64>) -> Checked 
         stream: Some(t.stream.clone()),
         nonce,
         detail: None,
+    }
+}
+
+/// A payload of a valid topic that is not an envelope (of the device's
+/// profile); `detail` names the broken rule for the log.
+fn malformed(t: SealedTopic, detail: Malformed) -> Checked {
+    Checked::Reject {
+        reason: RejectReason::Malformed,
+        device_id: t.device_id,
+        stream: Some(t.stream),
+        nonce: None,
+        detail: Some(detail),
     }
 }
 
@@ -74,6 +99,8 @@ impl Checker {
     ) -> Checker {
         Checker {
             metrics,
+            vault: Vault::new(&master),
+            legacy_keys: HashMap::new(),
             master,
             registry,
             sealed_prefix,
@@ -123,6 +150,15 @@ impl Checker {
                 });
             }
         };
+        let legacy = self.registry.with(&t.device_id, |d| {
+            d.and_then(|d| {
+                let revoked = d.state == DeviceState::Revoked;
+                d.legacy.as_ref().map(|k| (k.clone(), revoked))
+            })
+        });
+        if let Some((sealed, revoked)) = legacy {
+            return self.check_legacy(t, payload, &sealed, revoked, store);
+        }
         let parsed = match envelope::parse(payload) {
             Ok(p) => p,
             Err(detail) => {
@@ -132,13 +168,7 @@ impl Checker {
                 if self.allow_unsealed && active && !envelope::looks_sealed(payload) {
                     return Ok(Checked::Unsealed { topic: t });
                 }
-                return Ok(Checked::Reject {
-                    reason: RejectReason::Malformed,
-                    device_id: t.device_id,
-                    stream: Some(t.stream),
-                    nonce: None,
-                    detail: Some(detail),
-                });
+                return Ok(malformed(t, detail));
             }
         };
         let nonce = Some(parsed.nonce);
@@ -193,5 +223,55 @@ impl Checker {
             }),
             None => Ok(reject(RejectReason::DecryptFailed, &t, nonce)),
         }
+    }
+
+    /// The legacy rules for a device registered with imported keys.
+    fn check_legacy(
+        &mut self,
+        t: SealedTopic,
+        payload: &[u8],
+        sealed: &SealedKeys,
+        revoked: bool,
+        store: &mut ReplayStore,
+    ) -> Result<Checked, StoreError> {
+        let env = match legacy::parse(payload) {
+            Ok(env) => env,
+            Err(detail) => return Ok(malformed(t, detail)),
+        };
+        let nonce = u64::from(env.nonce);
+        if revoked {
+            return Ok(reject(RejectReason::Revoked, &t, Some(nonce)));
+        }
+        let Some(keys) = self.legacy_keys(&t.device_id, sealed) else {
+            // Altered, or sealed under another master key: fail closed for
+            // this device only.
+            tracing::error!(device_id = %t.device_id, "Stored legacy keys do not open.");
+            return Ok(reject(RejectReason::StoreUnavailable, &t, Some(nonce)));
+        };
+        let Some(plaintext) = legacy::open(&env, &keys) else {
+            return Ok(reject(RejectReason::BadMac, &t, Some(nonce)));
+        };
+        if let WindowVerdict::Reject(reason) = store.window(&t.device_id)?.check(nonce, &env.mac) {
+            return Ok(reject(reason, &t, Some(nonce)));
+        }
+        Ok(Checked::Accept {
+            topic: t,
+            kid: 0,
+            nonce,
+            mac: env.mac,
+            plaintext,
+        })
+    }
+
+    fn legacy_keys(&mut self, device_id: &str, sealed: &SealedKeys) -> Option<LegacyKeys> {
+        if let Some((s, k)) = self.legacy_keys.get(device_id) {
+            if s == sealed {
+                return Some(k.clone());
+            }
+        }
+        let keys = self.vault.open(device_id, sealed)?;
+        self.legacy_keys
+            .insert(device_id.to_owned(), (sealed.clone(), keys.clone()));
+        Some(keys)
     }
 }

@@ -144,7 +144,7 @@ impl Committer {
             for (_, outcome) in job
                 .acks
                 .iter_mut()
-                .filter(|(_, o)| *o == Outcome::Delivered)
+                .filter(|(_, o)| matches!(o, Outcome::Delivered | Outcome::Duplicate))
             {
                 *outcome = Outcome::Unavailable;
             }

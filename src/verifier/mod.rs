@@ -53,8 +53,12 @@ pub struct AckResult {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Delivered (or, for `duplicate`, delivered before).
+    /// Delivered.
     Delivered,
+    /// A repeat of a message delivered before: acknowledged like a delivery
+    /// over MQTT (the device resent because it missed the PUBACK), refused
+    /// over the HTTP ingest as the legacy server did.
+    Duplicate,
     /// Refused for good: acknowledging stops the device resending it.
     Rejected(RejectReason),
     /// Not made durable: the device should resend later.
@@ -167,7 +171,7 @@ fn plain(topic: String, m: &Inbound, now: u64) -> Entry {
 fn outcome_of(reason: RejectReason) -> Outcome {
     match reason {
         // A retransmission of something delivered: acknowledge it as such.
-        RejectReason::Duplicate => Outcome::Delivered,
+        RejectReason::Duplicate => Outcome::Duplicate,
         RejectReason::StoreUnavailable => Outcome::Unavailable,
         r => Outcome::Rejected(r),
     }

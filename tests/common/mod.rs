@@ -52,6 +52,8 @@ pub struct Gateway {
     pub tls_port: Option<u16>,
     /// Set when the gateway was configured with a WebSocket listener.
     pub ws_port: Option<u16>,
+    /// Set when the HTTP ingest is enabled.
+    pub ingest_port: Option<u16>,
     pub http_url: String,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -156,6 +158,7 @@ impl Gateway {
                         field("http="),
                         field("mqtts="),
                         field("ws="),
+                        field("ingest="),
                     ));
                     sent = true;
                 }
@@ -164,7 +167,8 @@ impl Gateway {
                 }
             }
         });
-        let (mqtt, http, mqtts, ws) = rx.recv_timeout(WAIT).expect("gateway did not become ready");
+        let (mqtt, http, mqtts, ws, ingest) =
+            rx.recv_timeout(WAIT).expect("gateway did not become ready");
         let port = |a: &str| a.rsplit(':').next().and_then(|p| p.parse().ok());
         Gateway {
             child,
@@ -174,6 +178,7 @@ impl Gateway {
             mqtt_port: port(&mqtt).expect("mqtt port"),
             tls_port: port(&mqtts),
             ws_port: port(&ws),
+            ingest_port: port(&ingest),
             http_url: format!("http://{http}"),
             _tmp: None,
         }
