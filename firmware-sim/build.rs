@@ -1,6 +1,8 @@
 //! Builds the C sealing library of `c/` into firmware-sim, for `--impl c`,
 //! with the flags its own tests use. Without gcc or mbedTLS the simulator
 //! still builds: `--impl c` then says what to install instead of running.
+//! The outcome is kept until a C file or the CC/CFLAGS environment changes
+//! (cargo reruns this only then), hence the `cargo clean` in the warning.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,7 +65,8 @@ fn unavailable(why: &str) {
     }
     println!(
         "cargo:warning=the C sealer (--impl c) is unavailable: {why}; \
-         install gcc and the mbedTLS headers ({INSTALL}) and rebuild"
+         install gcc and the mbedTLS headers ({INSTALL}), then \
+         `cargo clean -p firmware-sim` and rebuild"
     );
 }
 

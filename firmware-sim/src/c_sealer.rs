@@ -15,7 +15,8 @@ pub fn available() -> Result<(), String> {
 #[cfg_attr(has_c_sealer, allow(dead_code))]
 const UNAVAILABLE: &str = "--impl c: this firmware-sim was built without the C sealer \
      (gcc or the mbedTLS headers were missing when it was compiled); \
-     install them (apt-get install gcc libmbedtls-dev) and rebuild";
+     install them (apt-get install gcc libmbedtls-dev), then \
+     `cargo clean -p firmware-sim` and rebuild";
 
 #[cfg(has_c_sealer)]
 pub use imp::CDevice;
