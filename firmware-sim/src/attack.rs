@@ -89,8 +89,8 @@ const QUIET: Duration = Duration::from_secs(3);
 const STALE_BY: u64 = 1000;
 
 pub async fn run(common: &Common, kind: AttackKind, hostile: u32) -> Result<AttackSummary, String> {
-    let source = common.source.clone();
-    let pair = tokio::task::spawn_blocking(move || fleet::provision(&source, Some(2)))
+    let (source, imp) = (common.source.clone(), common.sealer);
+    let pair = tokio::task::spawn_blocking(move || fleet::provision(&source, Some(2), imp))
         .await
         .map_err(|e| format!("provisioning stopped: {e}"))??;
     let [a, b]: [SimDevice; 2] = pair
@@ -124,7 +124,7 @@ pub async fn run(common: &Common, kind: AttackKind, hostile: u32) -> Result<Atta
     link_a.close().await;
     link_b.close().await;
     collector.close().await;
-    Ok(AttackSummary::new(devices, reports))
+    Ok(AttackSummary::new(devices, common.sealer.name(), reports))
 }
 
 struct Arena<'c> {
@@ -146,16 +146,12 @@ impl Arena<'_> {
         n
     }
 
-    fn seal_a(&self, nonce: u64, pt: &[u8]) -> Vec<u8> {
-        message::seal(
-            &self.a.keys,
-            &self.a.id,
-            self.a.kid,
-            &self.common.stream,
-            nonce,
-            pt,
-            self.common.style,
-        )
+    /// A's own sealing, with the run's `--impl`: the honest messages and
+    /// canaries, and the validly sealed messages that replay, tamper, stale
+    /// and foreign-topic turn hostile.
+    fn seal_a(&self, nonce: u64, pt: &[u8]) -> Result<Vec<u8>, String> {
+        message::seal_as(&self.a, &self.common.stream, nonce, pt, self.common.style)
+            .map_err(|e| format!("device {}: {e}", self.a.id))
     }
 
     fn topic_of(&self, device_id: &str) -> String {
@@ -191,7 +187,7 @@ impl Arena<'_> {
     /// gateway runs in passthrough mode. Returns whether it arrived, and the
     /// sealed bytes.
     async fn honest(&mut self, nonce: u64, pt: &[u8]) -> Result<(bool, Vec<u8>), String> {
-        let sealed = self.seal_a(nonce, pt);
+        let sealed = self.seal_a(nonce, pt)?;
         self.publish_a(self.topic_of(&self.a.id), sealed.clone())
             .await?;
         let id = self.a.id.clone();
@@ -318,13 +314,16 @@ impl Arena<'_> {
                 AttackKind::Replay => (own.clone(), accepted, accepted_bytes.to_vec()),
                 AttackKind::Tamper => {
                     let nonce = self.fresh_nonce();
-                    let valid = self.seal_a(nonce, &plaintext(nonce, self.common.payload_bytes));
+                    let valid = self.seal_a(nonce, &plaintext(nonce, self.common.payload_bytes))?;
+                    // The bit flip is Rust's, whichever library sealed.
                     let bad = tamper(&valid, i as usize, n as usize)
                         .ok_or("no byte of the sealed message can be flipped and still parse")?;
                     (own.clone(), nonce, bad)
                 }
                 AttackKind::WrongKey => {
                     let nonce = self.fresh_nonce();
+                    // Forged in Rust with `--impl c` too: no device holds
+                    // this key, so it is not the device's library at work.
                     let keys = DeviceKeys::from_secret(&rand::random::<[u8; 32]>());
                     let pt = plaintext(nonce, self.common.payload_bytes);
                     let bytes = message::seal(
@@ -335,18 +334,18 @@ impl Arena<'_> {
                         nonce,
                         &pt,
                         self.common.style,
-                    );
+                    )?;
                     (own.clone(), nonce, bytes)
                 }
                 AttackKind::Stale => {
                     let nonce = accepted.saturating_sub(STALE_BY + i).max(1);
                     let pt = plaintext(nonce, self.common.payload_bytes);
-                    (own.clone(), nonce, self.seal_a(nonce, &pt))
+                    (own.clone(), nonce, self.seal_a(nonce, &pt)?)
                 }
                 AttackKind::ForeignTopic => {
                     let nonce = self.fresh_nonce();
                     let pt = plaintext(nonce, self.common.payload_bytes);
-                    (self.topic_of(&self.b.id), nonce, self.seal_a(nonce, &pt))
+                    (self.topic_of(&self.b.id), nonce, self.seal_a(nonce, &pt)?)
                 }
                 AttackKind::All => return Ok(out),
             };
@@ -411,7 +410,8 @@ mod tests {
             for encrypt in [false, true] {
                 let style = SealStyle { binary, encrypt };
                 let pt = plaintext(500, 64);
-                let valid = message::seal(&keys, "d1", 1, "telemetry", 500, &pt, style);
+                let valid =
+                    message::seal(&keys, "d1", 1, "telemetry", 500, &pt, style).expect("seals");
                 let ok = envelope::parse(&valid).expect("valid parses");
                 assert!(ok.mac_matches(&keys.mac, "d1", "telemetry"));
                 let n = 20;

@@ -182,15 +182,14 @@ pub async fn publish_loop(
         }
         let nonce = first_nonce + k;
         let pt = message::plaintext(nonce, plan.payload_bytes);
-        let sealed = message::seal(
-            &dev.keys,
-            &dev.id,
-            dev.kid,
-            &plan.stream,
-            nonce,
-            &pt,
-            plan.style,
-        );
+        let sealed = match message::seal_as(&dev, &plan.stream, nonce, &pt, plan.style) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                Tally::bump(&tally.publish_errors);
+                tracing::warn!("device {}: {e}", dev.id);
+                break;
+            }
+        };
         ledger.record(index, nonce, Instant::now().into_std());
         // Not raced against the deadline: a cancelled `publish` may already
         // have handed the message to the event loop, which would then send

@@ -9,12 +9,18 @@ use std::path::{Path, PathBuf};
 use sealgate_client::{bulk_device_id, AdminClient, BulkCredentials, Credentials};
 use sealgate_envelope::{normalise_device_id, DeviceKeys};
 
+use crate::c_sealer::CDevice;
+use crate::message::{SealImpl, Sealer};
+
 /// One simulated ESP32: what it would have in flash.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SimDevice {
     pub id: String,
     pub kid: u32,
+    /// Kept whatever seals: the attacks forge and check with raw keys.
     pub keys: DeviceKeys,
+    pub sealer: Sealer,
+    /// The registry's token, or the same one made by the C library.
     pub mqtt_password: String,
 }
 
@@ -29,9 +35,14 @@ pub enum Source {
     },
 }
 
-/// The devices of the run. `want` caps how many a file contributes (attacks
-/// need exactly two); the admin API is asked for the count in `source`.
-pub fn provision(source: &Source, want: Option<usize>) -> Result<Vec<SimDevice>, String> {
+/// The devices of the run, sealing with `imp`. `want` caps how many a file
+/// contributes (attacks need exactly two); the admin API is asked for the
+/// count in `source`.
+pub fn provision(
+    source: &Source,
+    want: Option<usize>,
+    imp: SealImpl,
+) -> Result<Vec<SimDevice>, String> {
     let creds = match source {
         Source::File(path) => read_file(path)?,
         Source::Admin {
@@ -60,7 +71,7 @@ pub fn provision(source: &Source, want: Option<usize>) -> Result<Vec<SimDevice>,
     if creds.is_empty() {
         return Err("no devices to simulate".into());
     }
-    creds.iter().map(to_device).collect()
+    creds.iter().map(|c| to_device(c, imp)).collect()
 }
 
 fn read_file(path: &Path) -> Result<Vec<Credentials>, String> {
@@ -102,7 +113,7 @@ fn from_admin(client: &AdminClient, prefix: &str, count: u32) -> Result<Vec<Cred
     }
 }
 
-fn to_device(c: &Credentials) -> Result<SimDevice, String> {
+fn to_device(c: &Credentials, imp: SealImpl) -> Result<SimDevice, String> {
     let id = normalise_device_id(&c.device_id)
         .map_err(|e| format!("device id {:?}: {e}", c.device_id))?;
     if id != c.device_id {
@@ -117,11 +128,24 @@ fn to_device(c: &Credentials) -> Result<SimDevice, String> {
     if c.kid == 0 {
         return Err(format!("device {id}: kid must be at least 1"));
     }
+    let (sealer, mqtt_password) = match imp {
+        SealImpl::Rust => (Sealer::Rust, c.mqtt_password.clone()),
+        SealImpl::C => {
+            let dev = CDevice::new(&id, c.kid, &secret)?;
+            // Expiry 0, as the token the registry issued: the device makes
+            // its own password, as firmware does.
+            let password = dev.connect_password(0)?;
+            (Sealer::C(Box::new(dev)), password)
+        }
+    };
+    let keys = DeviceKeys::from_secret(&secret);
+    secret.fill(0);
     Ok(SimDevice {
         id,
         kid: c.kid,
-        keys: DeviceKeys::from_secret(&secret),
-        mqtt_password: c.mqtt_password.clone(),
+        keys,
+        sealer,
+        mqtt_password,
     })
 }
 
@@ -148,9 +172,10 @@ mod tests {
     #[test]
     fn file_devices_are_checked() {
         let good = "ab".repeat(32);
-        assert!(to_device(&creds("sim-0001", &good)).is_ok());
-        assert!(to_device(&creds("SIM-0001", &good)).is_err());
-        assert!(to_device(&creds("sim-0001", "zz")).is_err());
+        let rust = SealImpl::Rust;
+        assert!(to_device(&creds("sim-0001", &good), rust).is_ok());
+        assert!(to_device(&creds("SIM-0001", &good), rust).is_err());
+        assert!(to_device(&creds("sim-0001", "zz"), rust).is_err());
     }
 
     #[test]
@@ -166,16 +191,16 @@ mod tests {
             ],
         };
         std::fs::write(&path, serde_json::to_string(&bulk).expect("json")).expect("write");
-        let all = provision(&Source::File(path.clone()), None).expect("all");
+        let all = provision(&Source::File(path.clone()), None, SealImpl::Rust).expect("all");
         assert_eq!(all.len(), 3);
-        let two = provision(&Source::File(path.clone()), Some(2)).expect("two");
+        let two = provision(&Source::File(path.clone()), Some(2), SealImpl::Rust).expect("two");
         assert_eq!(
             two.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
             ["a1", "a2"]
         );
-        assert!(provision(&Source::File(path.clone()), Some(4)).is_err());
+        assert!(provision(&Source::File(path.clone()), Some(4), SealImpl::Rust).is_err());
         std::fs::write(&path, "{}").expect("write");
-        assert!(provision(&Source::File(path), None).is_err());
+        assert!(provision(&Source::File(path), None, SealImpl::Rust).is_err());
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -187,7 +212,7 @@ mod tests {
             prefix: "sim-".into(),
             count: 1,
         };
-        let e = provision(&src, None).expect_err("no token");
+        let e = provision(&src, None, SealImpl::Rust).expect_err("no token");
         assert!(e.contains("--admin-token"), "{e}");
     }
 }

@@ -33,9 +33,9 @@ const MAX_DRAIN: Duration = Duration::from_secs(30);
 const CONNECT_PARALLEL: usize = 128;
 
 pub async fn run(common: &Common, plan: LoadPlan) -> Result<LoadReport, String> {
-    let source = common.source.clone();
+    let (source, imp) = (common.source.clone(), common.sealer);
     let fleet: Vec<Arc<SimDevice>> =
-        tokio::task::spawn_blocking(move || fleet::provision(&source, None))
+        tokio::task::spawn_blocking(move || fleet::provision(&source, None, imp))
             .await
             .map_err(|e| format!("provisioning stopped: {e}"))??
             .into_iter()
@@ -151,6 +151,7 @@ pub async fn run(common: &Common, plan: LoadPlan) -> Result<LoadReport, String> 
         encrypt: common.style.encrypt,
         payload_bytes: common.payload_bytes,
         stream: common.stream.clone(),
+        sealer: common.sealer.name(),
     };
     Ok(LoadReport::new(settings, counts, &tally.latency()))
 }

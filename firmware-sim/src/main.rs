@@ -1,8 +1,11 @@
 //! firmware-sim: behaves like a fleet of ESP32 devices sealing telemetry for
 //! sealgate, for demos, attacks and load tests. The wire format comes from
-//! the `sealgate` library; nothing of it is written here.
+//! a library, never from here: sealgate-envelope (`--impl rust`) or the C
+//! library of `c/` over FFI (`--impl c`).
 
 mod attack;
+mod bench;
+mod c_sealer;
 mod collector;
 mod device;
 mod fleet;
@@ -15,14 +18,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use rumqttc::QoS;
 
 use crate::attack::AttackKind;
 use crate::collector::{Subscriber, Topics};
 use crate::device::{LinkOptions, MqttTarget};
 use crate::fleet::Source;
-use crate::message::SealStyle;
+use crate::message::{SealImpl, SealStyle};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
@@ -32,9 +35,22 @@ enum Format {
 
 /// Behaves like a fleet of ESP32 devices publishing sealed telemetry to
 /// sealgate, and checks what comes out on clean/ and the events topic.
+///
+/// Messages are sealed by sealgate-envelope (--impl rust) or by the C
+/// library real firmware runs, firmware-sim/c, over FFI (--impl c).
 #[derive(Debug, Parser)]
-#[command(name = "firmware-sim", version)]
+#[command(name = "firmware-sim", version, subcommand_negates_reqs = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Which library seals the devices' messages (load, honest attack
+    /// messages and the hostile ones built from them). With c, it also makes
+    /// each device's MQTT password (expiry 0). Messages forged with a key no
+    /// device has (--attack wrong-key) are sealed in Rust either way.
+    #[arg(long = "impl", value_enum, value_name = "IMPL", default_value_t = SealImpl::Rust)]
+    sealer: SealImpl,
+
     /// MQTT listener of the gateway.
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:1883", value_parser = parse_target)]
     mqtt: MqttTarget,
@@ -67,7 +83,8 @@ struct Cli {
     /// Dashboard account that subscribes to clean/# and the events topic.
     #[arg(long, value_name = "USER:PASSWORD", env = "SEALGATE_SIM_SUBSCRIBER",
           hide_env_values = true, value_parser = parse_subscriber, required = true)]
-    subscriber: Subscriber,
+    // An Option only because seal-bench lifts the requirement.
+    subscriber: Option<Subscriber>,
 
     /// The subscriber keeps a persistent session (clean session 0): the
     /// gateway then serves it from the durable outbox.
@@ -136,6 +153,26 @@ struct Cli {
     events_prefix: String,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Seals per second of the Rust and the C sealer, in-process.
+    ///
+    /// JSON and binary, with and without AES; prints the median of the runs
+    /// and the ratio C/Rust (--json: one object). Needs no gateway or
+    /// subscriber; both sealers are measured whatever --impl says.
+    SealBench {
+        /// Runs per sealer and cell; the sealers alternate.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        runs: u32,
+        /// Length of one run, e.g. 500ms, 2s.
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        per_run: Duration,
+        /// Plaintext size in bytes.
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+        body_bytes: u32,
+    },
+}
+
 /// What load and attack runs share.
 pub struct Common {
     pub target: MqttTarget,
@@ -147,6 +184,7 @@ pub struct Common {
     pub qos: QoS,
     pub style: SealStyle,
     pub payload_bytes: usize,
+    pub sealer: SealImpl,
 }
 
 fn parse_target(s: &str) -> Result<MqttTarget, String> {
@@ -223,7 +261,11 @@ fn qos(level: u8) -> QoS {
 }
 
 impl Cli {
-    fn common(&self) -> Common {
+    fn common(&self) -> Result<Common, String> {
+        let subscriber = self
+            .subscriber
+            .clone()
+            .ok_or("--subscriber USER:PASSWORD is required")?;
         let source = match &self.devices_file {
             Some(path) => Source::File(path.clone()),
             None => Source::Admin {
@@ -238,7 +280,7 @@ impl Cli {
             },
         };
         let payload_bytes = self.payload_bytes as usize;
-        Common {
+        Ok(Common {
             target: self.mqtt.clone(),
             topics: Topics {
                 sealed: self.sealed_prefix.clone(),
@@ -247,7 +289,7 @@ impl Cli {
             },
             subscriber: Subscriber {
                 persistent: self.persistent_subscriber,
-                ..self.subscriber.clone()
+                ..subscriber
             },
             source,
             link: LinkOptions {
@@ -263,7 +305,8 @@ impl Cli {
                 encrypt: self.encrypt,
             },
             payload_bytes,
-        }
+            sealer: self.sealer,
+        })
     }
 }
 
@@ -276,7 +319,11 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
 /// `Err` is a run that could not happen; `Ok(Some(msg))` a run that happened
 /// and failed its checks.
 async fn run(cli: Cli) -> Result<Option<String>, String> {
-    let common = cli.common();
+    // Before provisioning: a run that cannot seal must not register devices.
+    if cli.sealer == SealImpl::C {
+        c_sealer::available()?;
+    }
+    let common = cli.common()?;
     match cli.attack {
         Some(kind) => {
             let summary = attack::run(&common, kind, cli.hostile).await?;
@@ -304,8 +351,37 @@ async fn run(cli: Cli) -> Result<Option<String>, String> {
     }
 }
 
+fn seal_bench(plan: &bench::BenchPlan, json: bool) -> Result<(), String> {
+    let report = bench::run(plan)?;
+    if json {
+        print_json(&report)
+    } else {
+        print!("{}", report.text());
+        Ok(())
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::SealBench {
+        runs,
+        per_run,
+        body_bytes,
+    }) = cli.command
+    {
+        let plan = bench::BenchPlan {
+            runs,
+            per_run,
+            body_bytes: body_bytes as usize,
+        };
+        return match seal_bench(&plan, cli.json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("firmware-sim: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -437,6 +513,23 @@ mod tests {
         ])
         .expect("parses");
         assert_eq!(a.attack, Some(AttackKind::WrongKey));
-        assert!(matches!(a.common().source, Source::Admin { count: 2, .. }));
+        assert!(matches!(
+            a.common().expect("common").source,
+            Source::Admin { count: 2, .. }
+        ));
+        assert_eq!(a.common().expect("common").sealer, SealImpl::Rust);
+        let c = Cli::try_parse_from(["firmware-sim", "--subscriber", "d:p", "--impl", "c"])
+            .expect("parses");
+        assert_eq!(c.common().expect("common").sealer, SealImpl::C);
+        assert!(
+            Cli::try_parse_from(["firmware-sim", "--subscriber", "d:p", "--impl", "go"]).is_err()
+        );
+        // The bench needs no gateway, so no subscriber either.
+        let b = Cli::try_parse_from(["firmware-sim", "seal-bench", "--runs", "3"]).expect("parses");
+        assert!(matches!(
+            b.command,
+            Some(Command::SealBench { runs: 3, .. })
+        ));
+        assert!(Cli::try_parse_from(["firmware-sim"]).is_err());
     }
 }

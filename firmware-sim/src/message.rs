@@ -1,10 +1,43 @@
 //! What one simulated message carries, and how to recognise it again when it
-//! comes back on `clean/`. Sealing itself is the library's job; this module
-//! only chooses the plaintext, the nonce and the topic.
+//! comes back on `clean/`. Sealing itself is a library's job (the Rust
+//! envelope crate, or the C library devices run); this module only chooses
+//! the plaintext, the nonce, the topic and which library seals.
 
+use clap::ValueEnum;
 use rand::Rng;
 use sealgate_envelope::{self as envelope, DeviceKeys, SealInput};
 use serde::Deserialize;
+
+use crate::c_sealer::CDevice;
+use crate::fleet::SimDevice;
+
+/// `--impl`: which library seals the devices' messages and makes their
+/// connect passwords.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SealImpl {
+    /// sealgate-envelope, the gateway's own codec.
+    Rust,
+    /// The C library of firmware-sim/c (mbedTLS) over FFI, as firmware runs it.
+    C,
+}
+
+impl SealImpl {
+    pub fn name(self) -> &'static str {
+        match self {
+            SealImpl::Rust => "rust",
+            SealImpl::C => "c",
+        }
+    }
+}
+
+/// A device's sealing library, with whatever state it keeps.
+#[derive(Debug)]
+pub enum Sealer {
+    /// Seals with the device's `DeviceKeys`.
+    Rust,
+    /// Holds the C library's own copy of the keys.
+    C(Box<CDevice>),
+}
 
 /// How a device seals, shared by every message of a run.
 #[derive(Debug, Clone, Copy)]
@@ -75,8 +108,24 @@ pub fn nonce_in_clean(payload: &[u8]) -> Option<u64> {
     envelope::parse(payload).ok().map(|p| p.nonce)
 }
 
-/// Seals `plaintext` as `device_id` would for `stream`, with a fresh random IV
-/// when encrypting, as the spec requires of devices.
+/// Seals `plaintext` as `dev` does for `stream`, with the library the run
+/// chose.
+pub fn seal_as(
+    dev: &SimDevice,
+    stream: &str,
+    nonce: u64,
+    plaintext: &[u8],
+    style: SealStyle,
+) -> Result<Vec<u8>, String> {
+    match &dev.sealer {
+        Sealer::Rust => seal(&dev.keys, &dev.id, dev.kid, stream, nonce, plaintext, style),
+        Sealer::C(c) => c.seal(stream, nonce, plaintext, style.binary, style.encrypt),
+    }
+}
+
+/// Seals `plaintext` in Rust as `device_id` would for `stream`, with a fresh
+/// random IV when encrypting, as the spec requires of devices. Also seals
+/// with keys no device has, for the attacks.
 pub fn seal(
     keys: &DeviceKeys,
     device_id: &str,
@@ -85,7 +134,7 @@ pub fn seal(
     nonce: u64,
     plaintext: &[u8],
     style: SealStyle,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, String> {
     let iv = style.encrypt.then(|| rand::thread_rng().gen::<[u8; 16]>());
     envelope::seal(
         keys,
@@ -99,7 +148,7 @@ pub fn seal(
             binary: style.binary,
         },
     )
-    .expect("ids come normalised from the registry and streams are checked at start")
+    .map_err(|e| format!("cannot seal: {e}"))
 }
 
 #[cfg(test)]
@@ -162,7 +211,8 @@ mod tests {
                     1234,
                     &pt,
                     SealStyle { binary, encrypt },
-                );
+                )
+                .expect("seals");
                 assert_eq!(
                     nonce_in_clean(&sealed),
                     Some(1234),

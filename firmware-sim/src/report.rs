@@ -18,6 +18,9 @@ pub struct LoadSettings {
     pub encrypt: bool,
     pub payload_bytes: usize,
     pub stream: String,
+    /// `--impl`: the library that sealed (`rust` or `c`).
+    #[serde(rename = "impl")]
+    pub sealer: &'static str,
 }
 
 /// Raw counts at the end of a run, before any arithmetic.
@@ -130,13 +133,14 @@ impl LoadReport {
         };
         let _ = writeln!(
             o,
-            "{} devices, {rate}, qos {}, {}{}, {} B plaintext, stream {:?}, {:.1} s",
+            "{} devices, {rate}, qos {}, {}{}, {} B plaintext, stream {:?}, sealed by {}, {:.1} s",
             s.devices,
             s.qos,
             s.format,
             if s.encrypt { " + aes-128-cbc" } else { "" },
             s.payload_bytes,
             s.stream,
+            s.sealer,
             self.publish_secs
         );
         let _ = writeln!(o, "  sent          {}", self.sent);
@@ -221,16 +225,24 @@ impl AttackReport {
 pub struct AttackSummary {
     pub mode: &'static str,
     pub devices: [String; 2],
+    /// `--impl`: the library that sealed the devices' own messages.
+    #[serde(rename = "impl")]
+    pub sealer: &'static str,
     pub attacks: Vec<AttackReport>,
     pub passed: bool,
 }
 
 impl AttackSummary {
-    pub fn new(devices: [String; 2], attacks: Vec<AttackReport>) -> AttackSummary {
+    pub fn new(
+        devices: [String; 2],
+        sealer: &'static str,
+        attacks: Vec<AttackReport>,
+    ) -> AttackSummary {
         let passed = attacks.iter().all(|a| a.passed);
         AttackSummary {
             mode: "attack",
             devices,
+            sealer,
             attacks,
             passed,
         }
@@ -240,8 +252,8 @@ impl AttackSummary {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "attacks with devices {} and {}",
-            self.devices[0], self.devices[1]
+            "attacks with devices {} and {} (sealed by {})",
+            self.devices[0], self.devices[1], self.sealer
         );
         for a in &self.attacks {
             let _ = writeln!(
@@ -306,6 +318,7 @@ mod tests {
             encrypt: false,
             payload_bytes: 128,
             stream: "telemetry".into(),
+            sealer: "rust",
         }
     }
 
@@ -391,7 +404,7 @@ mod tests {
         let mut c = a.clone();
         c.honest_delivered = false;
         c.finish();
-        let s = AttackSummary::new(["a".into(), "b".into()], vec![a, b, c]);
+        let s = AttackSummary::new(["a".into(), "b".into()], "rust", vec![a, b, c]);
         assert!(!s.passed);
         let f = s.failure().expect("failure");
         assert!(f.contains("tamper: 1 hostile"), "{f}");

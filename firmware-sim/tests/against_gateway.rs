@@ -1,6 +1,6 @@
 //! firmware-sim against a real gateway: the attack suite must find nothing
 //! hostile on `clean/` and every expected reason in the events; a short load
-//! run must deliver everything it sent.
+//! run must deliver everything it sent, sealed by either library.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -88,6 +88,81 @@ fn a_short_load_run_delivers_everything() {
     assert_eq!(r["delivered"], r["sent"], "{r}");
     assert_eq!(r["lost"], 0, "{r}");
     assert_eq!(r["rejected_total"], 0, "{r}");
+    assert_eq!(r["settings"]["impl"], "rust", "{r}");
+}
+
+/// Whether firmware-sim was built with the C sealer (build.rs sets the cfg
+/// for every target of the package). Without it the `--impl c` tests skip,
+/// saying why, except in CI, which installs gcc and mbedTLS: there they fail.
+fn c_sealer_built() -> bool {
+    if cfg!(has_c_sealer) {
+        return true;
+    }
+    let why = "firmware-sim was built without the C sealer \
+               (apt-get install gcc libmbedtls-dev, then rebuild)";
+    assert!(std::env::var_os("CI").is_none(), "CI is set: {why}");
+    eprintln!("skipped: {why}");
+    false
+}
+
+#[test]
+fn a_short_load_run_sealed_by_the_c_library_delivers_everything() {
+    if !c_sealer_built() {
+        return;
+    }
+    let gw = Gateway::start(&[]);
+    // The devices' passwords come from the C library too, so a connect
+    // failure would end the run before anything is sent.
+    for (format, prefix) in [("json", "cj-"), ("binary", "cb-")] {
+        let (ok, r) = sim(
+            &gw,
+            &[
+                "--impl",
+                "c",
+                "--prefix",
+                prefix,
+                "--devices",
+                "5",
+                "--rate",
+                "200",
+                "--duration",
+                "2s",
+                "--encrypt",
+                "--format",
+                format,
+            ],
+        );
+        assert!(ok, "{r}");
+        assert_eq!(r["settings"]["impl"], "c", "{r}");
+        assert_eq!(r["settings"]["format"], format, "{r}");
+        assert!(r["sent"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["delivered"], r["sent"], "{r}");
+        assert_eq!(r["lost"], 0, "{r}");
+        assert_eq!(r["rejected_total"], 0, "{r}");
+        assert_eq!(r["reconnects"], 0, "{r}");
+    }
+}
+
+#[test]
+fn every_attack_is_refused_when_the_c_library_seals() {
+    if !c_sealer_built() {
+        return;
+    }
+    let gw = Gateway::start(&[]);
+    let (ok, report) = sim(&gw, &["--impl", "c", "--attack", "all"]);
+    assert!(ok, "{report}");
+    assert_eq!(report["impl"], "c", "{report}");
+    let attacks = report["attacks"].as_array().unwrap();
+    assert_eq!(attacks.len(), 5);
+    for a in attacks {
+        assert_eq!(a["hostile_reached_clean"], 0, "{a}");
+        assert_eq!(a["honest_delivered"], true, "{a}");
+    }
+    let by_name = |n: &str| attacks.iter().find(|a| a["attack"] == n).unwrap().clone();
+    assert_eq!(by_name("replay")["dropped_silently"], 20);
+    assert_eq!(by_name("tamper")["events"]["bad_mac"], 20);
+    assert_eq!(by_name("wrong-key")["events"]["bad_mac"], 20);
+    assert_eq!(by_name("stale")["events"]["stale_nonce"], 20);
 }
 
 #[test]
