@@ -275,7 +275,29 @@ pub async fn run(
             ingest_stop.clone(),
         ))
     });
+    let tenants = crate::tenants::Tenants::open(&db).map_err(|e| AppError::Database {
+        path: config.data_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let claims = crate::claims::Claims::open(
+        &db,
+        registry.clone(),
+        secrets.master.clone(),
+        metrics.clone(),
+        crate::claims::ClaimSettings {
+            pairing_code_ttl_ms: config.claims.pairing_code_ttl_secs.saturating_mul(1000),
+            replay_ms: config.claims.replay_secs.saturating_mul(1000),
+            bad_codes_per_minute: config.claims.bad_codes_per_minute,
+            auto_register: config.verifier.auto_register,
+        },
+    )
+    .map_err(|e| AppError::Database {
+        path: config.data_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
     let admin_state = Arc::new(AdminState {
+        tenants,
+        claims: Arc::new(claims),
         registry,
         vault: crate::registry::vault::Vault::new(&secrets.master),
         master: secrets.master,

@@ -21,12 +21,61 @@ pub enum Command {
     Run,
     /// Print the default configuration (the embedded broker.toml).
     GenerateConfig,
-    /// Manage devices through the running gateway's admin API.
+    /// Manage devices through the running gateway's admin API. With a
+    /// tenant's API key as token, only that tenant's devices.
     Device(DeviceArgs),
+    /// Manage tenants (operator), or get a tenant's pairing code.
+    Tenant(TenantArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TenantArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(subcommand)]
+    pub action: TenantAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantAction {
+    /// Create a tenant; prints its API key once.
+    Add {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every tenant, with how many devices it owns.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A new API key for the tenant; the old one stops working at once.
+    RotateKey {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A one-time pairing code a device claims itself with: with a
+    /// tenant's key, its own; the operator names the tenant.
+    PairingCode {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
 pub struct DeviceArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    #[command(subcommand)]
+    pub action: DeviceAction,
+}
+
+/// Where the admin API is and which key to use.
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
     /// Admin API base URL.
     #[arg(
         long,
@@ -34,11 +83,10 @@ pub struct DeviceArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     pub admin_url: String,
-    /// Admin token; defaults to the token file in the data directory.
+    /// Admin token, or a tenant's API key; defaults to the admin token file
+    /// in the data directory.
     #[arg(long, env = "SEALGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    #[command(subcommand)]
-    pub action: DeviceAction,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -103,6 +151,18 @@ pub enum DeviceAction {
     },
     /// Forget the device's nonce window (after its flash was wiped).
     ResetNonce { id: String },
+    /// Give the device to a tenant (operator).
+    Assign { id: String, tenant: String },
+    /// Take the device from its tenant (operator).
+    Release { id: String },
+    /// Claim a device with the code printed on it (tenant key).
+    Claim {
+        id: String,
+        #[arg(long)]
+        claim_code: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Register PREFIX0001..PREFIXn and write their credentials to FILE (mode 0600).
     AddBulk {
         #[arg(long)]

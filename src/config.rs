@@ -23,6 +23,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub sessions: SessionsConfig,
     pub ingest: IngestConfig,
+    pub claims: ClaimsConfig,
     #[serde(default)]
     pub users: Vec<User>,
     /// Only from `SEALGATE_MASTER_KEY`; never read from a file here. Its
@@ -87,6 +88,19 @@ pub struct IngestConfig {
     pub header_read_timeout_ms: u64,
     /// Accepted requests per second per device; the burst is one second's.
     pub device_rate: f64,
+}
+
+/// Claiming devices for tenants (`crate::claims`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimsConfig {
+    /// How long a pairing code can be used.
+    pub pairing_code_ttl_secs: u64,
+    /// How long a device-initiated claim is remembered for idempotency;
+    /// at least 300 (spec section 10).
+    pub replay_secs: u64,
+    /// Wrong claim codes a tenant may present per minute, then 429.
+    pub bad_codes_per_minute: u32,
 }
 
 /// How an ingest request names its device. The name is a claim until the
@@ -564,6 +578,18 @@ impl Config {
         if !(self.ingest.device_rate > 0.0 && self.ingest.device_rate.is_finite()) {
             return invalid("ingest.device_rate", "must be a positive number");
         }
+        if !(1..=30 * 86_400).contains(&self.claims.pairing_code_ttl_secs) {
+            return invalid(
+                "claims.pairing_code_ttl_secs",
+                "must be between 1 and 2592000",
+            );
+        }
+        if !(300..=86_400).contains(&self.claims.replay_secs) {
+            return invalid("claims.replay_secs", "must be between 300 and 86400");
+        }
+        if !(1..=10_000).contains(&self.claims.bad_codes_per_minute) {
+            return invalid("claims.bad_codes_per_minute", "must be between 1 and 10000");
+        }
         if self.http.max_connections == 0 {
             return invalid("http.max_connections", "must be at least 1");
         }
@@ -817,6 +843,15 @@ mod tests {
             ("[ingest]\nstream = \"a/#\"\n", "ingest.stream"),
             ("[ingest]\nmax_body_bytes = 10\n", "ingest.max_body_bytes"),
             ("[ingest]\ndevice_rate = 0.0\n", "ingest.device_rate"),
+            ("[claims]\nreplay_secs = 299\n", "claims.replay_secs"),
+            (
+                "[claims]\npairing_code_ttl_secs = 0\n",
+                "claims.pairing_code_ttl_secs",
+            ),
+            (
+                "[claims]\nbad_codes_per_minute = 0\n",
+                "claims.bad_codes_per_minute",
+            ),
         ] {
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

@@ -259,6 +259,47 @@ pub mod metric {
     pub const OUTBOX_BYTES: &str = "sealgate_outbox_bytes";
     pub const OUTBOX_FULL: &str = "sealgate_outbox_full";
     pub const INGEST_REQUESTS: &str = "sealgate_ingest_requests";
+    pub const CLAIMS: &str = "sealgate_claims";
+}
+
+/// Values of the `outcome` label on `sealgate_claims_total` (`crate::claims`).
+pub mod claim_outcome {
+    /// The device now belongs to the tenant (or already did).
+    pub const SUCCESS: &str = "success";
+    /// An unknown device, registered and claimed in one step under
+    /// `verifier.auto_register`.
+    pub const AUTO_REGISTERED: &str = "auto_registered";
+    /// The same claim again within `claims.replay_secs`: the same answer.
+    pub const REPLAY_CACHED: &str = "replay_cached";
+    /// The same `(device_id, nonce)` with another MAC or code: 409.
+    pub const REPLAY_CONFLICT: &str = "replay_conflict";
+    /// 401: the claim MAC does not check.
+    pub const BAD_MAC: &str = "bad_mac";
+    /// 403: a wrong claim code, or no such device.
+    pub const BAD_CODE: &str = "bad_code";
+    /// 403: the pairing code is unknown, expired or used.
+    pub const CODE_INVALID: &str = "code_invalid";
+    /// 404: no such device, and auto-register is off.
+    pub const NOT_FOUND: &str = "not_found";
+    /// 409: another tenant owns the device.
+    pub const OWNED_ELSEWHERE: &str = "owned_elsewhere";
+    /// 409: the device is revoked.
+    pub const REVOKED: &str = "revoked";
+    /// 429: too many wrong claim codes from one tenant.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    pub const ALL: [&str; 11] = [
+        SUCCESS,
+        AUTO_REGISTERED,
+        REPLAY_CACHED,
+        REPLAY_CONFLICT,
+        BAD_MAC,
+        BAD_CODE,
+        CODE_INVALID,
+        NOT_FOUND,
+        OWNED_ELSEWHERE,
+        REVOKED,
+        RATE_LIMITED,
+    ];
 }
 
 /// Values of the `answer` label on `sealgate_ingest_requests_total`: how the

@@ -35,6 +35,7 @@
 pub mod admin;
 pub mod app;
 pub(crate) mod broker;
+pub mod claims;
 pub mod config;
 /// The wire format, from its own `no_std` crate.
 pub use sealgate_envelope as envelope;
@@ -52,6 +53,7 @@ pub mod republish;
 pub mod secrets;
 pub mod sessions;
 pub mod shutdown;
+pub mod tenants;
 pub mod topic;
 pub mod verifier;
 

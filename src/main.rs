@@ -10,7 +10,7 @@ use clap::Parser;
 use sealgate::admin::client::{AdminClient, ClientError, Credentials, DeviceView, LegacyKeysHex};
 use sealgate::config::{Config, ProcessEnv, DEFAULT_TOML};
 
-use cli::{Cli, Command, DeviceAction, DeviceArgs, ProfileArg};
+use cli::{ApiArgs, Cli, Command, DeviceAction, DeviceArgs, ProfileArg, TenantAction, TenantArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -30,13 +30,18 @@ fn main() -> ExitCode {
             print!("{DEFAULT_TOML}");
             ExitCode::SUCCESS
         }
-        Command::Device(args) => match device(args, cli.config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Device(args) => exit(device(args, cli.config)),
+        Command::Tenant(args) => exit(tenant(args, cli.config)),
+    }
+}
+
+fn exit(outcome: Result<(), String>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -71,7 +76,12 @@ fn run(config_path: Option<std::path::PathBuf>) -> ExitCode {
     }
 }
 
-fn device(args: DeviceArgs, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
+/// The admin API client for `args`: the token given, or the admin token file
+/// of the configuration's data directory.
+fn api_client(
+    args: ApiArgs,
+    config_path: Option<std::path::PathBuf>,
+) -> Result<AdminClient, String> {
     let token = match args.admin_token {
         Some(t) => t,
         None => {
@@ -88,7 +98,86 @@ fn device(args: DeviceArgs, config_path: Option<std::path::PathBuf>) -> Result<(
                 })?
         }
     };
-    let client = AdminClient::new(&args.admin_url, &token);
+    Ok(AdminClient::new(&args.admin_url, &token))
+}
+
+fn tenant(args: TenantArgs, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
+    let client = api_client(args.api, config_path)?;
+    let e = |e: ClientError| e.to_string();
+    let print = |v: &dyn erased::Json, json: bool| v.print(json);
+    match args.action {
+        TenantAction::Add { name, json } => print(&client.add_tenant(&name).map_err(e)?, json),
+        TenantAction::RotateKey { name, json } => {
+            print(&client.rotate_tenant_key(&name).map_err(e)?, json)
+        }
+        TenantAction::List { json } => print(&client.list_tenants().map_err(e)?, json),
+        TenantAction::PairingCode { tenant, json } => {
+            print(&client.pairing_code(tenant.as_deref()).map_err(e)?, json)
+        }
+    }
+    Ok(())
+}
+
+/// Printing the tenant answers: JSON, or `key: value` lines.
+mod erased {
+    use sealgate::admin::client::{Claimed, PairingCode, TenantKey, TenantList};
+
+    pub trait Json {
+        fn print(&self, json: bool);
+    }
+
+    fn as_json<T: serde::Serialize>(v: &T) {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+
+    impl Json for TenantKey {
+        fn print(&self, json: bool) {
+            if json {
+                return as_json(self);
+            }
+            println!("tenant:  {}", self.name);
+            println!("api_key: {}", self.api_key);
+            eprintln!("The API key is shown once. Give it to the tenant now.");
+        }
+    }
+
+    impl Json for TenantList {
+        fn print(&self, json: bool) {
+            if json {
+                return as_json(self);
+            }
+            println!("{:<32} {:>8} CREATED", "TENANT", "DEVICES");
+            for t in &self.tenants {
+                println!("{:<32} {:>8} {}", t.name, t.devices, t.created_at);
+            }
+        }
+    }
+
+    impl Json for PairingCode {
+        fn print(&self, json: bool) {
+            if json {
+                return as_json(self);
+            }
+            println!("pairing_code: {}", self.pairing_code);
+            println!("tenant:       {}", self.tenant);
+            println!("expires_at:   {}", self.expires_at);
+        }
+    }
+
+    impl Json for Claimed {
+        fn print(&self, json: bool) {
+            if json {
+                return as_json(self);
+            }
+            println!("device_id:  {}", self.device_id);
+            println!("tenant:     {}", self.tenant);
+            println!("claimed_at: {}", self.claimed_at);
+        }
+    }
+}
+
+fn device(args: DeviceArgs, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
+    let client = api_client(args.api, config_path)?;
     let e = |e: ClientError| e.to_string();
     match args.action {
         DeviceAction::Add {
@@ -155,6 +244,15 @@ fn device(args: DeviceArgs, config_path: Option<std::path::PathBuf>) -> Result<(
             print_view(&client.rename(&id, &label).map_err(e)?, false)
         }
         DeviceAction::Revoke { id } => print_view(&client.revoke(&id).map_err(e)?, false),
+        DeviceAction::Assign { id, tenant } => {
+            print_view(&client.assign(&id, &tenant).map_err(e)?, false)
+        }
+        DeviceAction::Release { id } => print_view(&client.release(&id).map_err(e)?, false),
+        DeviceAction::Claim {
+            id,
+            claim_code,
+            json,
+        } => erased::Json::print(&client.claim_with_code(&id, &claim_code).map_err(e)?, json),
         DeviceAction::ResetNonce { id } => print_view(&client.reset_nonce(&id).map_err(e)?, false),
         DeviceAction::AddBulk { prefix, count, out } => {
             let bulk = client.add_bulk(&prefix, count).map_err(e)?;
@@ -204,6 +302,9 @@ fn print_view(d: &DeviceView, json: bool) {
     println!("label:         {}", d.label);
     println!("profile:       {}", d.profile);
     println!("state:         {}", d.state);
+    if let Some(owner) = &d.owner {
+        println!("owner:         {owner}");
+    }
     println!("kid:           {}", d.kid);
     if let (Some(k), Some(u)) = (d.previous_kid, &d.previous_kid_valid_until) {
         println!("previous kid:  {k} (valid until {u})");

@@ -8,7 +8,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry as PromRegistry;
 
-use crate::events::{dropped, ingest_answer, metric, subscription_refused, RejectReason};
+use crate::events::{
+    claim_outcome, dropped, ingest_answer, metric, subscription_refused, RejectReason,
+};
 
 type Label = [(&'static str, &'static str); 1];
 
@@ -38,6 +40,7 @@ pub struct Metrics {
     /// 1 while devices are held because the outbox is at its size bound.
     pub outbox_full: Gauge,
     ingest: Family<Label, Counter>,
+    claims: Family<Label, Counter>,
 }
 
 impl Default for Metrics {
@@ -69,6 +72,7 @@ impl Metrics {
             outbox_bytes: Gauge::default(),
             outbox_full: Gauge::default(),
             ingest: Family::default(),
+            claims: Family::default(),
             registry: PromRegistry::default(),
         };
         registry.register(
@@ -161,12 +165,20 @@ impl Metrics {
             "HTTP ingest requests by answer (events::ingest_answer)",
             m.ingest.clone(),
         );
+        registry.register(
+            metric::CLAIMS,
+            "Device claims by outcome (events::claim_outcome)",
+            m.claims.clone(),
+        );
         // Pre-create every reason so dashboards see zeros, not gaps.
         for r in RejectReason::ALL {
             let _ = m.rejects.get_or_create(&[("reason", r.as_str())]);
         }
         for r in dropped::ALL {
             let _ = m.dropped.get_or_create(&[("reason", r)]);
+        }
+        for o in claim_outcome::ALL {
+            let _ = m.claims.get_or_create(&[("outcome", o)]);
         }
         for a in ingest_answer::ALL {
             let _ = m.ingest.get_or_create(&[("answer", a)]);
@@ -200,6 +212,11 @@ impl Metrics {
         self.subscriptions_refused
             .get_or_create(&[("reason", reason)])
             .inc();
+    }
+
+    /// Counts one claim (`outcome` from `events::claim_outcome`).
+    pub fn claim(&self, outcome: &'static str) {
+        self.claims.get_or_create(&[("outcome", outcome)]).inc();
     }
 
     /// Counts one HTTP ingest answer (`answer` from `events::ingest_answer`).

@@ -183,6 +183,70 @@ fn legacy_devices_through_the_cli() {
     assert!(stderr(&again).contains("409"), "{}", stderr(&again));
 }
 
+/// `sealgate tenant ...`, and `sealgate device ...` with a tenant's key.
+#[test]
+fn tenants_through_the_cli() {
+    let gw = Gateway::start(&[]);
+    let run = |token: &str, args: &[&str]| {
+        Command::new(sealgate_bin())
+            .env_clear()
+            .env("SEALGATE_ADMIN_URL", &gw.http_url)
+            .env("SEALGATE_ADMIN_TOKEN", token)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let acme = ok_json(run(ADMIN_TOKEN, &["tenant", "add", "acme", "--json"]));
+    let key = acme["api_key"].as_str().unwrap().to_owned();
+    let out = run(ADMIN_TOKEN, &["tenant", "add", "Bad Name"]);
+    assert!(stderr(&out).contains("400"), "{}", stderr(&out));
+    ok_json(run(ADMIN_TOKEN, &["device", "add", "meter-0042", "--json"]));
+    assert!(
+        run(ADMIN_TOKEN, &["device", "assign", "meter-0042", "acme"])
+            .status
+            .success()
+    );
+    let list = ok_json(run(&key, &["device", "list", "--json"]));
+    assert_eq!(list["devices"][0]["device_id"], "meter-0042");
+    assert_eq!(list["devices"][0]["owner"], "acme");
+    let tenants = ok_json(run(ADMIN_TOKEN, &["tenant", "list", "--json"]));
+    assert_eq!(tenants["tenants"][0]["devices"], 1);
+    let out = run(&key, &["tenant", "list"]);
+    assert!(
+        stderr(&out).contains("403 operator_only"),
+        "{}",
+        stderr(&out)
+    );
+    let code = ok_json(run(&key, &["tenant", "pairing-code", "--json"]));
+    assert_eq!(code["tenant"], "acme");
+    assert!(run(ADMIN_TOKEN, &["device", "release", "meter-0042"])
+        .status
+        .success());
+    assert_eq!(
+        ok_json(run(&key, &["device", "list", "--json"]))["devices"],
+        serde_json::json!([])
+    );
+    // The printed claim code of meter-0042 (claim-vectors.json).
+    let claimed = ok_json(run(
+        &key,
+        &[
+            "device",
+            "claim",
+            "meter-0042",
+            "--claim-code",
+            "VWMR-VATC-CPVL-MXSM",
+            "--json",
+        ],
+    ));
+    assert_eq!(claimed["tenant"], "acme");
+    let rotated = ok_json(run(
+        ADMIN_TOKEN,
+        &["tenant", "rotate-key", "acme", "--json"],
+    ));
+    assert_ne!(rotated["api_key"], acme["api_key"]);
+    assert!(stderr(&run(&key, &["device", "list"])).contains("401"));
+}
+
 #[test]
 fn errors_are_specific() {
     let gw = Gateway::start(&[]);

@@ -43,7 +43,9 @@ fn world(kid2: bool) -> World {
     let registry = Registry::open(&db).unwrap();
     registry.add("esp32-a1", None, 0).unwrap();
     if kid2 {
-        registry.rotate("esp32-a1", 0, u64::MAX / 2).unwrap();
+        registry
+            .rotate(sealgate::registry::Scope::All, "esp32-a1", 0, u64::MAX / 2)
+            .unwrap();
     }
     let store = ReplayStore::open(&db, vectors()["window"].as_u64().unwrap() as u32).unwrap();
     let checker = Checker::new(
@@ -236,7 +238,10 @@ fn revoked_device_and_unknown_kid() {
     let v = message("json-plain");
     let payload = B64.decode(v["payload_b64"].as_str().unwrap()).unwrap();
     let mut w = world(false);
-    w.checker.registry.revoke("esp32-a1", 0).unwrap();
+    w.checker
+        .registry
+        .revoke(sealgate::registry::Scope::All, "esp32-a1", 0)
+        .unwrap();
     assert_eq!(
         verdict(&mut w, v["topic"].as_str().unwrap(), &payload).0,
         "revoked"

@@ -45,6 +45,9 @@ pub struct DeviceView {
     pub last_seen: Option<String>,
     pub highest_nonce: u64,
     pub auto_registered: bool,
+    /// The owning tenant; absent for a device no tenant owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 fn v1() -> String {
@@ -64,6 +67,53 @@ impl std::fmt::Debug for LegacyKeysHex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("LegacyKeysHex(..)")
     }
+}
+
+/// A tenant's API key, shown once (`tenant add`, `tenant rotate-key`).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TenantKey {
+    pub name: String,
+    pub api_key: String,
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+impl std::fmt::Debug for TenantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantKey")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TenantView {
+    pub name: String,
+    pub created_at: String,
+    pub key_rotated_at: Option<String>,
+    /// How many devices it owns.
+    pub devices: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantList {
+    pub tenants: Vec<TenantView>,
+}
+
+/// A one-time code a device presents to claim itself for `tenant`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairingCode {
+    pub pairing_code: String,
+    pub tenant: String,
+    pub expires_at: String,
+}
+
+/// A successful claim.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claimed {
+    pub device_id: String,
+    pub tenant: String,
+    pub claimed_at: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +235,75 @@ impl AdminClient {
     /// Moves a legacy device to v1; the answer carries its v1 secret, once.
     pub fn migrate(&self, device_id: &str) -> Result<Credentials, ClientError> {
         self.call("POST", &format!("devices/{}/migrate", enc(device_id)), None)
+    }
+
+    pub fn add_tenant(&self, name: &str) -> Result<TenantKey, ClientError> {
+        self.call("POST", "tenants", Some(serde_json::json!({ "name": name })))
+    }
+
+    pub fn list_tenants(&self) -> Result<TenantList, ClientError> {
+        self.call("GET", "tenants", None)
+    }
+
+    pub fn rotate_tenant_key(&self, name: &str) -> Result<TenantKey, ClientError> {
+        self.call("POST", &format!("tenants/{}/rotate-key", enc(name)), None)
+    }
+
+    /// Operator only: gives the device to `tenant`.
+    pub fn assign(&self, device_id: &str, tenant: &str) -> Result<DeviceView, ClientError> {
+        self.call(
+            "POST",
+            &format!("devices/{}/assign", enc(device_id)),
+            Some(serde_json::json!({ "tenant": tenant })),
+        )
+    }
+
+    /// Operator only: the device has no owner afterwards.
+    pub fn release(&self, device_id: &str) -> Result<DeviceView, ClientError> {
+        self.call("POST", &format!("devices/{}/release", enc(device_id)), None)
+    }
+
+    /// A pairing code: a tenant's own (`tenant` None), or, for the
+    /// operator, one for `tenant`.
+    pub fn pairing_code(&self, tenant: Option<&str>) -> Result<PairingCode, ClientError> {
+        let body = match tenant {
+            Some(t) => serde_json::json!({ "tenant": t }),
+            None => serde_json::json!({}),
+        };
+        self.call("POST", "pairing-codes", Some(body))
+    }
+
+    /// A tenant claims a device with the code printed on it.
+    pub fn claim_with_code(
+        &self,
+        device_id: &str,
+        claim_code: &str,
+    ) -> Result<Claimed, ClientError> {
+        self.call(
+            "POST",
+            &format!("devices/{}/claim", enc(device_id)),
+            Some(serde_json::json!({ "claim_code": claim_code })),
+        )
+    }
+
+    /// What a device sends to claim itself (no bearer token is needed).
+    pub fn claim(
+        &self,
+        device_id: &str,
+        pairing_code: &str,
+        nonce: u64,
+        mac_hex: &str,
+    ) -> Result<Claimed, ClientError> {
+        self.call(
+            "POST",
+            "claim",
+            Some(serde_json::json!({
+                "device_id": device_id,
+                "pairing_code": pairing_code,
+                "nonce": nonce,
+                "mac": mac_hex,
+            })),
+        )
     }
 
     pub fn add_bulk(&self, prefix: &str, count: u32) -> Result<BulkCredentials, ClientError> {

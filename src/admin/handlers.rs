@@ -1,18 +1,22 @@
 //! Device registry endpoints. `add`, `rotate` and `migrate` are the only
 //! answers that carry a device secret; nothing can show it again. Imported
 //! legacy keys go in once, at `add`, and no answer ever carries them.
+//!
+//! Every handler acts for a [`Principal`]: the operator sees every device, a
+//! tenant only its own, and anything else is 404 whether it exists or not,
+//! so device ids cannot be enumerated with a tenant key.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::client::{BulkCredentials, Credentials, DeviceList, DeviceView};
-use super::{AdminState, ApiFailure};
+use super::{AdminState, ApiFailure, Principal};
 use crate::envelope::legacy::LegacyKeys;
 use crate::envelope::{connect_token, normalise_device_id, DeviceKeys};
 use crate::registry::{Device, DeviceState, Profile};
@@ -22,7 +26,7 @@ use crate::{now_ms, rfc3339_ms};
 type ApiResult<T> = Result<T, ApiFailure>;
 
 /// Parses a JSON body with a JSON error answer (axum's own is plain text).
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> ApiResult<T> {
+pub(super) fn body<T: DeserializeOwned>(bytes: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(bytes)
         .map_err(|e| ApiFailure::BadRequest(format!("invalid JSON body: {e}")))
 }
@@ -43,7 +47,7 @@ fn credentials(state: &AdminState, d: &Device) -> Credentials {
     }
 }
 
-fn view(state: &AdminState, d: Device) -> DeviceView {
+pub(super) fn view(state: &AdminState, d: Device) -> DeviceView {
     let summary = ReplayStore::summary(&state.windows, &d.device_id);
     DeviceView {
         profile: d.profile().as_str().to_owned(),
@@ -62,6 +66,7 @@ fn view(state: &AdminState, d: Device) -> DeviceView {
             .map(|s| rfc3339_ms(s.last_seen_ms)),
         highest_nonce: summary.map_or(0, |s| s.highest_nonce),
         auto_registered: d.auto_registered,
+        owner: d.owner,
         device_id: d.device_id,
     }
 }
@@ -133,15 +138,17 @@ fn legacy_keys(b: &AddBody) -> ApiResult<Option<LegacyKeys>> {
     }
 }
 
+/// A tenant's new device is its own; the operator's has no owner.
 pub async fn add(
     State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
     raw: Bytes,
 ) -> ApiResult<(StatusCode, Json<Credentials>)> {
     let b: AddBody = body(&raw)?;
     let legacy = legacy_keys(&b)?;
     let d = state
         .registry
-        .add_with(&b.device_id, b.label, now_ms(), |id| {
+        .add_with(&b.device_id, b.label, who.tenant(), now_ms(), |id| {
             legacy.as_ref().map(|k| state.vault.seal(id, k))
         })?;
     tracing::info!(device_id = %d.device_id, profile = d.profile().as_str(), "Device registered.");
@@ -151,10 +158,11 @@ pub async fn add(
 /// Moves a legacy device to v1 and shows its v1 secret, once.
 pub async fn migrate(
     State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Credentials>> {
-    lookup(&state, &id)?;
-    let d = state.registry.migrate(&id)?;
+    lookup(&state, &who, &id)?;
+    let d = state.registry.migrate(who.scope(), &id)?;
     tracing::warn!(device_id = %d.device_id, kid = d.kid, "Device migrated to v1.");
     Ok(Json(credentials(&state, &d)))
 }
@@ -197,10 +205,13 @@ fn check_bulk(prefix: &str, count: u32) -> ApiResult<()> {
         .map_err(|m| ApiFailure::BadRequest(format!("invalid device id: {m}")))
 }
 
+/// Operator only: bulk devices are a factory's, unowned until claimed.
 pub async fn add_bulk(
     State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
     raw: Bytes,
 ) -> ApiResult<(StatusCode, Json<BulkCredentials>)> {
+    who.require_operator()?;
     let b: BulkBody = body(&raw)?;
     check_bulk(&b.prefix, b.count)?;
     let ids: Vec<String> = (1..=b.count)
@@ -215,30 +226,38 @@ pub async fn add_bulk(
     Ok((StatusCode::CREATED, Json(BulkCredentials { devices })))
 }
 
-pub async fn list(State(state): State<Arc<AdminState>>) -> Json<DeviceList> {
+pub async fn list(
+    State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
+) -> Json<DeviceList> {
+    let scope = who.scope();
     let devices = state
         .registry
         .list()
         .into_iter()
+        .filter(|d| scope.sees(d))
         .map(|d| view(&state, d))
         .collect();
     Json(DeviceList { devices })
 }
 
-fn lookup(state: &AdminState, raw: &str) -> ApiResult<Device> {
+/// The device, if `who` may see it; 404 alike for others' and for none.
+fn lookup(state: &AdminState, who: &Principal, raw: &str) -> ApiResult<Device> {
     let id = normalise_device_id(raw)
         .map_err(|m| ApiFailure::BadRequest(format!("invalid device id: {m}")))?;
     state
         .registry
         .get(&id)
+        .filter(|d| who.scope().sees(d))
         .ok_or(ApiFailure::NotFound("no such device"))
 }
 
 pub async fn show(
     State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeviceView>> {
-    let d = lookup(&state, &id)?;
+    let d = lookup(&state, &who, &id)?;
     Ok(Json(view(&state, d)))
 }
 
@@ -250,21 +269,23 @@ pub struct RenameBody {
 
 pub async fn rename(
     State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     raw: Bytes,
 ) -> ApiResult<Json<DeviceView>> {
+    lookup(&state, &who, &id)?;
     let b: RenameBody = body(&raw)?;
-    lookup(&state, &id)?;
-    let d = state.registry.rename(&id, b.label)?;
+    let d = state.registry.rename(who.scope(), &id, b.label)?;
     Ok(Json(view(&state, d)))
 }
 
 pub async fn revoke(
     State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeviceView>> {
-    lookup(&state, &id)?;
-    let d = state.registry.revoke(&id, now_ms())?;
+    lookup(&state, &who, &id)?;
+    let d = state.registry.revoke(who.scope(), &id, now_ms())?;
     tracing::warn!(device_id = %d.device_id, "Device revoked.");
     // No receiver just means no connection is open.
     let _ = state.revoked.send(d.device_id.clone());
@@ -273,21 +294,23 @@ pub async fn revoke(
 
 pub async fn rotate(
     State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Credentials>> {
-    lookup(&state, &id)?;
+    lookup(&state, &who, &id)?;
     let d = state
         .registry
-        .rotate(&id, now_ms(), state.rotation_grace_ms)?;
+        .rotate(who.scope(), &id, now_ms(), state.rotation_grace_ms)?;
     tracing::info!(device_id = %d.device_id, kid = d.kid, "Device key rotated.");
     Ok(Json(credentials(&state, &d)))
 }
 
 pub async fn reset_nonce(
     State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeviceView>> {
-    let d = lookup(&state, &id)?;
+    let d = lookup(&state, &who, &id)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     state
         .verifier

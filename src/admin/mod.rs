@@ -7,6 +7,7 @@ pub use sealgate_client as client;
 mod error;
 mod handlers;
 mod serve;
+mod tenancy;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct AdminState {
     pub master: MasterKey,
     /// Seals imported legacy keys before they reach the registry.
     pub vault: crate::registry::vault::Vault,
+    pub tenants: crate::tenants::Tenants,
+    pub claims: Arc<crate::claims::Claims>,
     pub metrics: Arc<Metrics>,
     /// False once the replay store failed: `/readyz` answers 503.
     pub store_ok: Arc<AtomicBool>,
@@ -56,6 +59,38 @@ pub fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Who a request acts for, from its bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The admin token: every device, tenants, assignment.
+    Operator,
+    /// A tenant's API key: that tenant's devices only.
+    Tenant(String),
+}
+
+impl Principal {
+    pub fn tenant(&self) -> Option<&str> {
+        match self {
+            Principal::Operator => None,
+            Principal::Tenant(t) => Some(t),
+        }
+    }
+
+    pub fn scope(&self) -> crate::registry::Scope<'_> {
+        match self {
+            Principal::Operator => crate::registry::Scope::All,
+            Principal::Tenant(t) => crate::registry::Scope::Tenant(t),
+        }
+    }
+
+    pub fn require_operator(&self) -> Result<(), ApiFailure> {
+        match self {
+            Principal::Operator => Ok(()),
+            Principal::Tenant(_) => Err(ApiFailure::operator_only()),
+        }
+    }
+}
+
 /// The whole HTTP surface. Testable without a socket.
 pub fn router(state: Arc<AdminState>) -> Router {
     let api = Router::new()
@@ -66,9 +101,23 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/devices/:id/rotate", post(handlers::rotate))
         .route("/devices/:id/reset-nonce", post(handlers::reset_nonce))
         .route("/devices/:id/migrate", post(handlers::migrate))
+        .route("/devices/:id/assign", post(tenancy::assign))
+        .route("/devices/:id/release", post(tenancy::release))
+        .route("/devices/:id/claim", post(tenancy::claim_with_code))
+        .route(
+            "/tenants",
+            post(tenancy::add_tenant).get(tenancy::list_tenants),
+        )
+        .route(
+            "/tenants/:name/rotate-key",
+            post(tenancy::rotate_tenant_key),
+        )
+        .route("/pairing-codes", post(tenancy::pairing_code))
         .fallback(|| async { ApiFailure::NotFound("no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
+        // The device proves itself with its claim MAC: no bearer token.
+        .route("/api/v1/claim", post(tenancy::claim))
         .nest("/api/v1", api)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -76,17 +125,28 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-async fn require_token(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+/// Resolves the bearer token to a [`Principal`] for the handlers, or 401.
+async fn require_token(
+    State(state): State<Arc<AdminState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| digest(t.trim()));
-    match presented {
-        Some(d) if bool::from(d.ct_eq(&state.token_digest)) => next.run(req).await,
-        _ => ApiFailure::Unauthorized.into_response(),
-    }
+        .map(str::trim);
+    let who = match presented {
+        Some(t) if bool::from(digest(t).ct_eq(&state.token_digest)) => Principal::Operator,
+        Some(t) => match state.tenants.authenticate(t) {
+            Some(name) => Principal::Tenant(name),
+            None => return ApiFailure::Unauthorized.into_response(),
+        },
+        None => return ApiFailure::Unauthorized.into_response(),
+    };
+    req.extensions_mut().insert(who);
+    next.run(req).await
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {

@@ -62,6 +62,11 @@ pub struct Device {
     /// Set for a device on the legacy profile: its imported keys, sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legacy: Option<SealedKeys>,
+    /// The tenant that owns the device; none until claimed or assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned_since_ms: Option<u64>,
 }
 
 /// What the registry says about a key version presented by a device.
@@ -85,6 +90,22 @@ impl Device {
             revoked_at_ms: None,
             auto_registered: false,
             legacy: None,
+            owner: None,
+            owned_since_ms: None,
+        }
+    }
+
+    /// Makes `owner` the device's owner (or none). Keeps the label unless
+    /// `label_taken` says the new owner already uses it, then clears it:
+    /// labels are unique per tenant, and an ownership change must not fail
+    /// over a label.
+    pub fn set_owner(&mut self, owner: Option<&str>, now_ms: u64, label_taken: bool) {
+        if self.owner.as_deref() != owner {
+            self.owner = owner.map(str::to_owned);
+            self.owned_since_ms = owner.map(|_| now_ms);
+            if label_taken {
+                self.label.clear();
+            }
         }
     }
 

@@ -35,10 +35,31 @@ pub enum RegistryError {
     Revoked,
     #[error("device is not on the legacy profile")]
     NotLegacy,
+    #[error("the tenant already has a device with this label")]
+    LabelTaken,
     #[error("label is longer than 200 bytes")]
     LabelTooLong,
     #[error("registry store unavailable")]
     Store(#[from] sled::Error),
+}
+
+/// Whose devices a call may touch: the operator's (all), or one tenant's.
+/// A device outside the scope is `NotFound`, checked on the stored record
+/// inside the compare-and-swap, so an ownership change racing the call
+/// cannot let it through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    All,
+    Tenant(&'a str),
+}
+
+impl Scope<'_> {
+    pub fn sees(&self, d: &Device) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Tenant(t) => d.owner.as_deref() == Some(*t),
+        }
+    }
 }
 
 /// Shared handle; cheap to clone.
@@ -56,6 +77,9 @@ struct Inner {
     /// Bumped by every write, so readers that derive something from all
     /// records (the ingest's key pairs) know when to derive it again.
     generation: std::sync::atomic::AtomicU64,
+    /// Held while a label or an owner changes: labels are unique per
+    /// tenant, across records, which no single compare-and-swap can check.
+    labels: std::sync::Mutex<()>,
 }
 
 const MAX_LABEL: usize = 200;
@@ -95,6 +119,7 @@ impl Registry {
                 tree,
                 cache: RwLock::new(cache),
                 generation: Default::default(),
+                labels: Default::default(),
             }),
         })
     }
@@ -163,22 +188,24 @@ impl Registry {
         Ok(())
     }
 
-    /// Registers a device at kid 1. `raw_id` is normalised first.
+    /// Registers a device at kid 1, without owner. `raw_id` is normalised first.
     pub fn add(
         &self,
         raw_id: &str,
         label: Option<String>,
         now_ms: u64,
     ) -> Result<Device, RegistryError> {
-        self.add_with(raw_id, label, now_ms, |_| None)
+        self.add_with(raw_id, label, None, now_ms, |_| None)
     }
 
-    /// Registers a device at kid 1, on the legacy profile when `legacy` gives
-    /// sealed keys for the normalised id (they are bound to it).
+    /// Registers a device at kid 1, owned by `owner` if given, on the legacy
+    /// profile when `legacy` gives sealed keys for the normalised id (they
+    /// are bound to it).
     pub fn add_with(
         &self,
         raw_id: &str,
         label: Option<String>,
+        owner: Option<&str>,
         now_ms: u64,
         legacy: impl FnOnce(&str) -> Option<SealedKeys>,
     ) -> Result<Device, RegistryError> {
@@ -189,15 +216,91 @@ impl Registry {
         }
         let mut device = Device::new(id, label, 1, now_ms);
         device.legacy = legacy(&device.device_id);
+        device.set_owner(owner, now_ms, false);
+        let _labels = self.label_lock();
+        if self.label_taken(owner, &device.label, &device.device_id) {
+            return Err(RegistryError::LabelTaken);
+        }
         self.insert_new(device)
+    }
+
+    fn label_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner.labels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether another device of `owner` has the non-empty `label`. Devices
+    /// without owner (the operator's) have no such rule.
+    fn label_taken(&self, owner: Option<&str>, label: &str, except: &str) -> bool {
+        if owner.is_none() || label.is_empty() {
+            return false;
+        }
+        self.cache()
+            .values()
+            .any(|d| d.device_id != except && d.owner.as_deref() == owner && d.label == label)
+    }
+
+    /// Gives the device to `owner`, or takes it from its owner (`None`).
+    /// A label the new owner already uses is cleared.
+    pub fn set_owner(
+        &self,
+        raw_id: &str,
+        owner: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Device, RegistryError> {
+        let _labels = self.label_lock();
+        self.update(raw_id, |d| {
+            let taken = self.label_taken(owner, &d.label, &d.device_id);
+            d.set_owner(owner, now_ms, taken);
+            Ok(())
+        })
+    }
+
+    /// Gives an unowned device to `owner`; `None` if it has an owner by
+    /// the time the write happens (a racing claim won).
+    pub fn set_owner_if_unowned(
+        &self,
+        raw_id: &str,
+        owner: &str,
+        now_ms: u64,
+    ) -> Result<Option<Device>, RegistryError> {
+        let _labels = self.label_lock();
+        let mut won = false;
+        let d = self.update(raw_id, |d| {
+            won = d.owner.is_none();
+            if won {
+                let taken = self.label_taken(Some(owner), &d.label, &d.device_id);
+                d.set_owner(Some(owner), now_ms, taken);
+            }
+            Ok(())
+        })?;
+        Ok(won.then_some(d))
+    }
+
+    /// For the claim transaction (`crate::claims`), which writes a device
+    /// record together with other trees: the tree, the label rule and the
+    /// lock that must be held around it, and the cache refresh after it.
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.inner.tree
+    }
+
+    pub(crate) fn hold_labels(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.label_lock()
+    }
+
+    pub(crate) fn owner_uses_label(&self, owner: &str, label: &str, except: &str) -> bool {
+        self.label_taken(Some(owner), label, except)
+    }
+
+    pub(crate) fn refreshed(&self, id: &str) -> Result<(), RegistryError> {
+        self.refresh(&[id])
     }
 
     /// Moves a legacy device to v1: its imported keys are deleted from the
     /// record, and from now on it must send v1 envelopes under its derived
     /// key. Its nonce window is untouched, so nothing it sent before can be
     /// replayed after.
-    pub fn migrate(&self, raw_id: &str) -> Result<Device, RegistryError> {
-        self.update(raw_id, |d| {
+    pub fn migrate(&self, scope: Scope<'_>, raw_id: &str) -> Result<Device, RegistryError> {
+        self.update_in(scope, raw_id, |d| {
             if d.state == DeviceState::Revoked {
                 return Err(RegistryError::Revoked);
             }
@@ -285,6 +388,15 @@ impl Registry {
     fn update(
         &self,
         raw_id: &str,
+        f: impl FnMut(&mut Device) -> Result<(), RegistryError>,
+    ) -> Result<Device, RegistryError> {
+        self.update_in(Scope::All, raw_id, f)
+    }
+
+    fn update_in(
+        &self,
+        scope: Scope<'_>,
+        raw_id: &str,
         mut f: impl FnMut(&mut Device) -> Result<(), RegistryError>,
     ) -> Result<Device, RegistryError> {
         let id = normalise_device_id(raw_id)?;
@@ -298,6 +410,9 @@ impl Registry {
                     return Err(RegistryError::NotFound);
                 }
             };
+            if !scope.sees(&device) {
+                return Err(RegistryError::NotFound);
+            }
             f(&mut device)?;
             let bytes = serde_json::to_vec(&device).expect("device serialises");
             if self
@@ -314,18 +429,32 @@ impl Registry {
         Ok(device)
     }
 
-    pub fn rename(&self, raw_id: &str, label: String) -> Result<Device, RegistryError> {
+    pub fn rename(
+        &self,
+        scope: Scope<'_>,
+        raw_id: &str,
+        label: String,
+    ) -> Result<Device, RegistryError> {
         if label.len() > MAX_LABEL {
             return Err(RegistryError::LabelTooLong);
         }
-        self.update(raw_id, |d| {
+        let _labels = self.label_lock();
+        self.update_in(scope, raw_id, |d| {
+            if self.label_taken(d.owner.as_deref(), &label, &d.device_id) {
+                return Err(RegistryError::LabelTaken);
+            }
             d.label.clone_from(&label);
             Ok(())
         })
     }
 
-    pub fn revoke(&self, raw_id: &str, now_ms: u64) -> Result<Device, RegistryError> {
-        self.update(raw_id, |d| {
+    pub fn revoke(
+        &self,
+        scope: Scope<'_>,
+        raw_id: &str,
+        now_ms: u64,
+    ) -> Result<Device, RegistryError> {
+        self.update_in(scope, raw_id, |d| {
             if d.state != DeviceState::Revoked {
                 d.state = DeviceState::Revoked;
                 d.revoked_at_ms = Some(now_ms);
@@ -337,11 +466,12 @@ impl Registry {
     /// Bumps the kid; the previous kid stays valid for `grace_ms`.
     pub fn rotate(
         &self,
+        scope: Scope<'_>,
         raw_id: &str,
         now_ms: u64,
         grace_ms: u64,
     ) -> Result<Device, RegistryError> {
-        self.update(raw_id, |d| {
+        self.update_in(scope, raw_id, |d| {
             if d.state == DeviceState::Revoked {
                 return Err(RegistryError::Revoked);
             }
@@ -372,13 +502,13 @@ mod tests {
             r.add("bad id!", None, 1),
             Err(RegistryError::InvalidId(_))
         ));
-        let d = r.rotate("esp32-a1", 1000, 500).unwrap();
+        let d = r.rotate(Scope::All, "esp32-a1", 1000, 500).unwrap();
         assert_eq!(d.kid, 2);
         assert_eq!(d.check_kid(1, 1499), KeyCheck::Valid);
         assert_eq!(d.check_kid(1, 1500), KeyCheck::UnknownKid);
         assert_eq!(d.check_kid(2, 9999), KeyCheck::Valid);
         assert_eq!(d.check_kid(3, 0), KeyCheck::UnknownKid);
-        r.rename("esp32-a1", "roof".into()).unwrap();
+        r.rename(Scope::All, "esp32-a1", "roof".into()).unwrap();
         let reserving = Registry::open_reserving(&db, ["Dash"]).unwrap();
         assert!(matches!(
             reserving.add("dash", None, 1),
@@ -389,9 +519,9 @@ mod tests {
             Err(RegistryError::Reserved)
         ));
         assert!(reserving.get("x1").is_none());
-        r.revoke("esp32-a1", 5).unwrap();
+        r.revoke(Scope::All, "esp32-a1", 5).unwrap();
         assert!(matches!(
-            r.rotate("esp32-a1", 6, 1),
+            r.rotate(Scope::All, "esp32-a1", 6, 1),
             Err(RegistryError::Revoked)
         ));
         drop(r);
@@ -452,10 +582,10 @@ mod races {
         race(
             200,
             |r, id| {
-                r.rename(id, "new".into()).unwrap();
+                r.rename(Scope::All, id, "new".into()).unwrap();
             },
             |r, id| {
-                r.revoke(id, 5).unwrap();
+                r.revoke(Scope::All, id, 5).unwrap();
             },
             |d| {
                 assert_eq!(d.state, DeviceState::Revoked, "{d:?}");
@@ -468,12 +598,12 @@ mod races {
     fn a_rotate_racing_a_revoke_never_resurrects_the_device() {
         race(
             200,
-            |r, id| match r.rotate(id, 1, 1) {
+            |r, id| match r.rotate(Scope::All, id, 1, 1) {
                 Ok(_) | Err(RegistryError::Revoked) => {}
                 Err(e) => panic!("{e}"),
             },
             |r, id| {
-                r.revoke(id, 5).unwrap();
+                r.revoke(Scope::All, id, 5).unwrap();
             },
             |d| {
                 assert_eq!(d.state, DeviceState::Revoked, "{d:?}");
@@ -487,10 +617,10 @@ mod races {
         race(
             200,
             |r, id| {
-                r.rotate(id, 1, 1).unwrap();
+                r.rotate(Scope::All, id, 1, 1).unwrap();
             },
             |r, id| {
-                r.rotate(id, 1, 1).unwrap();
+                r.rotate(Scope::All, id, 1, 1).unwrap();
             },
             |d| assert_eq!((d.kid, d.previous_kid), (3, Some(2)), "{d:?}"),
         );

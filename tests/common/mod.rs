@@ -184,6 +184,11 @@ impl Gateway {
         }
     }
 
+    /// Every line logged so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
     pub fn admin(&self) -> AdminClient {
         AdminClient::new(&self.http_url, ADMIN_TOKEN)
     }

@@ -1,0 +1,256 @@
+//! Tenants and ownership: the operator's tenant endpoints, assigning and
+//! releasing devices, pairing codes, and both kinds of claim (spec section
+//! 10). The device-initiated claim is the one endpoint without a bearer
+//! token: the device proves itself with its claim MAC.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::client::DeviceView;
+use super::handlers::{body, view};
+use super::{AdminState, ApiFailure, Principal};
+use crate::claims::{Answer, ClaimError};
+use crate::{now_ms, rfc3339_ms};
+
+type ApiResult<T> = Result<T, ApiFailure>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantBody {
+    name: String,
+}
+
+/// Operator only. The answer carries the API key, once.
+pub async fn add_tenant(
+    State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
+    raw: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    who.require_operator()?;
+    let b: TenantBody = body(&raw)?;
+    let (t, key) = state.tenants.add(&b.name, now_ms())?;
+    tracing::info!(tenant = %t.name, "Tenant created.");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "name": t.name,
+            "api_key": key.0,
+            "created_at": rfc3339_ms(t.created_at_ms),
+        })),
+    ))
+}
+
+pub async fn list_tenants(
+    State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<Value>> {
+    who.require_operator()?;
+    let devices = state.registry.list();
+    let tenants: Vec<Value> = state
+        .tenants
+        .list()
+        .into_iter()
+        .map(|t| {
+            let owned = devices
+                .iter()
+                .filter(|d| d.owner.as_deref() == Some(t.name.as_str()))
+                .count();
+            json!({
+                "name": t.name,
+                "created_at": rfc3339_ms(t.created_at_ms),
+                "key_rotated_at": t.key_rotated_at_ms.map(rfc3339_ms),
+                "devices": owned,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "tenants": tenants })))
+}
+
+/// Operator only. The old key stops working at once.
+pub async fn rotate_tenant_key(
+    State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    who.require_operator()?;
+    let (t, key) = state.tenants.rotate_key(&name, now_ms())?;
+    tracing::warn!(tenant = %t.name, "Tenant key rotated.");
+    Ok(Json(json!({ "name": t.name, "api_key": key.0 })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignBody {
+    tenant: String,
+}
+
+/// Operator only: gives a device to a tenant.
+pub async fn assign(
+    State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> ApiResult<Json<DeviceView>> {
+    who.require_operator()?;
+    let b: AssignBody = body(&raw)?;
+    if !state.tenants.exists(&b.tenant) {
+        return Err(ApiFailure::NotFound("no such tenant"));
+    }
+    let d = state.registry.set_owner(&id, Some(&b.tenant), now_ms())?;
+    tracing::info!(device = %crate::claims::mask(&d.device_id), tenant = %b.tenant, "Device assigned.");
+    Ok(Json(view(&state, d)))
+}
+
+/// Operator only: takes a device from its owner.
+pub async fn release(
+    State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceView>> {
+    who.require_operator()?;
+    let d = state.registry.set_owner(&id, None, now_ms())?;
+    tracing::info!(device = %crate::claims::mask(&d.device_id), "Device released.");
+    Ok(Json(view(&state, d)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PairingBody {
+    /// For the operator, which tenant the code is for; a tenant's own code
+    /// is always for itself.
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+pub async fn pairing_code(
+    State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
+    raw: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let b: PairingBody = if raw.is_empty() {
+        PairingBody::default()
+    } else {
+        body(&raw)?
+    };
+    let tenant = match (&who, b.tenant) {
+        (Principal::Tenant(t), None) => t.clone(),
+        (Principal::Tenant(_), Some(_)) => {
+            return Err(ApiFailure::BadRequest(
+                "a tenant's pairing codes are its own: no tenant field".into(),
+            ))
+        }
+        (Principal::Operator, Some(t)) if state.tenants.exists(&t) => t,
+        (Principal::Operator, Some(_)) => return Err(ApiFailure::NotFound("no such tenant")),
+        (Principal::Operator, None) => {
+            return Err(ApiFailure::BadRequest(
+                "the operator names the tenant: {\"tenant\": ...}".into(),
+            ))
+        }
+    };
+    let claims = state.claims.clone();
+    let t = tenant.clone();
+    let (code, expires) =
+        tokio::task::spawn_blocking(move || claims.new_pairing_code(&t, now_ms()))
+            .await
+            .map_err(|_| ApiFailure::Unavailable)?
+            .map_err(|e| {
+                tracing::error!(error = %e, "Pairing code store failed.");
+                ApiFailure::Unavailable
+            })?;
+    tracing::info!(tenant = %tenant, "Pairing code issued.");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "pairing_code": code,
+            "tenant": tenant,
+            "expires_at": rfc3339_ms(expires),
+        })),
+    ))
+}
+
+fn answer(a: Answer) -> Response {
+    let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json")], a.body).into_response()
+}
+
+fn claim_failure(e: ClaimError) -> Response {
+    match e {
+        ClaimError::BadRequest(m) => ApiFailure::BadRequest(m.into()).into_response(),
+        ClaimError::BadMac => ApiFailure::BadClaimMac.into_response(),
+        ClaimError::RateLimited(d) => ApiFailure::TooManyRequests {
+            retry_after_secs: d.as_secs().max(1),
+        }
+        .into_response(),
+        ClaimError::Unavailable => ApiFailure::Unavailable.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimBody {
+    device_id: String,
+    pairing_code: String,
+    nonce: u64,
+    mac: String,
+}
+
+/// The device-initiated claim. No bearer token: the MAC is the credential.
+pub async fn claim(State(state): State<Arc<AdminState>>, raw: Bytes) -> Response {
+    let b: ClaimBody = match body(&raw) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let claims = state.claims.clone();
+    let decided = tokio::task::spawn_blocking(move || {
+        claims.claim(&b.device_id, &b.pairing_code, b.nonce, &b.mac, now_ms())
+    })
+    .await;
+    match decided {
+        Ok(Ok(a)) => answer(a),
+        Ok(Err(e)) => claim_failure(e),
+        Err(_) => ApiFailure::Unavailable.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimCodeBody {
+    claim_code: String,
+}
+
+/// A tenant claims a device with the code printed on it.
+pub async fn claim_with_code(
+    State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Response {
+    let Principal::Tenant(tenant) = who else {
+        return ApiFailure::Forbidden {
+            code: "tenant_only",
+            message: "claims are made with a tenant's key; the operator assigns",
+        }
+        .into_response();
+    };
+    let b: ClaimCodeBody = match body(&raw) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let claims = state.claims.clone();
+    let decided = tokio::task::spawn_blocking(move || {
+        claims.claim_with_code(&tenant, &id, &b.claim_code, now_ms())
+    })
+    .await;
+    match decided {
+        Ok(Ok(a)) => answer(a),
+        Ok(Err(e)) => claim_failure(e),
+        Err(_) => ApiFailure::Unavailable.into_response(),
+    }
+}
