@@ -74,6 +74,13 @@ pub async fn run(
             path: db_path.display().to_string(),
             reason: e.to_string(),
         })?;
+    let accounts =
+        crate::accounts::Accounts::open(&db, registry.clone(), &config.users).map_err(|e| {
+            AppError::Database {
+                path: db_path.display().to_string(),
+                reason: e.to_string(),
+            }
+        })?;
     let store = ReplayStore::open(&db, config.verifier.window).map_err(|e| AppError::Database {
         path: db_path.display().to_string(),
         reason: e.to_string(),
@@ -297,6 +304,7 @@ pub async fn run(
     })?;
     let admin_state = Arc::new(AdminState {
         tenants,
+        accounts: accounts.clone(),
         claims: Arc::new(claims),
         registry,
         vault: crate::registry::vault::Vault::new(&secrets.master),

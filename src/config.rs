@@ -124,6 +124,9 @@ pub struct Topics {
     pub clean: String,
     pub events: String,
     pub unverified: String,
+    /// Where each tenant's copy of its devices' output lives (its mount);
+    /// reserved, like `sealed`: no client reads it directly.
+    pub tenants: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,6 +252,10 @@ pub struct User {
     /// This account's policy when it falls behind; `limits.slow_subscriber` if absent.
     #[serde(default)]
     pub slow_subscriber: Option<SlowSubscriber>,
+    /// The tenant the account belongs to: it then sees only that tenant's
+    /// devices (`crate::accounts`), and `subscribe`/`publish` do not apply.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 impl std::fmt::Debug for User {
@@ -342,6 +349,7 @@ pub fn parse_users(v: &str) -> Result<Vec<User>, ConfigError> {
                 subscribe: None,
                 publish: None,
                 slow_subscriber: None,
+                tenant: None,
             }),
             _ => Err(ConfigError::Env {
                 var: "SEALGATE_USERS",
@@ -357,12 +365,7 @@ pub fn http_header_name(name: &str) -> Option<axum::http::HeaderName> {
     axum::http::HeaderName::from_bytes(name.as_bytes()).ok()
 }
 
-/// What an account name may be: see `Config::validate`.
-fn valid_account_name(name: &str) -> bool {
-    (1..=64).contains(&name.chars().count())
-        && !name.contains(['+', '#', '/', '$'])
-        && !name.chars().any(|c| c.is_control() || c.is_whitespace())
-}
+use crate::accounts::valid_name as valid_account_name;
 
 impl Config {
     /// The embedded default, then the file named by `SEALGATE_CONFIG` (or
@@ -620,6 +623,7 @@ impl Config {
             ("topics.clean", &self.topics.clean),
             ("topics.events", &self.topics.events),
             ("topics.unverified", &self.topics.unverified),
+            ("topics.tenants", &self.topics.tenants),
         ] {
             let checked =
                 crate::topic::topic_name(prefix.as_bytes()).and_then(crate::topic::router_takes);
@@ -631,7 +635,7 @@ impl Config {
             }
         }
         let t = &self.topics;
-        let all = [&t.sealed, &t.clean, &t.events, &t.unverified];
+        let all = [&t.sealed, &t.clean, &t.events, &t.unverified, &t.tenants];
         if all
             .iter()
             .enumerate()
@@ -639,7 +643,18 @@ impl Config {
         {
             return invalid(
                 "topics",
-                "sealed, clean, events and unverified prefixes must differ",
+                "sealed, clean, events, unverified and tenants prefixes must differ",
+            );
+        }
+        // A mount inside another prefix (or around one) would mix tenants'
+        // copies with what global accounts read.
+        if all[..4]
+            .iter()
+            .any(|p| crate::topic::under(p, &t.tenants) || crate::topic::under(&t.tenants, p))
+        {
+            return invalid(
+                "topics.tenants",
+                "must not be under or above another topic prefix",
             );
         }
         if self.router.max_segment_size < 1024 || self.router.max_segment_count == 0 {
@@ -685,6 +700,19 @@ impl Config {
                 "users",
                 &format!(
                     "account name {:?} must be 1 to 64 characters without '+', '#', '/', '$', spaces or control characters",
+                    u.name
+                ),
+            );
+        }
+        if let Some(u) = self.users.iter().find(|u| {
+            u.tenant
+                .as_deref()
+                .is_some_and(|t| !crate::tenants::valid_name(t))
+        }) {
+            return invalid(
+                "users",
+                &format!(
+                    "account {:?}: tenant must match [a-z0-9][a-z0-9-]{{0,63}}",
                     u.name
                 ),
             );
@@ -896,6 +924,7 @@ mod tests {
             ("[topics]\nclean = \"é\"\n", "topics.clean"),
             ("[topics]\nunverified = \"$x\"\n", "topics.unverified"),
             ("[topics]\nevents = \"a/\"\n", "topics.events"),
+            ("[topics]\ntenants = \"clean/t\"\n", "topics.tenants"),
             ("[topics]\nunverified = \"sealed\"\n", "topics"),
             (
                 "[acl]\nsubscriber_subscribe = [\"$share/g\"]\n",

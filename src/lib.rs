@@ -32,6 +32,7 @@
 //! [`shutdown`], `health` (a dead router, verifier or commit thread ends
 //! the process) and `failpoint` (faults for tests).
 
+pub mod accounts;
 pub mod admin;
 pub mod app;
 pub(crate) mod broker;

@@ -31,6 +31,15 @@ pub mod property {
 }
 
 /// The outbox entry of a security event. Events are never retained.
+/// `topic` as a tenant's accounts see it, under the tenant's mount:
+/// `{topics.tenants}/{tenant}/{topic}`. The front door maps a tenant
+/// account's filters into its mount and strips the mount from what it
+/// delivers, so such an account sees `clean/...` as usual, but only its
+/// own devices', and no filter can reach outside the mount.
+pub fn mounted(topics: &Topics, tenant: &str, topic: &str) -> String {
+    format!("{}/{tenant}/{topic}", topics.tenants)
+}
+
 pub fn event_entry(topics: &Topics, event: &SecurityEvent, at_ms: u64) -> Entry {
     let device = if event.device_id.is_empty() {
         INVALID_DEVICE

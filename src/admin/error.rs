@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::client::ApiError;
+use crate::accounts::AccountError;
 use crate::registry::RegistryError;
 use crate::tenants::TenantError;
 
@@ -144,6 +145,23 @@ impl From<TenantError> for ApiFailure {
             TenantError::NotFound => ApiFailure::NotFound("no such tenant"),
             TenantError::Store(inner) => {
                 tracing::error!(error = %inner, "Tenant store write failed.");
+                ApiFailure::Unavailable
+            }
+        }
+    }
+}
+
+impl From<AccountError> for ApiFailure {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::InvalidName => ApiFailure::BadRequest(e.to_string()),
+            AccountError::Taken => ApiFailure::ConflictCode {
+                code: "name_taken",
+                message: "the name is taken by a device or another account",
+            },
+            AccountError::NotFound => ApiFailure::NotFound("no such account"),
+            AccountError::Store(inner) => {
+                tracing::error!(error = %inner, "Account store write failed.");
                 ApiFailure::Unavailable
             }
         }

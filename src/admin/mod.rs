@@ -37,6 +37,7 @@ pub struct AdminState {
     /// Seals imported legacy keys before they reach the registry.
     pub vault: crate::registry::vault::Vault,
     pub tenants: crate::tenants::Tenants,
+    pub accounts: crate::accounts::Accounts,
     pub claims: Arc<crate::claims::Claims>,
     pub metrics: Arc<Metrics>,
     /// False once the replay store failed: `/readyz` answers 503.
@@ -51,7 +52,8 @@ pub struct AdminState {
     /// SHA-256 of the admin token: compared in constant time, any length.
     pub token_digest: [u8; 32],
     pub rotation_grace_ms: u64,
-    /// Tells the front door to close a revoked device's open sessions.
+    /// Tells the front door to close the open sessions of a revoked device
+    /// or a deleted account.
     pub revoked: tokio::sync::broadcast::Sender<String>,
 }
 
@@ -113,6 +115,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
             post(tenancy::rotate_tenant_key),
         )
         .route("/pairing-codes", post(tenancy::pairing_code))
+        .route("/users", post(tenancy::add_user).get(tenancy::list_users))
+        .route("/users/:name", axum::routing::delete(tenancy::remove_user))
         .fallback(|| async { ApiFailure::NotFound("no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

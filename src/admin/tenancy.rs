@@ -254,3 +254,74 @@ pub async fn claim_with_code(
         Err(_) => ApiFailure::Unavailable.into_response(),
     }
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserBody {
+    name: String,
+    /// The operator names the tenant; a tenant's accounts are its own.
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+/// The tenant an account request is for: a tenant's own, or the one the
+/// operator names (which must exist).
+fn tenant_for(state: &AdminState, who: &Principal, named: Option<String>) -> ApiResult<String> {
+    match (who, named) {
+        (Principal::Tenant(t), None) => Ok(t.clone()),
+        (Principal::Tenant(_), Some(_)) => Err(ApiFailure::BadRequest(
+            "a tenant's accounts are its own: no tenant field".into(),
+        )),
+        (Principal::Operator, Some(t)) if state.tenants.exists(&t) => Ok(t),
+        (Principal::Operator, Some(_)) => Err(ApiFailure::NotFound("no such tenant")),
+        (Principal::Operator, None) => Err(ApiFailure::BadRequest(
+            "the operator names the tenant: {\"tenant\": ...}".into(),
+        )),
+    }
+}
+
+/// A dashboard account of a tenant; its password is in the answer, once.
+pub async fn add_user(
+    State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
+    raw: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let b: UserBody = body(&raw)?;
+    let tenant = tenant_for(&state, &who, b.tenant)?;
+    let (a, password) = state.accounts.add(&b.name, &tenant, now_ms())?;
+    tracing::info!(account = %a.name, tenant = %a.tenant, "Tenant account created.");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "name": a.name,
+            "tenant": a.tenant,
+            "password": password.0,
+            "created_at": rfc3339_ms(a.created_at_ms),
+        })),
+    ))
+}
+
+pub async fn list_users(
+    State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
+) -> Json<Value> {
+    let users: Vec<Value> = state
+        .accounts
+        .list(who.tenant())
+        .into_iter()
+        .map(|a| json!({"name": a.name, "tenant": a.tenant, "created_at": rfc3339_ms(a.created_at_ms)}))
+        .collect();
+    Json(json!({ "users": users }))
+}
+
+/// Deletes an account; its open connections are closed at once.
+pub async fn remove_user(
+    State(state): State<Arc<AdminState>>,
+    Extension(who): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let a = state.accounts.remove(&name, who.tenant())?;
+    tracing::warn!(account = %a.name, tenant = %a.tenant, "Tenant account deleted.");
+    let _ = state.revoked.send(a.name.clone());
+    Ok(Json(json!({"name": a.name, "tenant": a.tenant})))
+}

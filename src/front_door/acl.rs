@@ -6,8 +6,8 @@
 //! * A subscriber account subscribes within its grants (default `clean/#`,
 //!   `sealgate/events/#`) and publishes only where granted (default nowhere).
 //! * Nobody but the gateway publishes under the prefixes it publishes
-//!   under (clean, events, unverified), and nobody but the verifier reads
-//!   the sealed prefix.
+//!   under (clean, events, unverified, tenants), nobody but the verifier
+//!   reads the sealed prefix, and nobody reads the tenants' mounts directly.
 //!
 //! Wildcard filters are judged by every topic they could match, so `#`,
 //! `+/+/#` or `clean/+` are refused to a device; a shared subscription
@@ -97,6 +97,7 @@ impl Acl {
         under(topic, &self.topics.clean)
             || under(topic, &self.topics.events)
             || under(topic, &self.topics.unverified)
+            || under(topic, &self.topics.tenants)
     }
 
     /// Whether `topic` is `{sealed}/{raw id}[/...]` with `raw id` naming
@@ -137,7 +138,10 @@ impl Acl {
         let Ok(filter) = topic::filter(filter) else {
             return false;
         };
-        if overlaps(filter, &self.topics.sealed) {
+        // Nobody reads the sealed prefix, or the tenants' mounts directly: a
+        // tenant's accounts reach their own mount only through the front
+        // door's mapping.
+        if overlaps(filter, &self.topics.sealed) || overlaps(filter, &self.topics.tenants) {
             return false;
         }
         match role {
@@ -163,6 +167,7 @@ mod tests {
             clean: "clean".into(),
             events: "sealgate/events".into(),
             unverified: "unverified".into(),
+            tenants: "tenants".into(),
         };
         let cfg = AclConfig {
             device_subscribe: vec!["cmd/{id}/#".into()],
@@ -176,6 +181,7 @@ mod tests {
                 subscribe: None,
                 publish: None,
                 slow_subscriber: None,
+                tenant: None,
             },
             User {
                 name: "ops".into(),
@@ -183,6 +189,7 @@ mod tests {
                 subscribe: Some(vec!["#".into()]),
                 publish: Some(vec!["cmd/+/reboot".into(), "#".into()]),
                 slow_subscriber: None,
+                tenant: None,
             },
         ];
         Acl::new(&topics, &cfg, &users)
@@ -276,6 +283,16 @@ mod tests {
             assert!(!a.may_publish(&ops, no), "{no}");
         }
         assert!(a.may_publish(&ops, "unverifiedx/t"));
+        // The tenants' mounts: read through the front door's mapping only.
+        for no in [
+            "tenants/#",
+            "tenants/acme/clean/#",
+            "$share/g/tenants/+/clean/x",
+            "+/acme/#",
+        ] {
+            assert!(!a.may_subscribe(&ops, no), "{no}");
+        }
+        assert!(!a.may_publish(&ops, "tenants/acme/clean/d1"));
         assert!(!a.may_publish(&Role::Subscriber("ghost".into()), "cmd/x/reboot"));
     }
 }

@@ -70,9 +70,12 @@ pub struct Registry {
 
 struct Inner {
     tree: sled::Tree,
-    /// Subscriber account names: the front door matches usernames against
-    /// accounts first, so a device with such an id could never log in.
-    reserved: std::collections::HashSet<String>,
+    /// Subscriber account names (normalised): the front door matches
+    /// usernames against accounts first, so a device with such an id could
+    /// never log in. Its lock is the namespace lock: a device insert holds
+    /// it for reading through its compare-and-swap, an account reservation
+    /// for writing while it checks the tree, so the two cannot both win.
+    reserved: RwLock<std::collections::HashSet<String>>,
     cache: RwLock<HashMap<String, Device>>,
     /// Bumped by every write, so readers that derive something from all
     /// records (the ingest's key pairs) know when to derive it again.
@@ -115,13 +118,55 @@ impl Registry {
         }
         Ok(Registry {
             inner: Arc::new(Inner {
-                reserved,
+                reserved: RwLock::new(reserved),
                 tree,
                 cache: RwLock::new(cache),
                 generation: Default::default(),
                 labels: Default::default(),
             }),
         })
+    }
+
+    fn reserved(&self) -> std::sync::RwLockReadGuard<'_, std::collections::HashSet<String>> {
+        self.inner
+            .reserved
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reserved_mut(&self) -> std::sync::RwLockWriteGuard<'_, std::collections::HashSet<String>> {
+        self.inner
+            .reserved
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps devices off an account's name (one loaded at startup).
+    pub fn reserve(&self, account: &str) {
+        if let Ok(id) = normalise_device_id(account) {
+            self.reserved_mut().insert(id);
+        }
+    }
+
+    /// Reserves an account's name unless a device has it; `false` then.
+    pub fn reserve_unless_device(&self, account: &str) -> bool {
+        let Ok(id) = normalise_device_id(account) else {
+            // Not a possible device id: nothing to keep devices off.
+            return true;
+        };
+        let mut reserved = self.reserved_mut();
+        if reserved.contains(&id) || self.inner.tree.get(id.as_bytes()).ok().flatten().is_some() {
+            return false;
+        }
+        reserved.insert(id);
+        true
+    }
+
+    /// Frees a deleted account's name for devices.
+    pub fn unreserve(&self, account: &str) {
+        if let Ok(id) = normalise_device_id(account) {
+            self.reserved_mut().remove(&id);
+        }
     }
 
     fn cache(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Device>> {
@@ -316,9 +361,10 @@ impl Registry {
     /// so a concurrent add of one of the ids cannot slip in between.
     pub fn add_many(&self, raw_ids: &[String], now_ms: u64) -> Result<Vec<Device>, RegistryError> {
         let mut records = Vec::with_capacity(raw_ids.len());
+        let reserved = self.reserved();
         for raw in raw_ids {
             let id = normalise_device_id(raw)?;
-            if self.inner.reserved.contains(&id) {
+            if reserved.contains(&id) {
                 return Err(RegistryError::Reserved);
             }
             let device = Device::new(id, String::new(), 1, now_ms);
@@ -363,7 +409,8 @@ impl Registry {
     /// Inserts a record only if the id is free: sled's compare-and-swap makes
     /// two concurrent adds of one id impossible.
     fn insert_new(&self, device: Device) -> Result<Device, RegistryError> {
-        if self.inner.reserved.contains(&device.device_id) {
+        let reserved = self.reserved();
+        if reserved.contains(&device.device_id) {
             return Err(RegistryError::Reserved);
         }
         let bytes = serde_json::to_vec(&device).expect("device serialises");
@@ -372,6 +419,7 @@ impl Registry {
             None as Option<&[u8]>,
             Some(bytes),
         )?;
+        drop(reserved);
         if swapped.is_err() {
             return Err(RegistryError::Exists);
         }

@@ -32,12 +32,18 @@ pub(super) enum Output {
         /// The sealed stream, for the event if the commit fails.
         stream: Option<String>,
     },
+    /// The copy of a device's output under its tenant's mount
+    /// (`crate::republish::mounted`), published when the original is: at
+    /// once, or only after the flush. Never counted or acknowledged itself.
+    Mirror { entry: Entry, after_commit: bool },
 }
 
 impl Output {
     pub fn entry(&self) -> &Entry {
         match self {
-            Output::Now(e) | Output::AfterCommit { entry: e, .. } => e,
+            Output::Now(e)
+            | Output::AfterCommit { entry: e, .. }
+            | Output::Mirror { entry: e, .. } => e,
         }
     }
 }
@@ -116,6 +122,14 @@ impl Committer {
         for o in job.outputs {
             match o {
                 Output::Now(entry) => self.out.queue(entry),
+                Output::Mirror {
+                    entry,
+                    after_commit,
+                } => {
+                    if committed || !after_commit {
+                        self.out.queue(entry);
+                    }
+                }
                 Output::AfterCommit { entry, .. } if committed => {
                     if entry.origin.is_some() {
                         self.metrics.message(result::ACCEPTED);

@@ -273,9 +273,12 @@ impl Stage {
                     continue;
                 }
                 Input::Event { reason, client } => {
+                    let owner = self.owner_of(&client);
                     let e = security_event(reason, client, None, None);
                     let entry = crate::republish::event_entry(&self.topics, &e, now);
+                    let before = job.outputs.len();
                     job.outputs.push(Output::Now(entry));
+                    self.mirror(owner, before, &mut job.outputs);
                     continue;
                 }
                 Input::Relay(m) => {
@@ -303,7 +306,15 @@ impl Stage {
                 }
             };
             let idx = job.acks.len();
+            let before = job.outputs.len();
             let outcome = self.verify_one(&m, now, idx, &mut job.outputs);
+            let owner = std::str::from_utf8(&m.topic)
+                .ok()
+                .and_then(|t| {
+                    crate::envelope::SealedTopic::parse(&self.checker.sealed_prefix, t).ok()
+                })
+                .and_then(|t| self.owner_of(&t.device_id));
+            self.mirror(owner, before, &mut job.outputs);
             job.acks.push((m.ack, outcome));
         }
         if !job.outputs.is_empty() {
@@ -432,6 +443,36 @@ impl Stage {
                 self.store_failed(&e);
                 job.staged = false;
             }
+        }
+    }
+
+    /// The tenant that owns `device` now: its messages of this moment go to
+    /// that tenant's mount, and stay there if ownership changes later.
+    fn owner_of(&self, device: &str) -> Option<String> {
+        self.checker
+            .registry
+            .with(device, |d| d.and_then(|d| d.owner.clone()))
+    }
+
+    /// Copies what one message published (`outputs[from..]`) under
+    /// `owner`'s mount.
+    fn mirror(&self, owner: Option<String>, from: usize, outputs: &mut Vec<Output>) {
+        let Some(owner) = owner else {
+            return;
+        };
+        let end = outputs.len();
+        for i in from..end {
+            let (entry, after_commit) = match &outputs[i] {
+                Output::Now(e) => (e, false),
+                Output::AfterCommit { entry, .. } => (entry, true),
+                Output::Mirror { .. } => continue,
+            };
+            let mut copy = entry.clone();
+            copy.topic = crate::republish::mounted(&self.topics, &owner, &entry.topic);
+            outputs.push(Output::Mirror {
+                entry: copy,
+                after_commit,
+            });
         }
     }
 
