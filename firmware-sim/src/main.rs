@@ -171,6 +171,48 @@ enum Command {
         #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
         body_bytes: u32,
     },
+    /// Claims a device for a tenant as the device would (spec section 10):
+    /// POST /api/v1/claim with the claim MAC under the device's key, no
+    /// bearer token. Prints the gateway's answer.
+    Claim {
+        /// The device's id.
+        #[arg(long)]
+        device_id: String,
+        /// The device secret S, 64 hex digits (as `sealgate device add` showed it).
+        #[arg(long, env = "SEALGATE_DEVICE_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The pairing code the tenant got from `sealgate tenant pairing-code`.
+        #[arg(long)]
+        pairing_code: String,
+        /// The claim nonce; by default the time in microseconds, which a
+        /// device would not reuse.
+        #[arg(long)]
+        nonce: Option<u64>,
+    },
+}
+
+/// `firmware-sim claim`: what a device sends, and the answer.
+fn claim(
+    admin_url: &str,
+    device_id: &str,
+    secret: &str,
+    pairing_code: &str,
+    nonce: Option<u64>,
+) -> Result<String, String> {
+    let id = sealgate_envelope::normalise_device_id(device_id)
+        .map_err(|e| format!("device id {device_id:?}: {e}"))?;
+    let mut s = [0u8; 32];
+    hex::decode_to_slice(secret.trim(), &mut s)
+        .map_err(|_| "the secret must be 64 hex digits".to_owned())?;
+    let keys = sealgate_envelope::DeviceKeys::from_secret(&s);
+    let nonce = nonce.unwrap_or_else(|| message::now_ms().saturating_mul(1000));
+    let mac = sealgate_envelope::claim_mac(&keys.auth, &id, pairing_code, nonce);
+    // The claim takes no bearer token; the client sends an empty one.
+    let client = sealgate_client::AdminClient::new(admin_url, "");
+    let claimed = client
+        .claim(&id, pairing_code, nonce, &hex::encode(mac))
+        .map_err(|e| format!("claim refused: {e}"))?;
+    serde_json::to_string(&claimed).map_err(|e| e.to_string())
 }
 
 /// What load and attack runs share.
@@ -363,6 +405,24 @@ fn seal_bench(plan: &bench::BenchPlan, json: bool) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Claim {
+        device_id,
+        secret,
+        pairing_code,
+        nonce,
+    }) = &cli.command
+    {
+        return match claim(&cli.admin_url, device_id, secret, pairing_code, *nonce) {
+            Ok(answer) => {
+                println!("{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("firmware-sim: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::SealBench {
         runs,
         per_run,

@@ -195,3 +195,58 @@ fn overload_slows_devices_and_loses_nothing_acknowledged() {
     assert_eq!(r["reconnects"], 0, "{r}");
     assert_eq!(r["rejected_total"], 0, "{r}");
 }
+
+/// The walk-through's claim step: firmware-sim claims a device for a tenant
+/// the way the device would, with a pairing code and its claim MAC.
+#[test]
+fn a_device_claims_itself_for_a_tenant() {
+    let gw = Gateway::start(&[]);
+    let op = gw.admin();
+    let acme = op.add_tenant("acme").unwrap();
+    let creds = op.add("esp32-claim", None).unwrap();
+    let tenant = sealgate::admin::client::AdminClient::new(&gw.http_url, &acme.api_key);
+    let code = tenant.pairing_code(None).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_firmware-sim"))
+        .env_clear()
+        .env("SEALGATE_DEVICE_SECRET", &creds.secret)
+        .args([
+            "--admin-url",
+            &gw.http_url,
+            "claim",
+            "--device-id",
+            "ESP32-CLAIM",
+            "--pairing-code",
+            &code.pairing_code,
+        ])
+        .output()
+        .expect("run firmware-sim");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["device_id"], "esp32-claim");
+    assert_eq!(answer["tenant"], "acme");
+    assert_eq!(
+        tenant.show("esp32-claim").unwrap().owner.as_deref(),
+        Some("acme")
+    );
+    // The code is spent: a second claim is refused, and says why.
+    let again = Command::new(env!("CARGO_BIN_EXE_firmware-sim"))
+        .env_clear()
+        .env("SEALGATE_DEVICE_SECRET", &creds.secret)
+        .args([
+            "--admin-url",
+            &gw.http_url,
+            "claim",
+            "--device-id",
+            "esp32-claim",
+            "--pairing-code",
+            &code.pairing_code,
+        ])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("403"));
+}
