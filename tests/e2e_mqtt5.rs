@@ -1,6 +1,7 @@
 //! What an MQTT 5 client is told and what it is held to: the CONNACK says
 //! what the gateway really does (receive maximum, packet size, aliases,
-//! retain, wildcards, subscription identifiers, shared subscriptions).
+//! retain, wildcards, subscription identifiers, shared subscriptions), and
+//! the client's own Maximum Packet Size is kept on both delivery paths.
 
 mod common;
 
@@ -15,6 +16,9 @@ use tokio::sync::mpsc;
 #[derive(Debug)]
 enum Got {
     ConnAck(Option<ConnAckProperties>),
+    Publish(String, Vec<u8>),
+    SubAck,
+    PubAck,
     PubComp,
     Closed(String),
 }
@@ -33,6 +37,12 @@ impl V5 {
             loop {
                 let seen = match el.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(a))) => Got::ConnAck(a.properties),
+                    Ok(Event::Incoming(Packet::Publish(p))) => Got::Publish(
+                        String::from_utf8(p.topic.to_vec()).unwrap(),
+                        p.payload.to_vec(),
+                    ),
+                    Ok(Event::Incoming(Packet::SubAck(_))) => Got::SubAck,
+                    Ok(Event::Incoming(Packet::PubAck(_))) => Got::PubAck,
                     Ok(Event::Incoming(Packet::PubComp(_))) => Got::PubComp,
                     Ok(_) => continue,
                     Err(e) => {
@@ -57,6 +67,32 @@ impl V5 {
             .await
             .expect("timed out waiting for MQTT traffic")
             .unwrap_or(Got::Closed("event loop ended".into()))
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.client.subscribe(filter, qos).await.unwrap();
+        loop {
+            match self.next().await {
+                Got::SubAck => return,
+                Got::Closed(e) => panic!("closed while subscribing: {e}"),
+                _ => {}
+            }
+        }
+    }
+
+    async fn next_publish(&mut self) -> (String, Vec<u8>) {
+        loop {
+            match self.next().await {
+                Got::Publish(t, p) => return (t, p),
+                Got::Closed(e) => panic!("closed while waiting for a publish: {e}"),
+                _ => {}
+            }
+        }
+    }
+
+    async fn disconnect(mut self) {
+        self.client.disconnect().await.unwrap();
+        while !matches!(self.next().await, Got::Closed(_)) {}
     }
 }
 
@@ -233,4 +269,113 @@ async fn read_packet(s: &mut TcpStream) -> Option<Vec<u8>> {
     tokio::time::timeout(WAIT, read)
         .await
         .expect("timed out reading from the gateway")
+}
+
+/// The Maximum Packet Size the limited subscribers announce; the large
+/// message exceeds it, the small one does not.
+const LIMIT: u32 = 1024;
+
+fn large() -> Vec<u8> {
+    vec![b'L'; 1500]
+}
+
+/// A subscriber with a Maximum Packet Size gets the small message of each
+/// pair and never the large one (rumqttc would fail the connection on a
+/// packet over its limit), QoS 0 and 1; one without a limit gets both. More
+/// large messages than rumqttd keeps in flight to a client are discarded in
+/// a row: had they not counted as acknowledged, the router would send the
+/// QoS 1 subscriber nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_session_never_gets_a_packet_over_its_maximum_size() {
+    let gw = Gateway::start(&[]);
+    let creds = gw.add_device("esp32-big").await;
+    let mut limited = Vec::new();
+    for (id, qos) in [("small-1", QoS::AtLeastOnce), ("small-0", QoS::AtMostOnce)] {
+        let mut o = dash(gw.mqtt_port, id);
+        o.set_max_packet_size(Some(LIMIT));
+        let (mut c, _) = V5::connect(o).await;
+        c.subscribe("clean/#", qos).await;
+        limited.push(c);
+    }
+    let (mut full, _) = V5::connect(dash(gw.mqtt_port, "full")).await;
+    full.subscribe("clean/#", QoS::AtLeastOnce).await;
+
+    let mut dev = Client::device(gw.mqtt_port, &creds).await;
+    let topic = "sealed/esp32-big/t";
+    let mut nonce = 0;
+    let mut send = |body: Vec<u8>| {
+        nonce += 1;
+        seal(&creds, "t", nonce, &body)
+    };
+    dev.publish_acked(topic, send(large())).await;
+    dev.publish_acked(topic, send(b"small".to_vec())).await;
+    for c in &mut limited {
+        assert_eq!(c.next_publish().await.1, b"small");
+    }
+    assert_eq!(full.next_publish().await.1, large());
+    assert_eq!(full.next_publish().await.1, b"small");
+
+    for _ in 0..101 {
+        dev.publish_acked(topic, send(large())).await;
+    }
+    dev.publish_acked(topic, send(b"after".to_vec())).await;
+    for c in &mut limited {
+        assert_eq!(c.next_publish().await.1, b"after");
+    }
+    for _ in 0..101 {
+        assert_eq!(full.next_publish().await.1, large());
+    }
+    assert_eq!(full.next_publish().await.1, b"after");
+    let dropped = "sealgate_dropped_total{reason=\"too_large_for_client\"}";
+    assert_eq!(gw.metric(dropped).await, 2.0 * 102.0);
+}
+
+/// The same for a persistent session, fed from the outbox: a discarded
+/// message counts as delivered, so it neither holds the client's window
+/// (Receive Maximum 2 here) nor is sent again when the session resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_moves_past_what_is_too_large_for_it() {
+    let gw = Gateway::start(&[]);
+    let creds = gw.add_device("esp32-big").await;
+    let kept = |id: &str, clean_start: bool| {
+        let mut o = dash(gw.mqtt_port, id);
+        o.set_max_packet_size(Some(LIMIT));
+        o.set_receive_maximum(Some(2));
+        o.set_clean_start(clean_start);
+        o.set_session_expiry_interval(Some(3600));
+        o
+    };
+    let (mut q1, _) = V5::connect(kept("kept-1", true)).await;
+    q1.subscribe("clean/#", QoS::AtLeastOnce).await;
+    let (mut q0, _) = V5::connect(kept("kept-0", true)).await;
+    q0.subscribe("clean/#", QoS::AtMostOnce).await;
+    let mut o = dash(gw.mqtt_port, "kept-full");
+    o.set_session_expiry_interval(Some(3600));
+    let (mut full, _) = V5::connect(o).await;
+    full.subscribe("clean/#", QoS::AtLeastOnce).await;
+
+    let mut dev = Client::device(gw.mqtt_port, &creds).await;
+    let topic = "sealed/esp32-big/t";
+    for nonce in 1..=3 {
+        dev.publish_acked(topic, seal(&creds, "t", nonce, &large()))
+            .await;
+    }
+    dev.publish_acked(topic, seal(&creds, "t", 4, b"small"))
+        .await;
+    for c in [&mut q1, &mut q0] {
+        assert_eq!(c.next_publish().await.1, b"small");
+    }
+    for _ in 0..3 {
+        assert_eq!(full.next_publish().await.1, large());
+    }
+    assert_eq!(full.next_publish().await.1, b"small");
+
+    // Offline, one more; on resuming, it is the first thing sent.
+    q1.disconnect().await;
+    dev.publish_acked(topic, seal(&creds, "t", 5, b"while away"))
+        .await;
+    let (mut q1, _) = V5::connect(kept("kept-1", false)).await;
+    assert_eq!(q1.next_publish().await.1, b"while away");
+    let dropped = "sealgate_dropped_total{reason=\"too_large_for_client\"}";
+    assert_eq!(gw.metric(dropped).await, 6.0);
 }

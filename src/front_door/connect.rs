@@ -209,10 +209,16 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         ctx.metrics.connect_refused(ConnectRefusal::NotConnect);
         return Ok(());
     };
-    // Only the session expiry is used; the rest is up to a packet's worth
-    // of memory for the whole session.
+    // Only these are used; the rest is up to a packet's worth of memory for
+    // the whole session.
     let expiry = props.as_ref().and_then(|p| p.session_expiry_interval);
     let receive_maximum = props.as_ref().and_then(|p| p.receive_maximum);
+    // 0 is a protocol error (MQTT 5 section 3.1.2.11.4): taken as "no limit".
+    let max_packet = props
+        .as_ref()
+        .and_then(|p| p.max_packet_size)
+        .filter(|m| *m > 0)
+        .map(|m| usize::try_from(m).unwrap_or(usize::MAX));
     drop(props);
     drop(will_props);
     let username = login.as_ref().map(|l| l.username.as_str()).unwrap_or("");
@@ -346,6 +352,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         taken_over,
         cursor,
         feed,
+        max_packet,
     };
     Session::new(ctx, proto, v5, stream, buf, login)
         .run(connack)
