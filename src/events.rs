@@ -371,11 +371,17 @@ pub mod dropped {
     /// An offline persistent session was past `sessions.retention_*`: its
     /// oldest messages were trimmed from the outbox without it.
     pub const SESSION_RETENTION: &str = "session_retention";
-    pub const ALL: [&str; 4] = [
+    /// A message larger than the Maximum Packet Size an MQTT 5 client
+    /// announced: not sent to that client, and taken as delivered to it
+    /// (MQTT5-3.1.2-25), so its in-flight window and its persistent
+    /// session's position move on.
+    pub const TOO_LARGE_FOR_CLIENT: &str = "too_large_for_client";
+    pub const ALL: [&str; 5] = [
         SUBSCRIBER_LAGGED,
         SUBSCRIBER_STALLED,
         HOLD_EXCEEDED,
         SESSION_RETENTION,
+        TOO_LARGE_FOR_CLIENT,
     ];
 }
 

@@ -209,10 +209,16 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         ctx.metrics.connect_refused(ConnectRefusal::NotConnect);
         return Ok(());
     };
-    // Only the session expiry is used; the rest is up to a packet's worth
-    // of memory for the whole session.
+    // Only these are used; the rest is up to a packet's worth of memory for
+    // the whole session.
     let expiry = props.as_ref().and_then(|p| p.session_expiry_interval);
     let receive_maximum = props.as_ref().and_then(|p| p.receive_maximum);
+    // 0 is a protocol error (MQTT 5 section 3.1.2.11.4): taken as "no limit".
+    let max_packet = props
+        .as_ref()
+        .and_then(|p| p.max_packet_size)
+        .filter(|m| *m > 0)
+        .map(|m| usize::try_from(m).unwrap_or(usize::MAX));
     drop(props);
     drop(will_props);
     let username = login.as_ref().map(|l| l.username.as_str()).unwrap_or("");
@@ -282,6 +288,10 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
     if v5 {
         let max = ctx.config.limits.max_keep_alive_secs;
         tell_choices(&mut connack, connect.keep_alive, max, assigned);
+        // A persistent session is fed from the outbox alone: no group to
+        // share it with (`subscribe.rs` refuses `$share/` there).
+        let shared = clean && durable.is_none();
+        tell_capabilities(&mut connack, ctx.config.mqtt.max_packet_bytes, shared);
     }
     // One live connection per device: a newer one takes over (MQTT 5 clients
     // hear DISCONNECT 0x8E), also when no router session exists to do it.
@@ -342,6 +352,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         taken_over,
         cursor,
         feed,
+        max_packet,
     };
     Session::new(ctx, proto, v5, stream, buf, login)
         .run(connack)
@@ -369,6 +380,28 @@ fn tell_choices(connack: &mut Packet, asked: u16, max: u16, assigned: Option<Str
     if assigned.is_some() {
         props.assigned_client_identifier = assigned;
     }
+}
+
+/// Tells an MQTT 5 client, in its CONNACK, what the gateway really does
+/// (MQTT 5 section 3.2.2.3): how many QoS 1/2 publishes it takes in flight
+/// (`publish::RECEIVE_MAXIMUM`, enforced), the largest packet it takes
+/// (`mqtt.max_packet_bytes`, enforced on the header), no topic aliases (a
+/// client's alias is refused with DISCONNECT 0x94), retained messages and
+/// wildcard filters, no subscription identifiers (persistent sessions do
+/// not carry them back), and shared subscriptions where the session is
+/// clean (`shared`).
+fn tell_capabilities(connack: &mut Packet, max_packet_bytes: usize, shared: bool) {
+    let Packet::ConnAck(_, props) = connack else {
+        return;
+    };
+    let props = props.get_or_insert_with(Default::default);
+    props.receive_max = Some(super::publish::RECEIVE_MAXIMUM);
+    props.max_packet_size = Some(u32::try_from(max_packet_bytes).unwrap_or(u32::MAX));
+    props.topic_alias_max = Some(0);
+    props.retain_available = Some(1);
+    props.wildcard_subscription_available = Some(1);
+    props.subscription_identifiers_available = Some(0);
+    props.shared_subscription_available = Some(u8::from(shared));
 }
 
 /// Decides a decoded CONNECT: who the client is (`auth.rs`), whether its

@@ -117,7 +117,22 @@ impl<P: Protocol> Session<P> {
                 }
                 p @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
                     self.unacked.acked(self.out.timeout());
+                    let pkid = match &p {
+                        Packet::PubAck(a, _) => a.pkid,
+                        Packet::PubRec(r, _) => r.pkid,
+                        _ => 0,
+                    };
                     to_router.push(p);
+                    if let Some(s) = self.stand_in.as_mut() {
+                        s.acked(pkid, &mut to_router);
+                    }
+                }
+                Packet::PubComp(comp, props) if self.stand_in.is_some() => {
+                    let pkid = comp.pkid;
+                    to_router.push(Packet::PubComp(comp, props));
+                    if let Some(s) = self.stand_in.as_mut() {
+                        s.completed(pkid, &mut to_router);
+                    }
                 }
                 Packet::Unsubscribe(u, _) if self.login.feed.is_some() => {
                     let Some(u) = self.screen_unsubscribe(u)? else {
@@ -155,13 +170,8 @@ impl<P: Protocol> Session<P> {
                 other => to_router.push(other),
             }
         }
-        if let Some(last) = to_router.pop() {
-            let tx = self.router().await?;
-            // One router wake-up for everything: `send` appends the last
-            // packet and notifies.
-            tx.buffer().extend(to_router);
-            tx.send(last).await?;
-        }
+        // One router wake-up for everything.
+        self.send_to_router(to_router).await?;
         Ok(None)
     }
 }

@@ -19,6 +19,7 @@ pub mod packet;
 mod persistent;
 mod publish;
 mod session;
+mod stand_in;
 mod subscribe;
 mod subscriptions;
 #[cfg(test)]

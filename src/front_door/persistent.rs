@@ -34,6 +34,16 @@ struct InFlight {
     received: bool,
 }
 
+/// What one `Feed::fill` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Filled {
+    /// QoS 1/2 messages written: in flight until acknowledged.
+    pub sent: usize,
+    /// Messages not written because they exceed the client's Maximum
+    /// Packet Size.
+    pub too_large: usize,
+}
+
 pub(super) struct Feed {
     sessions: Arc<Sessions>,
     id: String,
@@ -132,30 +142,33 @@ impl Feed {
     }
 
     /// Encodes what is ready into `out`: matching entries at the lower of
-    /// their QoS and the subscription's.
-    /// Returns how many QoS 1/2 messages went out.
-    pub fn fill(&mut self, v5: bool, out: &mut BytesMut) -> Result<usize, sled::Error> {
+    /// their QoS and the subscription's. A message larger than `max_packet`
+    /// (the client's MQTT 5 Maximum Packet Size) is not sent and counts as
+    /// delivered (MQTT5-3.1.2-25): the position moves past it.
+    pub fn fill(
+        &mut self,
+        v5: bool,
+        max_packet: Option<usize>,
+        out: &mut BytesMut,
+    ) -> Result<Filled, sled::Error> {
+        let mut filled = Filled::default();
         let room = self.max_inflight.saturating_sub(self.in_flight());
         if room == 0 {
-            return Ok(0);
+            return Ok(filled);
         }
-        let mut sent = 0;
         // MQTT: retained messages follow the SUBACK, before new ones.
-        while sent < room {
+        while filled.sent < room {
             let Some((e, qos)) = self.retained.pop_front() else {
                 break;
             };
             let pkid = if qos > 0 { self.take_pkid() } else { 0 };
-            if unframable(encode_publish(
-                v5,
-                &e,
-                qos,
-                pkid,
-                false,
-                true,
-                &mut self.received,
-                out,
-            )) {
+            let start = out.len();
+            let encoded = encode_publish(v5, &e, qos, pkid, false, true, &mut self.received, out);
+            if unframable(encoded) {
+                continue;
+            }
+            if too_large(out, start, max_packet) {
+                filled.too_large += 1;
                 continue;
             }
             if qos > 0 {
@@ -164,13 +177,13 @@ impl Feed {
                     received: false,
                 };
                 self.by_pkid.insert(pkid, f);
-                sent += 1;
+                filled.sent += 1;
             }
         }
-        if sent == room {
-            return Ok(sent);
+        if filled.sent == room {
+            return Ok(filled);
         }
-        while sent < room {
+        while filled.sent < room {
             if self.buffered.is_empty() {
                 let entries = self.sessions.outbox().read(self.read_at, READ_CHUNK)?;
                 if entries.is_empty() {
@@ -193,9 +206,15 @@ impl Feed {
             let pkid = if qos > 0 { self.take_pkid() } else { 0 };
             // Retain As Published is not offered: a message that matches an
             // established subscription goes out with RETAIN 0.
+            let start = out.len();
             let encoded =
                 encode_publish(v5, &s.entry, qos, pkid, dup, false, &mut self.received, out);
             if unframable(encoded) {
+                self.acked.insert(s.seq);
+                continue;
+            }
+            if too_large(out, start, max_packet) {
+                filled.too_large += 1;
                 self.acked.insert(s.seq);
                 continue;
             }
@@ -208,14 +227,14 @@ impl Feed {
                         received: false,
                     },
                 );
-                sent += 1;
+                filled.sent += 1;
             } else {
                 self.acked.insert(s.seq);
             }
         }
         self.sent_to = self.sent_to.max(self.read_at);
         self.changed = true;
-        Ok(sent)
+        Ok(filled)
     }
 
     fn take_pkid(&mut self) -> u16 {
@@ -396,6 +415,16 @@ fn encode_publish(
     Ok(())
 }
 
+/// Whether the packet encoded at `start` exceeds the client's Maximum
+/// Packet Size; if so it is taken back out of `out`.
+fn too_large(out: &mut BytesMut, start: usize, max_packet: Option<usize>) -> bool {
+    let over = max_packet.is_some_and(|max| out.len() - start > max);
+    if over {
+        out.truncate(start);
+    }
+    over
+}
+
 /// Whether a message could not be framed; it is logged and skipped (it
 /// can never be delivered, and must not stop the session's position).
 fn unframable(r: Result<(), rumqttd::protocol::Error>) -> bool {
@@ -462,10 +491,11 @@ mod tests {
             }))
             .unwrap();
         let mut out = BytesMut::new();
-        assert_eq!(feed.fill(true, &mut out).unwrap(), 2);
-        assert_eq!(feed.fill(true, &mut out).unwrap(), 0, "the window is full");
+        assert_eq!(feed.fill(true, None, &mut out).unwrap().sent, 2);
+        let full = feed.fill(true, None, &mut out).unwrap().sent;
+        assert_eq!(full, 0, "the window is full");
         assert!(feed.puback(1));
-        assert_eq!(feed.fill(true, &mut out).unwrap(), 1);
+        assert_eq!(feed.fill(true, None, &mut out).unwrap().sent, 1);
     }
 
     #[test]

@@ -13,6 +13,14 @@ use super::session::{End, Session};
 use crate::events::RejectReason;
 use crate::verifier::{AckResult, AckTo, Inbound, Input, Outcome};
 
+/// The QoS 1/2 publishes an MQTT 5 client may have unacknowledged at once
+/// (its CONNACK's Receive Maximum). Each holds up to `mqtt.max_packet_bytes`
+/// in the verifier's queue until it is durable; without a bound per
+/// connection one client could fill the queue the whole fleet shares.
+/// As many as rumqttd's router keeps in flight to a client. MQTT 3.1.1 has
+/// no way to say it: those clients are bounded by the queue's backpressure.
+pub(super) const RECEIVE_MAXIMUM: u16 = 100;
+
 /// A publish over the rate limit.
 struct Over {
     event: bool,
@@ -35,6 +43,13 @@ impl<P: Protocol> Session<P> {
         if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
             self.refuse(RejectReason::InvalidTopic).await;
             return Ok(Some(End::Refused(DisconnectReasonCode::TopicAliasInvalid)));
+        }
+        // A resent QoS 2 publish still waiting for its PUBREL is no new one.
+        let resent = qos == 2 && self.own_pubrels.contains(&pkid);
+        if self.v5 && qos > 0 && !resent && self.inbound_in_flight() >= RECEIVE_MAXIMUM.into() {
+            self.refuse(RejectReason::Malformed).await;
+            let code = DisconnectReasonCode::ReceiveMaximumExceeded;
+            return Ok(Some(End::Refused(code)));
         }
         // Before any rule or matcher sees it: MQTT's rules and the router's.
         let topic = crate::topic::topic_name(&publish.topic).and_then(crate::topic::router_takes);
@@ -123,6 +138,14 @@ impl<P: Protocol> Session<P> {
             self.owed += 1;
         }
         Ok(None)
+    }
+
+    /// The client's QoS 1/2 publishes not yet acknowledged, as the client
+    /// counts them for Receive Maximum: those awaiting their outcome, and
+    /// QoS 2 ones between our PUBREC and its PUBREL. Never more than the
+    /// client counts, so a client that keeps to the bound is never cut off.
+    fn inbound_in_flight(&self) -> usize {
+        self.owed + self.own_pubrels.len()
     }
 
     /// Acknowledges a publish that goes nowhere, as QoS asks: PUBACK, or
@@ -305,7 +328,10 @@ impl<P: Protocol> Session<P> {
                 PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
                 _ => PubRecReason::UnspecifiedError,
             };
-            self.own_pubrels.insert(ack.pkid);
+            // A failed PUBREC ends an MQTT 5 exchange: no PUBREL follows.
+            if !self.v5 || reason == PubRecReason::Success {
+                self.own_pubrels.insert(ack.pkid);
+            }
             return Some(Packet::PubRec(
                 PubRec {
                     pkid: ack.pkid,

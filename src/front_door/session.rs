@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Role;
 use super::error::ConnError;
+use super::stand_in::StandIn;
 use super::subscriptions;
 use super::transport::Stream;
-use super::writer::Writer;
+use super::writer::{Encoded, Writer};
 use super::Context;
 use crate::verifier::AckResult;
 
@@ -77,6 +78,8 @@ pub(super) struct Login {
     pub cursor: Option<crate::lag::Cursor>,
     /// A persistent account session, fed from the outbox instead.
     pub feed: Option<super::persistent::Feed>,
+    /// The largest packet an MQTT 5 client takes (its Maximum Packet Size).
+    pub max_packet: Option<usize>,
 }
 
 pub(super) struct Session<P> {
@@ -107,6 +110,9 @@ pub(super) struct Session<P> {
     pub(super) pending_subacks: subscriptions::Pending,
     /// The filters this connection holds, counted against the caps.
     pub(super) subs: subscriptions::Subscriptions,
+    /// Acks owed to the router for publishes too large for the client;
+    /// only for a client that announced a Maximum Packet Size.
+    pub(super) stand_in: Option<StandIn>,
     /// Streams this device's connection already published on: only a new
     /// one asks the shared `limits::Streams`.
     pub(super) streams_used: HashSet<String>,
@@ -159,8 +165,11 @@ impl<P: Protocol + Clone> Session<P> {
         if let Some(feed) = &login.feed {
             subs.restore(feed.filters());
         }
+        let out = Writer::new(proto.clone(), v5, timeout, login.max_packet);
+        let stand_in = out.max_packet().map(|_| StandIn::default());
         Session {
-            out: Writer::new(proto.clone(), v5, timeout),
+            out,
+            stand_in,
             proto,
             v5,
             stream,
@@ -294,10 +303,12 @@ impl<P: Protocol> Session<P> {
                 }
                 _ = feed_ready(&mut self.login.feed) => {
                     if let Some(feed) = self.login.feed.as_mut() {
-                        let sent = feed.fill(self.v5, self.out.raw()).map_err(store_error)?;
-                        for _ in 0..sent {
+                        let max = self.out.max_packet();
+                        let filled = feed.fill(self.v5, max, self.out.raw()).map_err(store_error)?;
+                        for _ in 0..filled.sent {
                             self.unacked.sent(self.out.timeout());
                         }
+                        self.too_large(filled.too_large);
                     }
                 }
                 n = next_notification(&mut self.login.link) => {
@@ -419,11 +430,28 @@ impl<P: Protocol> Session<P> {
                 }
                 if let Some(p) = Option::<Packet>::from(n) {
                     let p = subscriptions::merge_suback(self.v5, p, &mut self.pending_subacks);
-                    let forward = matches!(p, Packet::Publish(..));
-                    let first = self.out.encode(p)?;
-                    if forward && (first >> 1) & 3 > 0 {
-                        self.unacked.sent(self.out.timeout());
+                    let mut to_router = Vec::new();
+                    if let (Packet::PubRel(rel, _), Some(s)) = (&p, self.stand_in.as_mut()) {
+                        if !s.released(rel.pkid, &mut to_router) {
+                            return self.send_to_router(to_router).await.map(|()| None);
+                        }
                     }
+                    match self.out.encode(p)? {
+                        Encoded::Publish { qos, pkid } if qos > 0 => {
+                            self.unacked.sent(self.out.timeout());
+                            if let Some(s) = self.stand_in.as_mut() {
+                                s.sent(pkid, qos);
+                            }
+                        }
+                        Encoded::TooLarge { qos, pkid } => {
+                            self.too_large(1);
+                            if let (Some(s), true) = (self.stand_in.as_mut(), qos > 0) {
+                                s.discarded(pkid, qos, &mut to_router);
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.send_to_router(to_router).await?;
                 }
             }
             Ok(None) => {}
@@ -431,6 +459,32 @@ impl<P: Protocol> Session<P> {
             Err(_) => return Ok(Some(End::Lost)),
         }
         Ok(None)
+    }
+
+    /// Counts messages not sent because they exceed the client's Maximum
+    /// Packet Size; they count as delivered to it.
+    fn too_large(&self, messages: usize) {
+        if messages == 0 {
+            return;
+        }
+        let reason = crate::events::dropped::TOO_LARGE_FOR_CLIENT;
+        self.ctx.metrics.dropped(reason, messages as u64);
+        tracing::debug!(client = ?self.client_name(), messages, "Discarded messages larger than the client's maximum packet size.");
+    }
+
+    /// Hands packets to the router with one wake-up.
+    pub(super) async fn send_to_router(
+        &mut self,
+        mut packets: Vec<Packet>,
+    ) -> Result<(), ConnError> {
+        let Some(last) = packets.pop() else {
+            return Ok(());
+        };
+        let tx = self.router().await?;
+        // `send` appends the last packet and notifies.
+        tx.buffer().extend(packets);
+        tx.send(last).await?;
+        Ok(())
     }
 
     /// Ends the router session: publishes the will when the client vanished,

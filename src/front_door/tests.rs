@@ -85,6 +85,7 @@ async fn device_session(h: &Harness, keep_alive: u16) -> (DuplexStream, JoinHand
         taken_over: CancellationToken::new(),
         cursor: None,
         feed: None,
+        max_packet: None,
     };
     let session = Session::new(
         h.ctx.clone(),
