@@ -220,7 +220,7 @@ pub async fn run(
         auth: Authenticator::new(
             secrets.master.clone(),
             registry.clone(),
-            &config.users,
+            accounts.clone(),
             !config.mqtt.refuse_tokens_without_expiry,
             config.verifier.auto_register,
         ),

@@ -55,6 +55,23 @@ pub enum TenantAction {
         #[arg(long)]
         json: bool,
     },
+    /// A dashboard account of the tenant: it sees that tenant's devices
+    /// only, whatever it subscribes to. Prints its password once.
+    AddUser {
+        name: String,
+        /// With the operator's token: whose account.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The tenant's dashboard accounts (all, for the operator).
+    Users {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a dashboard account; its connections are closed.
+    RemoveUser { name: String },
     /// A one-time pairing code a device claims itself with: with a
     /// tenant's key, its own; the operator names the tenant.
     PairingCode {

@@ -114,13 +114,23 @@ fn tenant(args: TenantArgs, config_path: Option<std::path::PathBuf>) -> Result<(
         TenantAction::PairingCode { tenant, json } => {
             print(&client.pairing_code(tenant.as_deref()).map_err(e)?, json)
         }
+        TenantAction::AddUser { name, tenant, json } => {
+            print(&client.add_user(&name, tenant.as_deref()).map_err(e)?, json)
+        }
+        TenantAction::Users { json } => print(&client.list_users().map_err(e)?, json),
+        TenantAction::RemoveUser { name } => {
+            client.remove_user(&name).map_err(e)?;
+            eprintln!("Deleted account {name}; its connections are closed.");
+        }
     }
     Ok(())
 }
 
 /// Printing the tenant answers: JSON, or `key: value` lines.
 mod erased {
-    use sealgate::admin::client::{Claimed, PairingCode, TenantKey, TenantList};
+    use sealgate::admin::client::{
+        Claimed, PairingCode, TenantKey, TenantList, UserAccount, UserList,
+    };
 
     pub trait Json {
         fn print(&self, json: bool);
@@ -161,6 +171,32 @@ mod erased {
             println!("pairing_code: {}", self.pairing_code);
             println!("tenant:       {}", self.tenant);
             println!("expires_at:   {}", self.expires_at);
+        }
+    }
+
+    impl Json for UserAccount {
+        fn print(&self, json: bool) {
+            if json {
+                return as_json(self);
+            }
+            println!("account:  {}", self.name);
+            println!("tenant:   {}", self.tenant);
+            if let Some(p) = &self.password {
+                println!("password: {p}");
+                eprintln!("The password is shown once.");
+            }
+        }
+    }
+
+    impl Json for UserList {
+        fn print(&self, json: bool) {
+            if json {
+                return as_json(self);
+            }
+            println!("{:<32} TENANT", "ACCOUNT");
+            for u in &self.users {
+                println!("{:<32} {}", u.name, u.tenant);
+            }
         }
     }
 

@@ -108,6 +108,31 @@ pub struct PairingCode {
     pub expires_at: String,
 }
 
+/// A tenant's dashboard account; `password` only in the answer that made it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct UserAccount {
+    pub name: String,
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+impl std::fmt::Debug for UserAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserAccount")
+            .field("name", &self.name)
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserList {
+    pub users: Vec<UserAccount>,
+}
+
 /// A successful claim.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claimed {
@@ -159,6 +184,11 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
+    /// The bearer token this client sends.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// `base` is like `http://127.0.0.1:8080`.
     pub fn new(base: &str, token: &str) -> AdminClient {
         AdminClient {
@@ -271,6 +301,25 @@ impl AdminClient {
             None => serde_json::json!({}),
         };
         self.call("POST", "pairing-codes", Some(body))
+    }
+
+    /// A dashboard account of a tenant (the caller's own tenant, or, for the
+    /// operator, `tenant`); the answer carries its password, once.
+    pub fn add_user(&self, name: &str, tenant: Option<&str>) -> Result<UserAccount, ClientError> {
+        let body = match tenant {
+            Some(t) => serde_json::json!({ "name": name, "tenant": t }),
+            None => serde_json::json!({ "name": name }),
+        };
+        self.call("POST", "users", Some(body))
+    }
+
+    pub fn list_users(&self) -> Result<UserList, ClientError> {
+        self.call("GET", "users", None)
+    }
+
+    /// Deletes an account; its connections are closed.
+    pub fn remove_user(&self, name: &str) -> Result<UserAccount, ClientError> {
+        self.call("DELETE", &format!("users/{}", enc(name)), None)
     }
 
     /// A tenant claims a device with the code printed on it.

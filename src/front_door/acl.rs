@@ -70,6 +70,15 @@ impl Acl {
         let users = users
             .iter()
             .map(|u| {
+                // A tenant's account reads through its mount only and
+                // publishes nowhere (`may_subscribe_in_mount`).
+                if u.tenant.is_some() {
+                    let none = Grants {
+                        subscribe: Vec::new(),
+                        publish: Vec::new(),
+                    };
+                    return (u.name.clone(), none);
+                }
                 let g = Grants {
                     subscribe: u
                         .subscribe
@@ -130,6 +139,13 @@ impl Acl {
                         .is_some_and(|g| g.publish.iter().any(|p| within(topic, p, None)))
             }
         }
+    }
+
+    /// Whether an account of a tenant may subscribe to `filter` (as it sent
+    /// it): any valid filter, because it is filed under the tenant's mount
+    /// and cannot match outside it; `$`-topics are not mounted.
+    pub fn may_subscribe_in_mount(&self, filter: &str) -> bool {
+        topic::filter(filter).is_ok_and(|inner| !inner.starts_with('$'))
     }
 
     /// Whether this client may subscribe to `filter`, as the client sent it

@@ -2,10 +2,7 @@
 //! derived from their key, dashboards a username and password. Anonymous
 //! connections are refused.
 
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-
-use crate::config::User;
+use crate::accounts::Accounts;
 use crate::envelope::{normalise_device_id, verify_connect_token, MasterKey};
 use crate::events::ConnectRefusal;
 use crate::registry::{DeviceState, Registry};
@@ -15,45 +12,52 @@ use crate::registry::{DeviceState, Registry};
 pub enum Role {
     /// A device, by normalised id.
     Device(String),
-    /// A subscriber account from `users`.
+    /// A subscriber account (`crate::accounts`): configured, or made by a
+    /// tenant. Whether it is confined to a tenant's mount is the session's
+    /// `Login::mount`.
     Subscriber(String),
 }
 
 pub struct Authenticator {
     master: MasterKey,
     registry: Registry,
-    /// Subscriber accounts with SHA-256 of their passwords, so comparison is
-    /// constant time and independent of the password's length.
-    users: Vec<(String, [u8; 32])>,
+    /// Subscriber accounts, configured and API-made.
+    accounts: Accounts,
     allow_no_expiry: bool,
     auto_register: bool,
-}
-
-fn digest(s: &str) -> [u8; 32] {
-    Sha256::digest(s.as_bytes()).into()
 }
 
 impl Authenticator {
     pub fn new(
         master: MasterKey,
         registry: Registry,
-        users: &[User],
+        accounts: Accounts,
         allow_no_expiry: bool,
         auto_register: bool,
     ) -> Authenticator {
         Authenticator {
             master,
             registry,
-            users: users
-                .iter()
-                .map(|u| (u.name.clone(), digest(&u.password)))
-                .collect(),
+            accounts,
             allow_no_expiry,
             auto_register,
         }
     }
 
     /// Whether a registered device is revoked now.
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    /// Whether a connected client may stay: a device not revoked, an
+    /// account not deleted.
+    pub fn is_gone(&self, role: &Role) -> bool {
+        match role {
+            Role::Device(id) => self.is_revoked(id),
+            Role::Subscriber(name) => !self.accounts.is_account(name),
+        }
+    }
+
     pub fn is_revoked(&self, device_id: &str) -> bool {
         self.registry.with(device_id, |d| {
             d.is_some_and(|d| d.state == DeviceState::Revoked)
@@ -72,11 +76,10 @@ impl Authenticator {
         let Some((username, password)) = login else {
             return Err(ConnectRefusal::NoCredentials);
         };
-        if let Some((name, hash)) = self.users.iter().find(|(n, _)| n == username) {
-            return if bool::from(hash.ct_eq(&digest(password))) {
-                Ok(Role::Subscriber(name.clone()))
-            } else {
-                Err(ConnectRefusal::BadPassword)
+        if self.accounts.is_account(username) {
+            return match self.accounts.check(username, password) {
+                Some(a) => Ok(Role::Subscriber(a.name)),
+                None => Err(ConnectRefusal::BadPassword),
             };
         }
         let device_id = normalise_device_id(username).map_err(|_| ConnectRefusal::UnknownDevice)?;

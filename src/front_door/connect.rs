@@ -231,7 +231,24 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
             return Ok(());
         }
     };
-    let durable = match durability(&ctx, &role, v5, &connect, expiry, &router_client_id) {
+    // An account of a tenant sees the world through its tenant's mount.
+    let mount = match &role {
+        Role::Subscriber(name) => ctx
+            .auth
+            .accounts()
+            .tenant_of(name)
+            .map(|t| super::mount::of(&ctx.config.topics.tenants, &t)),
+        Role::Device(_) => None,
+    };
+    let durable = match durability(
+        &ctx,
+        &role,
+        mount.as_deref(),
+        v5,
+        &connect,
+        expiry,
+        &router_client_id,
+    ) {
         Ok(d) => d,
         Err(reason) => {
             let who = (connect.client_id.as_str(), username);
@@ -338,6 +355,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
             router_client_id.clone(),
             &d,
             receive_maximum,
+            mount.clone(),
         )
     });
     let login = Login {
@@ -353,6 +371,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         cursor,
         feed,
         max_packet,
+        mount,
     };
     Session::new(ctx, proto, v5, stream, buf, login)
         .run(connack)
@@ -455,6 +474,7 @@ fn admit(
 fn durability(
     ctx: &Context,
     role: &Role,
+    mount: Option<&str>,
     v5: bool,
     connect: &rumqttd::protocol::Connect,
     expiry: Option<u32>,
@@ -479,9 +499,11 @@ fn durability(
         Ok(mut a) => {
             // Topic rules may have narrowed since it subscribed: a kept
             // filter the account may no longer use is dropped.
-            a.record
-                .filters
-                .retain(|(f, _)| ctx.acl.may_subscribe(role, f));
+            a.record.filters.retain(|(f, _)| match mount {
+                Some(m) => super::mount::unfilter(m, f)
+                    .is_some_and(|sent| ctx.acl.may_subscribe_in_mount(&sent)),
+                None => ctx.acl.may_subscribe(role, f),
+            });
             Ok(Some(a))
         }
         Err(crate::sessions::Refused::TooMany) => Err(ConnectRefusal::TooManySessions),

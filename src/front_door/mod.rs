@@ -14,6 +14,7 @@ mod connect;
 mod error;
 mod inbound;
 pub(crate) mod limits;
+mod mount;
 #[doc(hidden)]
 pub mod packet;
 mod persistent;

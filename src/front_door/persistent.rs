@@ -63,6 +63,9 @@ pub(super) struct Feed {
     changed: bool,
     /// Retained messages owed for new subscriptions, at the QoS to send.
     retained: VecDeque<(Entry, u8)>,
+    /// An account of a tenant: its filters are filed under this mount, and
+    /// it is stripped from what the session is sent (`super::mount`).
+    mount: Option<String>,
     /// Entries read from the outbox and not yet examined: a record holds a
     /// whole batch, far more than one turn's in-flight room.
     buffered: VecDeque<crate::outbox::Stored>,
@@ -81,6 +84,7 @@ impl Feed {
         id: String,
         attached: &Attached,
         receive_maximum: Option<u16>,
+        mount: Option<String>,
     ) -> Feed {
         let r = &attached.record;
         let read_at = r.next.max(sessions.outbox().first());
@@ -106,6 +110,7 @@ impl Feed {
             buffered: VecDeque::new(),
             saved_at: std::time::Instant::now(),
             received: (u64::MAX, String::new()),
+            mount,
         }
     }
 
@@ -163,6 +168,7 @@ impl Feed {
             };
             let pkid = if qos > 0 { self.take_pkid() } else { 0 };
             let start = out.len();
+            let e = shown(self.mount.as_deref(), &e);
             let encoded = encode_publish(v5, &e, qos, pkid, false, true, &mut self.received, out);
             if unframable(encoded) {
                 continue;
@@ -207,8 +213,8 @@ impl Feed {
             // Retain As Published is not offered: a message that matches an
             // established subscription goes out with RETAIN 0.
             let start = out.len();
-            let encoded =
-                encode_publish(v5, &s.entry, qos, pkid, dup, false, &mut self.received, out);
+            let e = shown(self.mount.as_deref(), &s.entry);
+            let encoded = encode_publish(v5, &e, qos, pkid, dup, false, &mut self.received, out);
             if unframable(encoded) {
                 self.acked.insert(s.seq);
                 continue;
@@ -425,6 +431,20 @@ fn too_large(out: &mut BytesMut, start: usize, max_packet: Option<usize>) -> boo
     over
 }
 
+/// The entry as the session sees it: for an account of a tenant, with the
+/// mount stripped from its topic (every filter of the session is under the
+/// mount, so every entry it is sent is too).
+fn shown<'a>(mount: Option<&str>, e: &'a Entry) -> std::borrow::Cow<'a, Entry> {
+    match mount.and_then(|m| super::mount::topic(m, &e.topic)) {
+        Some(t) => {
+            let mut copy = e.clone();
+            copy.topic = t.to_owned();
+            std::borrow::Cow::Owned(copy)
+        }
+        None => std::borrow::Cow::Borrowed(e),
+    }
+}
+
 /// Whether a message could not be framed; it is logged and skipped (it
 /// can never be delivered, and must not stop the session's position).
 fn unframable(r: Result<(), rumqttd::protocol::Error>) -> bool {
@@ -480,7 +500,7 @@ mod tests {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let sessions = Sessions::open(&db, outbox, config, metrics).unwrap();
         let attached = sessions.attach("u.1.d.x", "d", true, 60).unwrap();
-        let mut feed = Feed::new(sessions.clone(), "u.1.d.x".into(), &attached, Some(2));
+        let mut feed = Feed::new(sessions.clone(), "u.1.d.x".into(), &attached, Some(2), None);
         feed.subscribe(&[("clean/#".into(), 1)]).await.unwrap();
         writer
             .append((0..5).map(|n| Entry {

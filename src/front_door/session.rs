@@ -80,6 +80,10 @@ pub(super) struct Login {
     pub feed: Option<super::persistent::Feed>,
     /// The largest packet an MQTT 5 client takes (its Maximum Packet Size).
     pub max_packet: Option<usize>,
+    /// For an account of a tenant: its mount, `{topics.tenants}/{tenant}`.
+    /// Its filters are filed under it and what it receives has it stripped,
+    /// so it sees its tenant's devices only, whatever filter it uses.
+    pub mount: Option<String>,
 }
 
 pub(super) struct Session<P> {
@@ -248,19 +252,17 @@ impl<P: Protocol> Session<P> {
         // Listening for revocations before the CONNACK: a revocation the
         // client could have seen coming is never missed.
         let mut revoked = self.ctx.revoked.subscribe();
-        // A revocation between authentication and the line above was
-        // broadcast before we listened: look once more.
-        if let Role::Device(id) = &self.login.role {
-            if self.ctx.auth.is_revoked(id) {
-                return Ok(End::Revoked);
-            }
+        // A revocation (or an account's deletion) between authentication
+        // and the line above was broadcast before we listened: look again.
+        if self.ctx.auth.is_gone(&self.login.role) {
+            return Ok(End::Revoked);
         }
         self.out.write(connack, &mut self.stream).await?;
         let keep_alive = self.keep_alive();
         let stop = self.ctx.stop.clone();
-        let device_id = match &self.login.role {
-            Role::Device(id) => Some(id.clone()),
-            Role::Subscriber(_) => None,
+        let watched = match &self.login.role {
+            Role::Device(id) => id.clone(),
+            Role::Subscriber(name) => name.clone(),
         };
         let verifier_done = self.ctx.verifier_done.clone();
         let taken_over = self.login.taken_over.clone();
@@ -340,16 +342,14 @@ impl<P: Protocol> Session<P> {
                     }
                 }
                 _ = idle, if !draining => break End::Lost,
-                r = revoked.recv(), if device_id.is_some() => {
-                    // A lagged receiver may have missed our id: re-check the registry.
+                r = revoked.recv() => {
+                    // A lagged receiver may have missed our name: look again.
                     let mine = match r {
-                        Ok(id) => device_id.as_deref() == Some(id.as_str()),
-                        Err(_) => device_id.as_deref().is_some_and(|id| {
-                            self.ctx.auth.is_revoked(id)
-                        }),
+                        Ok(name) => name == watched && self.ctx.auth.is_gone(&self.login.role),
+                        Err(_) => self.ctx.auth.is_gone(&self.login.role),
                     };
                     if mine {
-                        tracing::info!(device_id = device_id.as_deref().unwrap_or(""), "Closing the session of a revoked device.");
+                        tracing::info!(client = ?super::shown(&watched), "Closing the session of a revoked device or deleted account.");
                         break End::Revoked;
                     }
                 }
@@ -429,7 +429,18 @@ impl<P: Protocol> Session<P> {
                     }
                 }
                 if let Some(p) = Option::<Packet>::from(n) {
-                    let p = subscriptions::merge_suback(self.v5, p, &mut self.pending_subacks);
+                    let mut p = subscriptions::merge_suback(self.v5, p, &mut self.pending_subacks);
+                    if let (Some(m), Packet::Publish(publish, _)) = (&self.login.mount, &mut p) {
+                        // Every filter of this session is under its mount, so
+                        // every topic it is sent is too.
+                        let shown = std::str::from_utf8(&publish.topic)
+                            .ok()
+                            .and_then(|t| super::mount::topic(m, t))
+                            .map(|t| bytes::Bytes::copy_from_slice(t.as_bytes()));
+                        if let Some(t) = shown {
+                            publish.topic = t;
+                        }
+                    }
                     let mut to_router = Vec::new();
                     if let (Packet::PubRel(rel, _), Some(s)) = (&p, self.stand_in.as_mut()) {
                         if !s.released(rel.pkid, &mut to_router) {

@@ -31,7 +31,11 @@ impl<P: Protocol> Session<P> {
             }
             return Err(refused::INVALID_FILTER);
         }
-        if !self.ctx.acl.may_subscribe(&self.login.role, filter) {
+        let allowed = match &self.login.mount {
+            Some(_) => self.ctx.acl.may_subscribe_in_mount(filter),
+            None => self.ctx.acl.may_subscribe(&self.login.role, filter),
+        };
+        if !allowed {
             return Err(refused::NOT_ALLOWED);
         }
         if filter.starts_with("$share/") {
@@ -58,9 +62,8 @@ impl<P: Protocol> Session<P> {
         let verdicts: Vec<Result<bool, &'static str>> =
             sub.filters.iter().map(|f| self.judge(&f.path)).collect();
         for f in &mut sub.filters {
-            if let std::borrow::Cow::Owned(routed) = router_filter(&self.login.role, &f.path) {
-                f.path = routed;
-            }
+            let mounted = super::mount::filter(self.login.mount.as_deref(), &f.path).into_owned();
+            f.path = router_filter(&self.login.role, &mounted).into_owned();
         }
         if verdicts.iter().all(|v| *v == Ok(true)) {
             return Packet::Subscribe(sub, props);
@@ -115,9 +118,8 @@ impl<P: Protocol> Session<P> {
             .retain(|f| topic::filter(f).and_then(topic::router_takes).is_ok());
         for f in &mut unsub.filters {
             self.subs.release(f);
-            if let std::borrow::Cow::Owned(routed) = router_filter(&self.login.role, f) {
-                *f = routed;
-            }
+            let mounted = super::mount::filter(self.login.mount.as_deref(), f).into_owned();
+            *f = router_filter(&self.login.role, &mounted).into_owned();
         }
         if !unsub.filters.is_empty() {
             return Ok(Some(unsub));

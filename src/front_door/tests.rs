@@ -43,7 +43,13 @@ fn harness() -> Harness {
             .unwrap();
     let ctx = Context {
         persistent,
-        auth: Authenticator::new(master, registry, &config.users, true, false),
+        auth: Authenticator::new(
+            master,
+            registry.clone(),
+            crate::accounts::Accounts::open(&db, registry, &config.users).unwrap(),
+            true,
+            false,
+        ),
         acl: super::acl::Acl::new(&config.topics, &config.acl, &config.users),
         broker: crate::broker::Broker::start(&config.router),
         verifier,
@@ -86,6 +92,7 @@ async fn device_session(h: &Harness, keep_alive: u16) -> (DuplexStream, JoinHand
         cursor: None,
         feed: None,
         max_packet: None,
+        mount: None,
     };
     let session = Session::new(
         h.ctx.clone(),

@@ -371,7 +371,19 @@ impl Client {
 
     /// A dashboard subscribed to `filters` at QoS 1; all must be granted.
     pub async fn subscriber_to(port: u16, filters: &[&str]) -> Client {
-        let (mut c, r) = Client::connect(port, "dash-1", SUB_USER, SUB_PASS).await;
+        Client::account_to(port, "dash-1", SUB_USER, SUB_PASS, filters).await
+    }
+
+    /// Account `user` connected as `id` and subscribed to `filters` at QoS
+    /// 1; all must be granted.
+    pub async fn account_to(
+        port: u16,
+        id: &str,
+        user: &str,
+        pass: &str,
+        filters: &[&str],
+    ) -> Client {
+        let (mut c, r) = Client::connect(port, id, user, pass).await;
         r.expect("subscriber connects");
         let codes = c.subscribe(filters).await;
         assert!(
