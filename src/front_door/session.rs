@@ -345,7 +345,9 @@ impl<P: Protocol> Session<P> {
                 r = revoked.recv() => {
                     // A lagged receiver may have missed our name: look again.
                     let mine = match r {
-                        Ok(name) => name == watched && self.ctx.auth.is_gone(&self.login.role),
+                        // Sent only once the revocation or deletion is
+                        // stored; names are one namespace.
+                        Ok(name) => name == watched,
                         Err(_) => self.ctx.auth.is_gone(&self.login.role),
                     };
                     if mine {
