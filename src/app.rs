@@ -303,6 +303,9 @@ pub async fn run(
         reason: e.to_string(),
     })?;
     let admin_state = Arc::new(AdminState {
+        key_rates: Default::default(),
+        key_rate: config.http.key_rate,
+        cors_origins: config.http.cors_origins.clone(),
         tenants,
         accounts: accounts.clone(),
         claims: Arc::new(claims),

@@ -81,6 +81,22 @@ pub struct Claims {
     last_purge: Mutex<Option<Instant>>,
 }
 
+/// Why no pairing code was made.
+#[derive(Debug)]
+pub enum PairingError {
+    /// A chosen code is not 4 to 64 bytes without control characters.
+    Invalid,
+    /// A chosen code exists already (used, or another tenant's).
+    Taken,
+    Store(sled::Error),
+}
+
+impl From<sled::Error> for PairingError {
+    fn from(e: sled::Error) -> Self {
+        PairingError::Store(e)
+    }
+}
+
 /// Why a claim did not reach a decision.
 #[derive(Debug)]
 pub enum ClaimError {
@@ -134,33 +150,49 @@ impl Claims {
         })
     }
 
-    /// A new single-use pairing code for `tenant`, and when it expires.
+    /// A new single-use pairing code for `tenant`, and when it expires:
+    /// 80 random bits, or the code the tenant chose (a provisioning app's
+    /// own). A chosen code need not be secret: a claim also needs the
+    /// device's MAC over it, which only the device can make.
     pub fn new_pairing_code(
         &self,
         tenant: &str,
+        chosen: Option<&str>,
         now_ms: u64,
-    ) -> Result<(String, u64), sled::Error> {
+    ) -> Result<(String, u64), PairingError> {
         self.purge(now_ms);
-        let mut raw = [0u8; 10];
-        rand::thread_rng().fill_bytes(&mut raw);
-        let text = data_encoding::BASE32_NOPAD.encode(&raw);
-        let code = format!(
-            "{}-{}-{}-{}",
-            &text[..4],
-            &text[4..8],
-            &text[8..12],
-            &text[12..]
-        );
+        let code = match chosen {
+            Some(c) if (4..=64).contains(&c.len()) && !c.chars().any(char::is_control) => {
+                c.to_owned()
+            }
+            Some(_) => return Err(PairingError::Invalid),
+            None => {
+                let mut raw = [0u8; 10];
+                rand::thread_rng().fill_bytes(&mut raw);
+                let text = data_encoding::BASE32_NOPAD.encode(&raw);
+                format!(
+                    "{}-{}-{}-{}",
+                    &text[..4],
+                    &text[4..8],
+                    &text[8..12],
+                    &text[12..]
+                )
+            }
+        };
         let expires_at_ms = now_ms.saturating_add(self.settings.pairing_code_ttl_ms);
         let record = PairingCode {
             tenant: tenant.to_owned(),
             expires_at_ms,
             used_at_ms: None,
         };
-        self.codes.insert(
+        let stored = self.codes.compare_and_swap(
             code.as_bytes(),
-            serde_json::to_vec(&record).expect("serialises"),
+            None as Option<&[u8]>,
+            Some(serde_json::to_vec(&record).expect("serialises")),
         )?;
+        if stored.is_err() {
+            return Err(PairingError::Taken);
+        }
         self.codes.flush()?;
         Ok((code, expires_at_ms))
     }
@@ -532,7 +564,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (registry, claims) = setup(dir.path());
         registry.add("d1", None, 0).unwrap();
-        let (code, expires) = claims.new_pairing_code("acme", 10_000).unwrap();
+        let (code, expires) = claims.new_pairing_code("acme", None, 10_000).unwrap();
         assert_eq!(expires, 11_000);
         let late = claims
             .claim("d1", &code, 1, &mac("d1", &code, 1), 11_000)
@@ -543,7 +575,7 @@ mod tests {
             .claim("d1", &code, 1, &mac("d1", &code, 1), 11_001)
             .unwrap();
         assert_eq!(again, late);
-        let (code, _) = claims.new_pairing_code("acme", 20_000).unwrap();
+        let (code, _) = claims.new_pairing_code("acme", None, 20_000).unwrap();
         let ok = claims
             .claim("d1", &code, 2, &mac("d1", &code, 2), 20_500)
             .unwrap();

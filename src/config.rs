@@ -63,6 +63,13 @@ pub struct HttpConfig {
     pub header_read_timeout_ms: u64,
     /// Open admin connections; further sockets get a 503 and are closed.
     pub max_connections: usize,
+    /// Requests per second each API key (the admin token, or a tenant's)
+    /// may make; the burst is two seconds' worth. Over it: 429.
+    pub key_rate: f64,
+    /// Origins a browser console may call the API from (CORS); empty for
+    /// none, `["*"]` for any (the API takes bearer tokens, not cookies).
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 /// The HTTP listener for legacy firmware that POSTs its envelope
@@ -593,6 +600,18 @@ impl Config {
         if !(1..=10_000).contains(&self.claims.bad_codes_per_minute) {
             return invalid("claims.bad_codes_per_minute", "must be between 1 and 10000");
         }
+        if !(self.http.key_rate > 0.0 && self.http.key_rate.is_finite()) {
+            return invalid("http.key_rate", "must be a positive number");
+        }
+        if let Some(o) = self.http.cors_origins.iter().find(|o| {
+            o.as_str() != "*" && axum::http::HeaderValue::from_str(o).is_err()
+                || !(o.as_str() == "*" || o.starts_with("http://") || o.starts_with("https://"))
+        }) {
+            return invalid(
+                "http.cors_origins",
+                &format!("{o:?} is not \"*\" or an origin like \"https://console.example\""),
+            );
+        }
         if self.http.max_connections == 0 {
             return invalid("http.max_connections", "must be at least 1");
         }
@@ -872,6 +891,11 @@ mod tests {
             ("[ingest]\nmax_body_bytes = 10\n", "ingest.max_body_bytes"),
             ("[ingest]\ndevice_rate = 0.0\n", "ingest.device_rate"),
             ("[claims]\nreplay_secs = 299\n", "claims.replay_secs"),
+            ("[http]\nkey_rate = 0.0\n", "http.key_rate"),
+            (
+                "[http]\ncors_origins = [\"console\"]\n",
+                "http.cors_origins",
+            ),
             (
                 "[claims]\npairing_code_ttl_secs = 0\n",
                 "claims.pairing_code_ttl_secs",

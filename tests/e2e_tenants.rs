@@ -438,3 +438,96 @@ fn claim_codes_claim_once_and_guessing_is_slowed() {
     );
     assert!(prometheus(&gw, "sealgate_claims_total{outcome=\"rate_limited\"}") >= 2.0);
 }
+
+/// Every claim of `claim-vectors.json` against a gateway under the vectors'
+/// master key, the pairing codes being the tenant's chosen ones, in order:
+/// the MACs made by the independent implementation are accepted byte for
+/// byte, and each gets the answer its place in the sequence calls for.
+#[test]
+fn every_claim_vector_end_to_end() {
+    let v: Value = serde_json::from_str(include_str!("vectors/claim-vectors.json")).unwrap();
+    assert_eq!(v["master_key_hex"], VECTOR_MASTER);
+    let gw = Gateway::start(&[]);
+    let op = gw.admin();
+    let t = two_tenants(&gw);
+    op.add("esp32-a1", None).unwrap();
+    op.add("meter-0042", None).unwrap();
+    for code in ["PAIR-7F3K-Q9", "9c1e44d0", "ü-code"] {
+        t.acme.pairing_code_chosen(None, Some(code)).unwrap();
+    }
+    assert_eq!(
+        refused(t.globex.pairing_code_chosen(None, Some("9c1e44d0"))),
+        (409, "pairing_code_taken".into())
+    );
+    let mut statuses = Vec::new();
+    for c in v["device_claims"].as_array().unwrap() {
+        if c["kid"] == 2 {
+            // kid 2 exists once the key is rotated.
+            op.rotate("esp32-a1").unwrap();
+        }
+        let body = serde_json::json!({
+            "device_id": c["device_id"],
+            "pairing_code": c["pairing_code"],
+            "nonce": c["nonce"],
+            "mac": c["mac_hex"],
+        });
+        statuses.push(http(&gw, "POST", "claim", None, Some(body)).0);
+    }
+    // 1: claims esp32-a1 for acme. 2: the code is used. 3 (kid 2): used.
+    // 4: meter-0042's own code. 5: a fresh code for a device acme owns.
+    assert_eq!(statuses, [200, 403, 403, 200, 200]);
+    assert_eq!(t.acme.list().unwrap().devices.len(), 2);
+    // The claim codes of the vectors, through the API.
+    for c in v["claim_codes"].as_array().unwrap() {
+        let id = c["device_id"].as_str().unwrap();
+        op.release(id).unwrap();
+        let got = t
+            .globex
+            .claim_with_code(id, c["claim_code"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(got.tenant, "globex");
+    }
+}
+
+#[test]
+fn each_key_has_a_request_rate_and_browsers_get_cors_as_configured() {
+    let gw = Gateway::start_with_config(
+        "[http]\n# One request of burst, then one per 100 s.\nkey_rate = 0.01\ncors_origins = [\"https://console.example\"]\n",
+        &[],
+    );
+    let op = gw.admin();
+    let a = op.add_tenant("acme").unwrap();
+    assert_eq!(refused(op.list()), (429, "rate_limited".into()));
+    let r = ureq::get(&format!("{}/api/v1/devices", gw.http_url))
+        .set("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .call();
+    match r {
+        Err(ureq::Error::Status(429, r)) => assert_eq!(r.header("retry-after"), Some("100")),
+        other => panic!("expected 429, got {other:?}"),
+    }
+    // Another key has its own budget.
+    assert_eq!(http(&gw, "GET", "devices", Some(&a.api_key), None).0, 200);
+
+    // CORS: the configured origin may call with a bearer token; others not.
+    let preflight = |origin: &str| {
+        ureq::request("OPTIONS", &format!("{}/api/v1/devices", gw.http_url))
+            .set("Origin", origin)
+            .set("Access-Control-Request-Method", "GET")
+            .set("Access-Control-Request-Headers", "authorization")
+            .call()
+            .unwrap()
+    };
+    let ok = preflight("https://console.example");
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("https://console.example")
+    );
+    assert!(ok
+        .header("access-control-allow-headers")
+        .unwrap()
+        .contains("authorization"));
+    assert_eq!(
+        preflight("https://evil.example").header("access-control-allow-origin"),
+        None
+    );
+}

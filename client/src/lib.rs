@@ -296,10 +296,22 @@ impl AdminClient {
     /// A pairing code: a tenant's own (`tenant` None), or, for the
     /// operator, one for `tenant`.
     pub fn pairing_code(&self, tenant: Option<&str>) -> Result<PairingCode, ClientError> {
-        let body = match tenant {
-            Some(t) => serde_json::json!({ "tenant": t }),
-            None => serde_json::json!({}),
-        };
+        self.pairing_code_chosen(tenant, None)
+    }
+
+    /// A pairing code the caller chose (`code`), or a random one.
+    pub fn pairing_code_chosen(
+        &self,
+        tenant: Option<&str>,
+        code: Option<&str>,
+    ) -> Result<PairingCode, ClientError> {
+        let mut body = serde_json::json!({});
+        if let Some(t) = tenant {
+            body["tenant"] = t.into();
+        }
+        if let Some(c) = code {
+            body["pairing_code"] = c.into();
+        }
         self.call("POST", "pairing-codes", Some(body))
     }
 

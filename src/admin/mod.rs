@@ -52,6 +52,12 @@ pub struct AdminState {
     /// SHA-256 of the admin token: compared in constant time, any length.
     pub token_digest: [u8; 32],
     pub rotation_grace_ms: u64,
+    /// Each API key's request budget (`http.key_rate`), by principal.
+    pub key_rates: std::sync::Mutex<
+        std::collections::HashMap<Principal, crate::front_door::limits::RateLimit>,
+    >,
+    pub key_rate: f64,
+    pub cors_origins: Vec<String>,
     /// Tells the front door to close the open sessions of a revoked device
     /// or a deleted account.
     pub revoked: tokio::sync::broadcast::Sender<String>,
@@ -62,7 +68,7 @@ pub fn digest(token: &str) -> [u8; 32] {
 }
 
 /// Who a request acts for, from its bearer token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Principal {
     /// The admin token: every device, tenants, assignment.
     Operator,
@@ -119,6 +125,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/users/:name", axum::routing::delete(tenancy::remove_user))
         .fallback(|| async { ApiFailure::NotFound("no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let cors = cors_layer(&state.cors_origins);
     Router::new()
         // The device proves itself with its claim MAC: no bearer token.
         .route("/api/v1/claim", post(tenancy::claim))
@@ -127,6 +134,30 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .layer(cors)
+}
+
+/// CORS for browser consoles: the configured origins may call the API with
+/// an `Authorization` header; no origin configured, no CORS headers.
+fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let base = CorsLayer::new()
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::PATCH,
+            axum::http::Method::DELETE,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::RETRY_AFTER]);
+    if origins.iter().any(|o| o == "*") {
+        return base.allow_origin(AllowOrigin::any());
+    }
+    let list: Vec<axum::http::HeaderValue> = origins
+        .iter()
+        .filter_map(|o| axum::http::HeaderValue::from_str(o).ok())
+        .collect();
+    base.allow_origin(AllowOrigin::list(list))
 }
 
 /// Resolves the bearer token to a [`Principal`] for the handlers, or 401.
@@ -149,8 +180,32 @@ async fn require_token(
         },
         None => return ApiFailure::Unauthorized.into_response(),
     };
+    if let Some(wait) = over_rate(&state, &who) {
+        return ApiFailure::TooManyRequests {
+            retry_after_secs: wait,
+        }
+        .into_response();
+    }
     req.extensions_mut().insert(who);
     next.run(req).await
+}
+
+/// Seconds to wait when `who` is over its request rate.
+fn over_rate(state: &AdminState, who: &Principal) -> Option<u64> {
+    let now = std::time::Instant::now();
+    let mut rates = state.key_rates.lock().unwrap_or_else(|e| e.into_inner());
+    let burst = (state.key_rate * 2.0)
+        .ceil()
+        .clamp(1.0, f64::from(u32::MAX)) as u32;
+    let bucket = rates
+        .entry(who.clone())
+        .or_insert_with(|| crate::front_door::limits::RateLimit::new(state.key_rate, burst, now));
+    match bucket.check(now) {
+        crate::front_door::limits::Verdict::Admit => None,
+        crate::front_door::limits::Verdict::Over { .. } => {
+            Some((1.0 / state.key_rate).ceil().max(1.0) as u64)
+        }
+    }
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::client::DeviceView;
 use super::handlers::{body, view};
 use super::{AdminState, ApiFailure, Principal};
-use crate::claims::{Answer, ClaimError};
+use crate::claims::{Answer, ClaimError, PairingError};
 use crate::{now_ms, rfc3339_ms};
 
 type ApiResult<T> = Result<T, ApiFailure>;
@@ -127,6 +127,9 @@ pub struct PairingBody {
     /// is always for itself.
     #[serde(default)]
     tenant: Option<String>,
+    /// A code of the tenant's choosing, instead of a random one.
+    #[serde(default)]
+    pairing_code: Option<String>,
 }
 
 pub async fn pairing_code(
@@ -156,14 +159,25 @@ pub async fn pairing_code(
     };
     let claims = state.claims.clone();
     let t = tenant.clone();
-    let (code, expires) =
-        tokio::task::spawn_blocking(move || claims.new_pairing_code(&t, now_ms()))
-            .await
-            .map_err(|_| ApiFailure::Unavailable)?
-            .map_err(|e| {
-                tracing::error!(error = %e, "Pairing code store failed.");
-                ApiFailure::Unavailable
-            })?;
+    let chosen = b.pairing_code;
+    let made = tokio::task::spawn_blocking(move || {
+        claims.new_pairing_code(&t, chosen.as_deref(), now_ms())
+    })
+    .await
+    .map_err(|_| ApiFailure::Unavailable)?;
+    let (code, expires) = made.map_err(|e| match e {
+        PairingError::Invalid => ApiFailure::BadRequest(
+            "pairing_code must be 4 to 64 bytes without control characters".into(),
+        ),
+        PairingError::Taken => ApiFailure::ConflictCode {
+            code: "pairing_code_taken",
+            message: "this pairing code exists already",
+        },
+        PairingError::Store(e) => {
+            tracing::error!(error = %e, "Pairing code store failed.");
+            ApiFailure::Unavailable
+        }
+    })?;
     tracing::info!(tenant = %tenant, "Pairing code issued.");
     Ok((
         StatusCode::CREATED,
