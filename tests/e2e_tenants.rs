@@ -531,3 +531,52 @@ fn each_key_has_a_request_rate_and_browsers_get_cors_as_configured() {
         None
     );
 }
+
+/// The OpenAPI document is made from the same registrations as the router:
+/// every operation it lists is a real route (not the fallback), and it lists
+/// exactly the endpoints docs/api.md documents.
+#[test]
+fn the_openapi_document_matches_the_real_routes_and_the_docs() {
+    let gw = Gateway::start(&[]);
+    let (status, text) = http(&gw, "GET", "openapi.json", None, None);
+    assert_eq!(status, 200, "served without a token");
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let path = path.strip_prefix("/api/v1").expect("under /api/v1");
+            documented.insert((method.to_uppercase(), path.to_owned()));
+            // The real route answers: anything but the fallback or a 405.
+            let real = path
+                .replace("{id}", "no-such-device")
+                .replace("{name}", "nobody");
+            let body = (method != "get" && method != "delete").then(|| serde_json::json!({}));
+            let (status, answer) = http(
+                &gw,
+                &method.to_uppercase(),
+                &real[1..],
+                Some(ADMIN_TOKEN),
+                body,
+            );
+            assert_ne!(status, 405, "{method} {path}");
+            assert!(
+                !answer.contains("no such endpoint"),
+                "{method} {path}: {answer}"
+            );
+        }
+    }
+    // The endpoint table of docs/api.md, `| `METHOD /path` | ...`.
+    let api_md = include_str!("../docs/api.md");
+    let in_docs: std::collections::BTreeSet<(String, String)> = api_md
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`').map(|(m, _)| m))
+        .filter_map(|m| m.split_once(' '))
+        .filter(|(m, p)| ["GET", "POST", "PATCH", "DELETE"].contains(m) && p.starts_with('/'))
+        .map(|(m, p)| (m.to_owned(), p.to_owned()))
+        .collect();
+    assert_eq!(documented.len(), 20, "{documented:?}");
+    assert_eq!(documented, in_docs);
+}

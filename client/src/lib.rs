@@ -16,6 +16,7 @@ pub fn bulk_device_id(prefix: &str, i: u32, count: u32) -> String {
 /// The one response that carries a device secret: `add`, `rotate` and
 /// `migrate` only.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Credentials {
     pub device_id: String,
     pub kid: u32,
@@ -30,6 +31,7 @@ pub struct Credentials {
 
 /// A device as the API shows it (no secret).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceView {
     pub device_id: String,
     pub label: String,
@@ -57,6 +59,7 @@ fn v1() -> String {
 /// The imported keys of a device on the legacy profile, as hex. Sent once,
 /// at registration; the gateway stores them encrypted and never returns them.
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LegacyKeysHex {
     pub psk_hmac: String,
     pub psk_aes: String,
@@ -71,6 +74,7 @@ impl std::fmt::Debug for LegacyKeysHex {
 
 /// A tenant's API key, shown once (`tenant add`, `tenant rotate-key`).
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TenantKey {
     pub name: String,
     pub api_key: String,
@@ -87,6 +91,7 @@ impl std::fmt::Debug for TenantKey {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TenantView {
     pub name: String,
     pub created_at: String,
@@ -96,12 +101,14 @@ pub struct TenantView {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TenantList {
     pub tenants: Vec<TenantView>,
 }
 
 /// A one-time code a device presents to claim itself for `tenant`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PairingCode {
     pub pairing_code: String,
     pub tenant: String,
@@ -110,6 +117,7 @@ pub struct PairingCode {
 
 /// A tenant's dashboard account; `password` only in the answer that made it.
 #[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserAccount {
     pub name: String,
     pub tenant: String,
@@ -129,12 +137,14 @@ impl std::fmt::Debug for UserAccount {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserList {
     pub users: Vec<UserAccount>,
 }
 
 /// A successful claim.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Claimed {
     pub device_id: String,
     pub tenant: String,
@@ -142,17 +152,20 @@ pub struct Claimed {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceList {
     pub devices: Vec<DeviceView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BulkCredentials {
     pub devices: Vec<Credentials>,
 }
 
 /// Error body of every non-2xx answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     pub error: String,
     pub message: String,

@@ -15,7 +15,7 @@ use axum::{Extension, Json};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::client::{BulkCredentials, Credentials, DeviceList, DeviceView};
+use super::client::{ApiError, BulkCredentials, Credentials, DeviceList, DeviceView};
 use super::{AdminState, ApiFailure, Principal};
 use crate::envelope::legacy::LegacyKeys;
 use crate::envelope::{connect_token, normalise_device_id, DeviceKeys};
@@ -71,7 +71,7 @@ pub(super) fn view(state: &AdminState, d: Device) -> DeviceView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddBody {
     device_id: String,
@@ -139,6 +139,7 @@ fn legacy_keys(b: &AddBody) -> ApiResult<Option<LegacyKeys>> {
 }
 
 /// A tenant's new device is its own; the operator's has no owner.
+#[utoipa::path(post, path = "/devices", tag = "devices", request_body = AddBody, responses((status = 201, body = Credentials), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 409, body = ApiError)), security(("bearer" = [])))]
 pub async fn add(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -156,6 +157,7 @@ pub async fn add(
 }
 
 /// Moves a legacy device to v1 and shows its v1 secret, once.
+#[utoipa::path(post, path = "/devices/{id}/migrate", tag = "devices", params(("id" = String, Path, description = "device id")), responses((status = 200, body = Credentials), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)), security(("bearer" = [])))]
 pub async fn migrate(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -167,7 +169,7 @@ pub async fn migrate(
     Ok(Json(credentials(&state, &d)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkBody {
     prefix: String,
@@ -206,6 +208,7 @@ fn check_bulk(prefix: &str, count: u32) -> ApiResult<()> {
 }
 
 /// Operator only: bulk devices are a factory's, unowned until claimed.
+#[utoipa::path(post, path = "/devices/bulk", tag = "devices", request_body = BulkBody, responses((status = 201, body = BulkCredentials), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 403, body = ApiError), (status = 409, body = ApiError)), security(("bearer" = [])))]
 pub async fn add_bulk(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -226,6 +229,7 @@ pub async fn add_bulk(
     Ok((StatusCode::CREATED, Json(BulkCredentials { devices })))
 }
 
+#[utoipa::path(get, path = "/devices", tag = "devices", responses((status = 200, body = DeviceList), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -252,6 +256,7 @@ fn lookup(state: &AdminState, who: &Principal, raw: &str) -> ApiResult<Device> {
         .ok_or(ApiFailure::NotFound("no such device"))
 }
 
+#[utoipa::path(get, path = "/devices/{id}", tag = "devices", params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 404, body = ApiError)), security(("bearer" = [])))]
 pub async fn show(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -261,12 +266,13 @@ pub async fn show(
     Ok(Json(view(&state, d)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameBody {
     label: String,
 }
 
+#[utoipa::path(patch, path = "/devices/{id}", tag = "devices", params(("id" = String, Path, description = "device id")), request_body = RenameBody, responses((status = 200, body = DeviceView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)), security(("bearer" = [])))]
 pub async fn rename(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -279,6 +285,7 @@ pub async fn rename(
     Ok(Json(view(&state, d)))
 }
 
+#[utoipa::path(post, path = "/devices/{id}/revoke", tag = "devices", params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 404, body = ApiError)), security(("bearer" = [])))]
 pub async fn revoke(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -292,6 +299,7 @@ pub async fn revoke(
     Ok(Json(view(&state, d)))
 }
 
+#[utoipa::path(post, path = "/devices/{id}/rotate", tag = "devices", params(("id" = String, Path, description = "device id")), responses((status = 200, body = Credentials), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)), security(("bearer" = [])))]
 pub async fn rotate(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -305,6 +313,7 @@ pub async fn rotate(
     Ok(Json(credentials(&state, &d)))
 }
 
+#[utoipa::path(post, path = "/devices/{id}/reset-nonce", tag = "devices", params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 404, body = ApiError)), security(("bearer" = [])))]
 pub async fn reset_nonce(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,

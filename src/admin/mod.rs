@@ -16,8 +16,8 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
+use axum::routing::get;
+use axum::{Json, Router};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
@@ -101,40 +101,86 @@ impl Principal {
 
 /// The whole HTTP surface. Testable without a socket.
 pub fn router(state: Arc<AdminState>) -> Router {
-    let api = Router::new()
-        .route("/devices", post(handlers::add).get(handlers::list))
-        .route("/devices/bulk", post(handlers::add_bulk))
-        .route("/devices/:id", get(handlers::show).patch(handlers::rename))
-        .route("/devices/:id/revoke", post(handlers::revoke))
-        .route("/devices/:id/rotate", post(handlers::rotate))
-        .route("/devices/:id/reset-nonce", post(handlers::reset_nonce))
-        .route("/devices/:id/migrate", post(handlers::migrate))
-        .route("/devices/:id/assign", post(tenancy::assign))
-        .route("/devices/:id/release", post(tenancy::release))
-        .route("/devices/:id/claim", post(tenancy::claim_with_code))
-        .route(
-            "/tenants",
-            post(tenancy::add_tenant).get(tenancy::list_tenants),
-        )
-        .route(
-            "/tenants/:name/rotate-key",
-            post(tenancy::rotate_tenant_key),
-        )
-        .route("/pairing-codes", post(tenancy::pairing_code))
-        .route("/users", post(tenancy::add_user).get(tenancy::list_users))
-        .route("/users/:name", axum::routing::delete(tenancy::remove_user))
+    let (router, _) = router_and_spec(state);
+    router
+}
+
+/// The bearer scheme every operation but the device claim uses.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The admin token (operator) or a tenant's API key"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "sealgate admin API",
+        description = "Devices, tenants, claims and dashboard accounts of a sealgate gateway (docs/api.md)."
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+/// The HTTP surface and its OpenAPI document, made from the same route
+/// registrations (each handler's `#[utoipa::path]`), so the document cannot
+/// list a route the router does not have, or miss one it has.
+pub fn router_and_spec(state: Arc<AdminState>) -> (Router, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let api = OpenApiRouter::new()
+        .routes(routes!(handlers::add, handlers::list))
+        .routes(routes!(handlers::add_bulk))
+        .routes(routes!(handlers::show, handlers::rename))
+        .routes(routes!(handlers::revoke))
+        .routes(routes!(handlers::rotate))
+        .routes(routes!(handlers::reset_nonce))
+        .routes(routes!(handlers::migrate))
+        .routes(routes!(tenancy::assign))
+        .routes(routes!(tenancy::release))
+        .routes(routes!(tenancy::claim_with_code))
+        .routes(routes!(tenancy::add_tenant, tenancy::list_tenants))
+        .routes(routes!(tenancy::rotate_tenant_key))
+        .routes(routes!(tenancy::pairing_code))
+        .routes(routes!(tenancy::add_user, tenancy::list_users))
+        .routes(routes!(tenancy::remove_user))
         .fallback(|| async { ApiFailure::NotFound("no such endpoint") })
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // The device proves itself with its claim MAC: no bearer token.
+    let open = OpenApiRouter::new().routes(routes!(tenancy::claim));
+    let (api_router, spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", open.merge(api))
+        .split_for_parts();
+    let document = spec.clone();
     let cors = cors_layer(&state.cors_origins);
-    Router::new()
-        // The device proves itself with its claim MAC: no bearer token.
-        .route("/api/v1/claim", post(tenancy::claim))
-        .nest("/api/v1", api)
+    let router = Router::new()
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let d = document.clone();
+                async move { Json(d) }
+            }),
+        )
+        .merge(api_router.with_state(state.clone()))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
-        .layer(cors)
+        .layer(cors);
+    (router, spec)
 }
 
 /// CORS for browser consoles: the configured origins may call the API with

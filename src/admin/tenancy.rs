@@ -13,7 +13,9 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::client::DeviceView;
+use super::client::{
+    ApiError, Claimed, DeviceView, PairingCode, TenantKey, TenantList, UserAccount, UserList,
+};
 use super::handlers::{body, view};
 use super::{AdminState, ApiFailure, Principal};
 use crate::claims::{Answer, ClaimError, PairingError};
@@ -21,13 +23,14 @@ use crate::{now_ms, rfc3339_ms};
 
 type ApiResult<T> = Result<T, ApiFailure>;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantBody {
     name: String,
 }
 
 /// Operator only. The answer carries the API key, once.
+#[utoipa::path(post, path = "/tenants", tag = "tenants", request_body = TenantBody, responses((status = 201, body = TenantKey), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 403, body = ApiError), (status = 409, body = ApiError)), security(("bearer" = [])))]
 pub async fn add_tenant(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -47,6 +50,7 @@ pub async fn add_tenant(
     ))
 }
 
+#[utoipa::path(get, path = "/tenants", tag = "tenants", responses((status = 200, body = TenantList), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 403, body = ApiError)), security(("bearer" = [])))]
 pub async fn list_tenants(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -74,6 +78,7 @@ pub async fn list_tenants(
 }
 
 /// Operator only. The old key stops working at once.
+#[utoipa::path(post, path = "/tenants/{name}/rotate-key", tag = "tenants", params(("name" = String, Path, description = "tenant or account name")), responses((status = 200, body = TenantKey), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)), security(("bearer" = [])))]
 pub async fn rotate_tenant_key(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -85,13 +90,14 @@ pub async fn rotate_tenant_key(
     Ok(Json(json!({ "name": t.name, "api_key": key.0 })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssignBody {
     tenant: String,
 }
 
 /// Operator only: gives a device to a tenant.
+#[utoipa::path(post, path = "/devices/{id}/assign", tag = "devices", params(("id" = String, Path, description = "device id")), request_body = AssignBody, responses((status = 200, body = DeviceView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)), security(("bearer" = [])))]
 pub async fn assign(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -109,6 +115,7 @@ pub async fn assign(
 }
 
 /// Operator only: takes a device from its owner.
+#[utoipa::path(post, path = "/devices/{id}/release", tag = "devices", params(("id" = String, Path, description = "device id")), responses((status = 200, body = DeviceView), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)), security(("bearer" = [])))]
 pub async fn release(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -120,7 +127,7 @@ pub async fn release(
     Ok(Json(view(&state, d)))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PairingBody {
     /// For the operator, which tenant the code is for; a tenant's own code
@@ -132,6 +139,7 @@ pub struct PairingBody {
     pairing_code: Option<String>,
 }
 
+#[utoipa::path(post, path = "/pairing-codes", tag = "claims", request_body = PairingBody, responses((status = 201, body = PairingCode), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)), security(("bearer" = [])))]
 pub async fn pairing_code(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -206,7 +214,7 @@ fn claim_failure(e: ClaimError) -> Response {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimBody {
     device_id: String,
@@ -216,6 +224,7 @@ pub struct ClaimBody {
 }
 
 /// The device-initiated claim. No bearer token: the MAC is the credential.
+#[utoipa::path(post, path = "/claim", tag = "claims", request_body = ClaimBody, responses((status = 200, body = Claimed), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)), security(()))]
 pub async fn claim(State(state): State<Arc<AdminState>>, raw: Bytes) -> Response {
     let b: ClaimBody = match body(&raw) {
         Ok(b) => b,
@@ -233,13 +242,14 @@ pub async fn claim(State(state): State<Arc<AdminState>>, raw: Bytes) -> Response
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimCodeBody {
     claim_code: String,
 }
 
 /// A tenant claims a device with the code printed on it.
+#[utoipa::path(post, path = "/devices/{id}/claim", tag = "claims", params(("id" = String, Path, description = "device id")), request_body = ClaimCodeBody, responses((status = 200, body = Claimed), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 403, body = ApiError), (status = 409, body = ApiError)), security(("bearer" = [])))]
 pub async fn claim_with_code(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -269,7 +279,7 @@ pub async fn claim_with_code(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserBody {
     name: String,
@@ -295,6 +305,7 @@ fn tenant_for(state: &AdminState, who: &Principal, named: Option<String>) -> Api
 }
 
 /// A dashboard account of a tenant; its password is in the answer, once.
+#[utoipa::path(post, path = "/users", tag = "users", request_body = UserBody, responses((status = 201, body = UserAccount), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)), security(("bearer" = [])))]
 pub async fn add_user(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -315,6 +326,7 @@ pub async fn add_user(
     ))
 }
 
+#[utoipa::path(get, path = "/users", tag = "users", responses((status = 200, body = UserList), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError)), security(("bearer" = [])))]
 pub async fn list_users(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
@@ -329,6 +341,7 @@ pub async fn list_users(
 }
 
 /// Deletes an account; its open connections are closed at once.
+#[utoipa::path(delete, path = "/users/{name}", tag = "users", params(("name" = String, Path, description = "tenant or account name")), responses((status = 200, body = UserAccount), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 404, body = ApiError)), security(("bearer" = [])))]
 pub async fn remove_user(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
