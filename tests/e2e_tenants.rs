@@ -159,6 +159,13 @@ fn tenants_see_and_change_only_their_own_devices() {
     assert_eq!(http(&gw, "GET", "devices", Some("sgt_0000"), None).0, 401);
     assert_eq!(http(&gw, "GET", "devices", None, None).0, 401);
 
+    // Dashboard accounts are scoped the same way.
+    t.globex.add_user("globex-wall", None).unwrap();
+    assert_eq!(refused(t.acme.remove_user("globex-wall")), (404, "not_found".into()));
+    assert!(t.acme.list_users().unwrap().users.is_empty());
+    assert_eq!(t.globex.list_users().unwrap().users.len(), 1);
+    assert_eq!(refused(t.acme.add_user("x", Some("globex"))), (400, "bad_request".into()));
+
     // Release: the device leaves the tenant's view at once.
     op.release("dev-a").unwrap();
     assert_eq!(refused(t.acme.show("dev-a")), (404, "not_found".into()));
