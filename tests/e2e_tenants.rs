@@ -125,12 +125,14 @@ fn tenants_see_and_change_only_their_own_devices() {
     assert_eq!(t.acme.rename("dev-a", "roof").unwrap().label, "roof");
     assert_eq!(t.acme.rotate("dev-a").unwrap().kid, 2);
     assert!(t.acme.reset_nonce("dev-a").is_ok());
-    // A device a tenant adds is its own.
-    let added = t.acme.add("dev-a2", None).unwrap();
+    // Tenants do not register devices: whoever registers an id learns the
+    // secret a factory flashes for it.
     assert_eq!(
-        op.show(&added.device_id).unwrap().owner.as_deref(),
-        Some("acme")
+        refused(t.acme.add("dev-a2", None)),
+        (403, "operator_only".into())
     );
+    op.add("dev-a2", None).unwrap();
+    op.assign("dev-a2", "acme").unwrap();
 
     // Labels are unique per tenant, not across tenants.
     assert_eq!(
@@ -138,14 +140,17 @@ fn tenants_see_and_change_only_their_own_devices() {
         (409, "label_taken".into())
     );
     assert_eq!(t.globex.rename("dev-g", "roof").unwrap().label, "roof");
+    // A device that joins a tenant with a label the tenant uses loses it.
     let (status, body) = http(
         &gw,
         "POST",
         "devices",
-        Some(&t.acme_key),
+        Some(ADMIN_TOKEN),
         Some(serde_json::json!({"device_id": "dev-a3", "label": "roof"})),
     );
-    assert_eq!(status, 409, "{body}");
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(op.assign("dev-a3", "acme").unwrap().label, "");
+    op.release("dev-a3").unwrap();
 
     // Operator-only actions.
     let operator_only = (403, "operator_only".to_string());
@@ -161,10 +166,16 @@ fn tenants_see_and_change_only_their_own_devices() {
 
     // Dashboard accounts are scoped the same way.
     t.globex.add_user("globex-wall", None).unwrap();
-    assert_eq!(refused(t.acme.remove_user("globex-wall")), (404, "not_found".into()));
+    assert_eq!(
+        refused(t.acme.remove_user("globex-wall")),
+        (404, "not_found".into())
+    );
     assert!(t.acme.list_users().unwrap().users.is_empty());
     assert_eq!(t.globex.list_users().unwrap().users.len(), 1);
-    assert_eq!(refused(t.acme.add_user("x", Some("globex"))), (400, "bad_request".into()));
+    assert_eq!(
+        refused(t.acme.add_user("x", Some("globex"))),
+        (400, "bad_request".into())
+    );
 
     // Release: the device leaves the tenant's view at once.
     op.release("dev-a").unwrap();

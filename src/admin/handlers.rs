@@ -138,18 +138,22 @@ fn legacy_keys(b: &AddBody) -> ApiResult<Option<LegacyKeys>> {
     }
 }
 
-/// A tenant's new device is its own; the operator's has no owner.
+/// Operator only: a device's keys derive from the master key and its id, so
+/// whoever registers an id learns the secret a factory flashes for it. A
+/// tenant registering ids could impersonate devices not yet shipped; tenants
+/// get devices by claim or assignment instead.
 #[utoipa::path(post, path = "/devices", tag = "devices", request_body = AddBody, responses((status = 201, body = Credentials), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError), (status = 503, body = ApiError), (status = 409, body = ApiError)), security(("bearer" = [])))]
 pub async fn add(
     State(state): State<Arc<AdminState>>,
     Extension(who): Extension<Principal>,
     raw: Bytes,
 ) -> ApiResult<(StatusCode, Json<Credentials>)> {
+    who.require_operator()?;
     let b: AddBody = body(&raw)?;
     let legacy = legacy_keys(&b)?;
     let d = state
         .registry
-        .add_with(&b.device_id, b.label, who.tenant(), now_ms(), |id| {
+        .add_with(&b.device_id, b.label, None, now_ms(), |id| {
             legacy.as_ref().map(|k| state.vault.seal(id, k))
         })?;
     tracing::info!(device_id = %d.device_id, profile = d.profile().as_str(), "Device registered.");
