@@ -238,8 +238,11 @@ async fn tenant_accounts_cannot_publish_and_a_deleted_one_is_disconnected() {
     let w = world().await;
     let pass = account(&w.gw, &w.acme, "acme-tmp").await;
     let mut c = connect(&w.gw, "acme-tmp-1", "acme-tmp", &pass, &["clean/#"]).await;
-    // Account names and device ids share one namespace.
-    let taken = w.acme.add("acme-tmp", None).unwrap_err();
+    // Account names and device ids share one namespace (devices are the
+    // operator's to register).
+    let taken =
+        w.gw.admin_call(|op| op.add("acme-tmp", None).unwrap_err())
+            .await;
     assert_eq!(taken.status(), Some(409));
     // Publishing anywhere is refused (the connection is closed).
     c.client
