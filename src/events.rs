@@ -318,13 +318,17 @@ pub mod ingest_answer {
     pub const UNAVAILABLE: &str = "unavailable";
     /// 404/405: not the ingest path, or not a POST.
     pub const NOT_FOUND: &str = "not_found";
-    pub const ALL: [&str; 6] = [
+    /// 408: the body did not arrive within `ingest.header_read_timeout_ms`
+    /// of the headers; the connection is closed.
+    pub const TIMED_OUT: &str = "timed_out";
+    pub const ALL: [&str; 7] = [
         ACCEPTED,
         REFUSED,
         TOO_LARGE,
         RATE_LIMITED,
         UNAVAILABLE,
         NOT_FOUND,
+        TIMED_OUT,
     ];
 }
 

@@ -79,6 +79,7 @@ fn answer(metrics: &Metrics, label: &'static str) -> Response {
             "{\"error\":\"unavailable\"}",
         ),
         ingest_answer::NOT_FOUND => (StatusCode::NOT_FOUND, "{\"error\":\"not_found\"}"),
+        ingest_answer::TIMED_OUT => (StatusCode::REQUEST_TIMEOUT, "{\"error\":\"timed_out\"}"),
         _ => (StatusCode::UNAUTHORIZED, "{\"error\":\"unauthorized\"}"),
     };
     let mut r = (status, body).into_response();
@@ -143,9 +144,13 @@ impl Ingest {
         if declared.is_some_and(|n| n > max) {
             return Err(answer(&self.metrics, ingest_answer::TOO_LARGE));
         }
-        to_bytes(req.into_body(), max)
-            .await
-            .map_err(|_| answer(&self.metrics, ingest_answer::TOO_LARGE))
+        to_bytes(req.into_body(), max).await.map_err(|e| {
+            let label = match crate::admin::BodyTimedOut::caused(&e) {
+                true => ingest_answer::TIMED_OUT,
+                false => ingest_answer::TOO_LARGE,
+            };
+            answer(&self.metrics, label)
+        })
     }
 
     /// The distinct key pairs of legacy devices, read again after any

@@ -217,3 +217,16 @@ fn count_and_trim(tail: &mut Vec<u8>) -> usize {
     tail.drain(..last);
     n
 }
+
+/// The device-initiated claim is read before any credential is checked: a
+/// client that declares a body and never sends it all is closed once the
+/// header-read timeout has passed again, instead of holding its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_mid_body_is_closed() {
+    let gw = Gateway::start_with_config("[http]\nheader_read_timeout_ms = 200\n", &[]);
+    let mut s = TcpStream::connect(http_addr(&gw)).await.unwrap();
+    let head = "POST /api/v1/claim HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"device_id\":";
+    s.write_all(head.as_bytes()).await.unwrap();
+    read_until_closed(&mut s).await;
+    assert_eq!(gw.http_get("/healthz").await, (200, "ok\n".to_owned()));
+}

@@ -383,3 +383,35 @@ async fn ingest_over_tls() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     expect_outcome(&mut sub, m, "ecowatt-7").await;
 }
+
+/// The ingest reads bodies from anyone: a client that declares a body and
+/// sends only part of it is answered 408 and closed once the header-read
+/// timeout has passed again, so it cannot hold a connection slot for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_closes_a_client_that_stalls_mid_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let toml = format!("{INGEST_ON}header_read_timeout_ms = 200\n");
+    let gw = Gateway::start_with_config(&toml, &[]);
+    let v = vectors();
+    add_legacy(&gw, "ecowatt-7", &v).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.ingest_port.unwrap()))
+        .await
+        .unwrap();
+    let head = "POST /process HTTP/1.1\r\nhost: gw\r\nx-device-id: ecowatt-7\r\ncontent-length: 100\r\n\r\n{\"nonce\": 1";
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(WAIT, s.read_to_end(&mut answer)).await;
+    assert!(closed.is_ok(), "the ingest kept the connection open");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // A whole request is served.
+    let m = &v["messages"][1];
+    let body = B64.decode(m["payload_b64"].as_str().unwrap()).unwrap();
+    let (status, _) = post(&gw, "/process", Some(("x-device-id", "ecowatt-7")), body).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        gw.metric("sealgate_ingest_requests_total{answer=\"timed_out\"}")
+            .await,
+        1.0
+    );
+}

@@ -14,8 +14,8 @@ pub fn bulk_device_id(prefix: &str, i: u32, count: u32) -> String {
 }
 
 /// The one response that carries a device secret: `add`, `rotate` and
-/// `migrate` only.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// `migrate` only. `Debug` shows neither the secret nor the connect token.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Credentials {
     pub device_id: String,
@@ -27,6 +27,15 @@ pub struct Credentials {
     pub secret: String,
     /// A connect token that never expires, ready to use as MQTT password.
     pub mqtt_password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("device_id", &self.device_id)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A device as the API shows it (no secret).
@@ -107,12 +116,23 @@ pub struct TenantList {
 }
 
 /// A one-time code a device presents to claim itself for `tenant`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` does not show the code: whoever holds a random one holds the
+/// claim, as far as the device's MAC goes.
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PairingCode {
     pub pairing_code: String,
     pub tenant: String,
     pub expires_at: String,
+}
+
+impl std::fmt::Debug for PairingCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PairingCode")
+            .field("tenant", &self.tenant)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A tenant's dashboard account; `password` only in the answer that made it.
@@ -429,4 +449,38 @@ fn enc(id: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Debug output ends up in panics and logs; sockets cannot reach it.
+    #[test]
+    fn debug_shows_no_secret_token_or_code() {
+        let c = Credentials {
+            device_id: "d1".into(),
+            kid: 2,
+            secret: "5ec2e7".repeat(10),
+            mqtt_password: "v1:0:70ce4a".into(),
+        };
+        let shown = format!(
+            "{c:?} {:?}",
+            BulkCredentials {
+                devices: vec![c.clone()]
+            }
+        );
+        assert!(shown.contains("d1"), "{shown}");
+        assert!(
+            !shown.contains("5ec2e7") && !shown.contains("70ce4a"),
+            "{shown}"
+        );
+        let p = PairingCode {
+            pairing_code: "QX7P-2KFA".into(),
+            tenant: "acme".into(),
+            expires_at: "2026-01-01T00:00:00Z".into(),
+        };
+        let shown = format!("{p:?}");
+        assert!(shown.contains("acme") && !shown.contains("QX7P"), "{shown}");
+    }
 }

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::verifier::Input;
 pub use error::ApiFailure;
-pub use serve::{serve, serve_with, ServeLimits, ServeOptions};
+pub use serve::{serve, serve_with, BodyTimedOut, ServeLimits, ServeOptions};
 
 /// What the handlers share.
 pub struct AdminState {

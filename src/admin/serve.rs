@@ -3,12 +3,21 @@
 //! timeout, so a client that stalls mid-request (or idles between requests)
 //! is closed instead of holding its socket forever, and a cap on open
 //! connections, so many clients cannot exhaust the gateway's file
-//! descriptors through an HTTP port. Optionally over TLS.
+//! descriptors through an HTTP port; the same timeout again for a request's
+//! body ([`BodyTimedOut`]). Optionally over TLS.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::Router;
+use hyper::body::Frame;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -63,6 +72,10 @@ pub async fn serve_with(
     stop: CancellationToken,
 ) {
     let limits = options.limits;
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        limits.header_read_timeout,
+        body_deadline,
+    ));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let tracker = TaskTracker::new();
     loop {
@@ -130,5 +143,78 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+/// A request body that has not arrived within the header-read timeout of
+/// its headers. hyper's own timeout ends with the headers: without this, a
+/// client that declares a body and sends it slowly, or never, holds its
+/// connection slot for ever, and the ingest and `/api/v1/claim` read bodies
+/// before any credential is checked.
+#[derive(Debug)]
+pub struct BodyTimedOut;
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive in time")
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+impl BodyTimedOut {
+    /// Whether `e` (from reading a body) is, or was caused by, a timeout.
+    pub fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cur = Some(e);
+        while let Some(c) = cur {
+            if c.is::<BodyTimedOut>() {
+                return true;
+            }
+            cur = c.source();
+        }
+        false
+    }
+}
+
+async fn body_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let req = req.map(|body| {
+        Body::new(Deadline {
+            body,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+        })
+    });
+    next.run(req).await
+}
+
+/// A body that fails with [`BodyTimedOut`] once its deadline has passed:
+/// one deadline for the whole body, not one per chunk.
+struct Deadline {
+    body: Body,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for Deadline {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
