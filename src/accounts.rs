@@ -23,7 +23,7 @@ use crate::registry::Registry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
-    #[error("account name must be 1 to 64 characters without '+', '#', '/', '$', spaces or control characters")]
+    #[error("account name must be 1 to 64 characters (with \"@tenant\") without '+', '#', '/', '$', '@', spaces or control characters")]
     InvalidName,
     #[error("the name is taken by a device or another account")]
     Taken,
@@ -167,12 +167,21 @@ impl Accounts {
     }
 
     /// Creates an account of `tenant`; its password is returned once.
+    /// The account is named `{name}@{tenant}`: device ids cannot contain
+    /// `@`, so a tenant's account can neither clash with a device (which
+    /// would tell the tenant that a device id exists, or squat one not yet
+    /// registered) nor with another tenant's account.
     pub fn add(
         &self,
         name: &str,
         tenant: &str,
         now_ms: u64,
     ) -> Result<(StoredAccount, Password), AccountError> {
+        if name.contains('@') {
+            return Err(AccountError::InvalidName);
+        }
+        let full = format!("{name}@{tenant}");
+        let name = full.as_str();
         if !valid_name(name) {
             return Err(AccountError::InvalidName);
         }
@@ -269,53 +278,45 @@ mod tests {
         );
         assert!(accounts.check("dash", "wrong").is_none());
 
+        // A tenant's accounts are `name@tenant`: no clash with a device id
+        // (which could not hold '@'), nor with another tenant's account.
         registry.add("dev-1", None, 0).unwrap();
+        let (a, pw) = accounts.add("dev-1", "acme", 5).unwrap();
+        assert_eq!((a.name.as_str(), a.tenant.as_str()), ("dev-1@acme", "acme"));
+        let tenant = accounts.check("dev-1@acme", &pw.0).unwrap().tenant;
+        assert_eq!(tenant.as_deref(), Some("acme"));
+        assert!(accounts.check("dev-1", &pw.0).is_none());
         assert!(matches!(
             accounts.add("dev-1", "acme", 0),
             Err(AccountError::Taken)
         ));
-        assert!(
-            matches!(accounts.add("DEV-1", "acme", 0), Err(AccountError::Taken)),
-            "compared normalised"
-        );
-        assert!(matches!(
-            accounts.add("dash", "acme", 0),
-            Err(AccountError::Taken)
-        ));
+        assert!(accounts.add("dev-1", "globex", 0).is_ok());
         assert!(matches!(
             accounts.add("a/b", "acme", 0),
             Err(AccountError::InvalidName)
         ));
-        let (a, pw) = accounts.add("wall", "acme", 5).unwrap();
-        assert_eq!(a.tenant, "acme");
-        assert_eq!(
-            accounts.check("wall", &pw.0).unwrap().tenant.as_deref(),
-            Some("acme")
-        );
-        // The device side of the namespace now refuses the name.
         assert!(matches!(
-            registry.add("wall", None, 0),
-            Err(crate::registry::RegistryError::Reserved)
+            accounts.add("a@b", "acme", 0),
+            Err(AccountError::InvalidName)
         ));
+        assert_eq!(accounts.list(Some("globex")).len(), 1);
         assert!(matches!(
-            accounts.add("wall", "globex", 0),
-            Err(AccountError::Taken)
-        ));
-        assert_eq!(accounts.list(Some("globex")).len(), 0);
-        assert!(matches!(
-            accounts.remove("wall", Some("globex")),
+            accounts.remove("dev-1@acme", Some("globex")),
             Err(AccountError::NotFound)
         ));
+        // A configured name is taken.
+        let configured = Accounts::open(&db, registry.clone(), &[user("wall@acme", None)]).unwrap();
+        assert!(matches!(
+            configured.add("wall", "acme", 0),
+            Err(AccountError::Taken)
+        ));
 
-        // Across a restart the account still logs in and still reserves.
+        // Across a restart the account still logs in.
         drop(accounts);
+        drop(configured);
         let again = Accounts::open(&db, registry.clone(), &[]).unwrap();
-        assert!(again.check("wall", &pw.0).is_some());
-        again.remove("wall", Some("acme")).unwrap();
-        assert!(again.check("wall", &pw.0).is_none());
-        assert!(
-            registry.add("wall", None, 0).is_ok(),
-            "a deleted account frees its name"
-        );
+        assert!(again.check("dev-1@acme", &pw.0).is_some());
+        again.remove("dev-1@acme", Some("acme")).unwrap();
+        assert!(again.check("dev-1@acme", &pw.0).is_none());
     }
 }

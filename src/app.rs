@@ -293,7 +293,6 @@ pub async fn run(
         metrics.clone(),
         crate::claims::ClaimSettings {
             pairing_code_ttl_ms: config.claims.pairing_code_ttl_secs.saturating_mul(1000),
-            replay_ms: config.claims.replay_secs.saturating_mul(1000),
             bad_codes_per_minute: config.claims.bad_codes_per_minute,
             auto_register: config.verifier.auto_register,
         },

@@ -103,9 +103,6 @@ pub struct IngestConfig {
 pub struct ClaimsConfig {
     /// How long a pairing code can be used.
     pub pairing_code_ttl_secs: u64,
-    /// How long a device-initiated claim is remembered for idempotency;
-    /// at least 300 (spec section 10).
-    pub replay_secs: u64,
     /// Wrong claim codes a tenant may present per minute, then 429.
     pub bad_codes_per_minute: u32,
 }
@@ -594,9 +591,6 @@ impl Config {
                 "must be between 1 and 2592000",
             );
         }
-        if !(300..=86_400).contains(&self.claims.replay_secs) {
-            return invalid("claims.replay_secs", "must be between 300 and 86400");
-        }
         if !(1..=10_000).contains(&self.claims.bad_codes_per_minute) {
             return invalid("claims.bad_codes_per_minute", "must be between 1 and 10000");
         }
@@ -890,7 +884,6 @@ mod tests {
             ("[ingest]\nstream = \"a/#\"\n", "ingest.stream"),
             ("[ingest]\nmax_body_bytes = 10\n", "ingest.max_body_bytes"),
             ("[ingest]\ndevice_rate = 0.0\n", "ingest.device_rate"),
-            ("[claims]\nreplay_secs = 299\n", "claims.replay_secs"),
             ("[http]\nkey_rate = 0.0\n", "http.key_rate"),
             (
                 "[http]\ncors_origins = [\"console\"]\n",

@@ -269,7 +269,7 @@ pub mod claim_outcome {
     /// An unknown device, registered and claimed in one step under
     /// `verifier.auto_register`.
     pub const AUTO_REGISTERED: &str = "auto_registered";
-    /// The same claim again within `claims.replay_secs`: the same answer.
+    /// The same claim again (remembered for good): the same answer.
     pub const REPLAY_CACHED: &str = "replay_cached";
     /// The same `(device_id, nonce)` with another MAC or code: 409.
     pub const REPLAY_CONFLICT: &str = "replay_conflict";

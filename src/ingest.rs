@@ -48,6 +48,9 @@ use crate::verifier::{AckTo, Inbound, Input, Outcome};
 const MAX_FIELD_KEY_PAIRS: usize = 64;
 /// Rate buckets kept; past this the idle ones are forgotten.
 const MAX_BUCKETS: usize = 100_000;
+/// Security events a device's refused ingest requests publish: a burst of
+/// this many, then one a second.
+const REFUSAL_EVENTS_BURST: u32 = 5;
 
 /// What the ingest handlers share.
 pub struct Ingest {
@@ -59,6 +62,10 @@ pub struct Ingest {
     verifier: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     rates: Mutex<HashMap<String, RateLimit>>,
+    /// Refusals per device that still publish their security event: forged
+    /// requests cost their sender nothing, so past this budget they are
+    /// refused (and counted) without an event each.
+    refusals: Mutex<HashMap<String, RateLimit>>,
     /// For `field`: the distinct legacy key pairs, and the registry
     /// generation they were read at.
     pairs: Mutex<(u64, Arc<Vec<LegacyKeys>>)>,
@@ -114,6 +121,7 @@ impl Ingest {
             verifier,
             metrics,
             rates: Mutex::default(),
+            refusals: Mutex::default(),
             pairs: Mutex::new((u64::MAX, Arc::default())),
         }
     }
@@ -229,7 +237,17 @@ impl Ingest {
         if !self.bucket(&device, now, |b| b.has_room(now), rate) {
             return answer(&self.metrics, ingest_answer::RATE_LIMITED);
         }
-        let outcome = self.verify(&device, body).await;
+        let burst = REFUSAL_EVENTS_BURST;
+        let events = with_bucket(&self.refusals, &device, now, 1.0, burst, |b| {
+            b.has_room(now)
+        });
+        let outcome = self.verify(&device, body, events).await;
+        if matches!(outcome, Some(Outcome::Rejected(_))) && events {
+            with_bucket(&self.refusals, &device, now, 1.0, burst, |b| {
+                b.charge();
+                true
+            });
+        }
         match outcome {
             Some(Outcome::Delivered) => {
                 self.bucket(
@@ -257,22 +275,13 @@ impl Ingest {
         f: impl FnOnce(&mut RateLimit) -> bool,
         rate: f64,
     ) -> bool {
-        let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
-        if rates.len() >= MAX_BUCKETS && !rates.contains_key(device) {
-            // Buckets idle for a second are full again: forgetting them
-            // changes nothing.
-            rates.retain(|_, b| !b.idle_since(now, Duration::from_secs(1)));
-        }
         let burst = rate.ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
-        let b = rates
-            .entry(device.to_owned())
-            .or_insert_with(|| RateLimit::new(rate, burst, now));
-        f(b)
+        with_bucket(&self.rates, device, now, rate, burst, f)
     }
 
     /// Hands the message to the verifier as a QoS 1 publish and waits for
     /// its final outcome. `None`: the verifier is gone (shutting down).
-    async fn verify(&self, device: &str, payload: Bytes) -> Option<Outcome> {
+    async fn verify(&self, device: &str, payload: Bytes, events: bool) -> Option<Outcome> {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let topic = format!("{}/{device}/{}", self.sealed_prefix, self.config.stream);
         let m = Inbound {
@@ -285,10 +294,33 @@ impl Ingest {
                 pkid: 1,
                 qos2: false,
             }),
+            events,
         };
         self.verifier.send(Input::Message(m)).await.ok()?;
         rx.recv().await.map(|a| a.outcome)
     }
+}
+
+/// Runs `f` on `device`'s bucket in `map` (made with `rate` and `burst`).
+fn with_bucket(
+    map: &Mutex<HashMap<String, RateLimit>>,
+    device: &str,
+    now: Instant,
+    rate: f64,
+    burst: u32,
+    f: impl FnOnce(&mut RateLimit) -> bool,
+) -> bool {
+    let mut buckets = map.lock().unwrap_or_else(|e| e.into_inner());
+    if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(device) {
+        // Buckets idle this long are full again: forgetting them changes
+        // nothing.
+        let idle = Duration::from_secs_f64((f64::from(burst) / rate).min(3600.0));
+        buckets.retain(|_, b| !b.idle_since(now, idle));
+    }
+    let b = buckets
+        .entry(device.to_owned())
+        .or_insert_with(|| RateLimit::new(rate, burst, now));
+    f(b)
 }
 
 async fn by_request(State(ingest): State<Arc<Ingest>>, req: Request<Body>) -> Response {

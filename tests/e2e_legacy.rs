@@ -415,3 +415,44 @@ async fn ingest_closes_a_client_that_stalls_mid_body() {
         1.0
     );
 }
+
+/// Forged requests cost their sender nothing, so they must not flood a
+/// device's events: past a small budget they are refused (and counted)
+/// without one event each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_ingest_requests_cannot_flood_a_devices_events() {
+    let toml = format!("{INGEST_ON}device_rate = 1000.0\n");
+    let gw = Gateway::start_with_config(&toml, &[]);
+    let v = vectors();
+    add_legacy(&gw, "ecowatt-7", &v).await;
+    let mut sub = Client::subscriber(gw.mqtt_port).await;
+    let keys = legacy_keys(&v);
+    let mut forged_keys = keys.clone();
+    forged_keys.psk_hmac = vec![0; 32];
+    for n in 1..=20 {
+        let forged = sealgate::envelope::legacy::seal(&forged_keys, n, b"{}", false);
+        let (status, _) = post(&gw, "/process", Some(("x-device-id", "ecowatt-7")), forged).await;
+        assert_eq!(status, 401);
+    }
+    let ok = sealgate::envelope::legacy::seal(&keys, 100, b"{\"t\":1}", false);
+    let (status, _) = post(&gw, "/process", Some(("x-device-id", "ecowatt-7")), ok).await;
+    assert_eq!(status, 200);
+    // Events arrive in order before the accepted message: count them.
+    let mut events = 0;
+    loop {
+        let (topic, _) = sub.next_publish().await;
+        if topic == "clean/ecowatt-7/telemetry" {
+            break;
+        }
+        events += 1;
+    }
+    assert!(
+        (5..20).contains(&events),
+        "{events} events for 20 forgeries"
+    );
+    assert_eq!(
+        gw.metric("sealgate_rejects_total{reason=\"bad_mac\"}")
+            .await,
+        20.0
+    );
+}

@@ -115,7 +115,7 @@ async fn a_tenant_account_sees_its_own_devices_whatever_its_filter() {
     for (i, f) in filters.iter().enumerate() {
         clients.push((
             f,
-            connect(&w.gw, &format!("acme-{i}"), "acme-wall", &pass, f).await,
+            connect(&w.gw, &format!("acme-{i}"), "acme-wall@acme", &pass, f).await,
         ));
     }
     let mut global = connect(&w.gw, "global", SUB_USER, SUB_PASS, &["clean/#"]).await;
@@ -186,7 +186,7 @@ async fn messages_stay_with_the_tenant_that_owned_the_device_then() {
     let w = world().await;
     let pass = account(&w.gw, &w.acme, "acme-log").await;
     // A persistent session (clean session 0): it collects while offline.
-    let mut opts = options(w.gw.mqtt_port, "acme-log-1", "acme-log", &pass);
+    let mut opts = options(w.gw.mqtt_port, "acme-log-1", "acme-log@acme", &pass);
     opts.set_clean_session(false);
     let (mut c, r) = Client::connect_with(opts.clone()).await;
     r.unwrap();
@@ -237,12 +237,11 @@ async fn messages_stay_with_the_tenant_that_owned_the_device_then() {
 async fn tenant_accounts_cannot_publish_and_a_deleted_one_is_disconnected() {
     let w = world().await;
     let pass = account(&w.gw, &w.acme, "acme-tmp").await;
-    let mut c = connect(&w.gw, "acme-tmp-1", "acme-tmp", &pass, &["clean/#"]).await;
-    // Account names and device ids share one namespace.
-    let taken =
-        w.gw.admin_call(|op| op.add("acme-tmp", None).unwrap_err())
-            .await;
-    assert_eq!(taken.status(), Some(409));
+    let mut c = connect(&w.gw, "acme-tmp-1", "acme-tmp@acme", &pass, &["clean/#"]).await;
+    // A tenant's accounts are `name@tenant`: they neither clash with nor
+    // reveal device ids, and a device may take the plain name.
+    w.gw.admin_call(|op| op.add("acme-tmp", None).unwrap())
+        .await;
     // Publishing anywhere is refused (the connection is closed).
     c.client
         .publish("cmd/d-acme/reboot", QoS::AtLeastOnce, false, b"x".to_vec())
@@ -250,10 +249,10 @@ async fn tenant_accounts_cannot_publish_and_a_deleted_one_is_disconnected() {
         .unwrap();
     closed(&mut c).await;
     // Deleting the account closes its connection.
-    let mut c = connect(&w.gw, "acme-tmp-2", "acme-tmp", &pass, &["clean/#"]).await;
+    let mut c = connect(&w.gw, "acme-tmp-2", "acme-tmp@acme", &pass, &["clean/#"]).await;
     let (url, key) = (w.gw.http_url.clone(), tenant_key(&w.acme));
     tokio::task::spawn_blocking(move || {
-        ureq::delete(&format!("{url}/api/v1/users/acme-tmp"))
+        ureq::delete(&format!("{url}/api/v1/users/acme-tmp@acme"))
             .set("Authorization", &format!("Bearer {key}"))
             .call()
             .unwrap();
@@ -261,6 +260,6 @@ async fn tenant_accounts_cannot_publish_and_a_deleted_one_is_disconnected() {
     .await
     .unwrap();
     closed(&mut c).await;
-    let (_, r) = Client::connect(w.gw.mqtt_port, "acme-tmp-3", "acme-tmp", &pass).await;
+    let (_, r) = Client::connect(w.gw.mqtt_port, "acme-tmp-3", "acme-tmp@acme", &pass).await;
     assert!(r.is_err(), "a deleted account cannot log in");
 }

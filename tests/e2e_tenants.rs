@@ -167,7 +167,7 @@ fn tenants_see_and_change_only_their_own_devices() {
     // Dashboard accounts are scoped the same way.
     t.globex.add_user("globex-wall", None).unwrap();
     assert_eq!(
-        refused(t.acme.remove_user("globex-wall")),
+        refused(t.acme.remove_user("globex-wall@globex")),
         (404, "not_found".into())
     );
     assert!(t.acme.list_users().unwrap().users.is_empty());
@@ -597,4 +597,36 @@ fn the_openapi_document_matches_the_real_routes_and_the_docs() {
         .collect();
     assert_eq!(documented.len(), 20, "{documented:?}");
     assert_eq!(documented, in_docs);
+}
+
+/// Legacy devices that share a key pair can seal in each other's names (the
+/// legacy MAC binds no device): they may not be split between tenants.
+#[test]
+fn legacy_devices_sharing_keys_stay_with_one_tenant() {
+    let gw = Gateway::start(&[]);
+    let op = gw.admin();
+    let t = two_tenants(&gw);
+    let keys = |aes: &str| sealgate::admin::client::LegacyKeysHex {
+        psk_hmac: "11".repeat(32),
+        psk_aes: aes.repeat(16),
+        iv: "00".repeat(16),
+    };
+    op.add_legacy("l-1", None, &keys("aa")).unwrap();
+    op.add_legacy("l-2", None, &keys("aa")).unwrap();
+    op.add_legacy("l-3", None, &keys("bb")).unwrap();
+    op.assign("l-1", "acme").unwrap();
+    assert_eq!(
+        refused(op.assign("l-2", "globex")),
+        (409, "shared_keys".into())
+    );
+    op.assign("l-3", "globex").unwrap();
+    op.assign("l-2", "acme").unwrap();
+    // Once no other tenant holds the pair, it may move.
+    op.release("l-1").unwrap();
+    op.release("l-2").unwrap();
+    op.assign("l-1", "globex").unwrap();
+    // The printed claim code is refused alike.
+    let code = claim_code(&master().device_secret("l-2", 1));
+    let acme = t.acme;
+    assert_eq!(refused(acme.claim_with_code("l-2", code.as_str())).0, 409);
 }

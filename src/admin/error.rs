@@ -126,6 +126,10 @@ impl From<RegistryError> for ApiFailure {
                 code: "label_taken",
                 message: "the tenant already has a device with this label",
             },
+            RegistryError::SharedKeys => ApiFailure::ConflictCode {
+                code: "shared_keys",
+                message: "the device shares its legacy keys with a device another tenant owns",
+            },
             RegistryError::Reserved => {
                 ApiFailure::Conflict("device id is taken by a subscriber account")
             }

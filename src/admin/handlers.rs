@@ -154,7 +154,9 @@ pub async fn add(
     let d = state
         .registry
         .add_with(&b.device_id, b.label, None, now_ms(), |id| {
-            legacy.as_ref().map(|k| state.vault.seal(id, k))
+            legacy
+                .as_ref()
+                .map(|k| (state.vault.seal(id, k), state.vault.fingerprint(k)))
         })?;
     tracing::info!(device_id = %d.device_id, profile = d.profile().as_str(), "Device registered.");
     Ok((StatusCode::CREATED, Json(credentials(&state, &d))))

@@ -304,6 +304,7 @@ impl<P: Protocol> Session<P> {
             retain: publish.retain,
             qos,
             ack,
+            events: true,
         };
         self.ctx.verifier.send(kind(m)).await.is_ok()
     }

@@ -62,6 +62,11 @@ pub struct Device {
     /// Set for a device on the legacy profile: its imported keys, sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub legacy: Option<SealedKeys>,
+    /// The keyed fingerprint of those keys (`vault::Vault::fingerprint`):
+    /// devices that share a key pair can write in each other's names, so
+    /// they may not belong to different tenants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_fingerprint: Option<String>,
     /// The tenant that owns the device; none until claimed or assigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
@@ -90,6 +95,7 @@ impl Device {
             revoked_at_ms: None,
             auto_registered: false,
             legacy: None,
+            legacy_fingerprint: None,
             owner: None,
             owned_since_ms: None,
         }

@@ -37,6 +37,8 @@ pub enum RegistryError {
     NotLegacy,
     #[error("the tenant already has a device with this label")]
     LabelTaken,
+    #[error("the device shares its legacy keys with a device another tenant owns")]
+    SharedKeys,
     #[error("label is longer than 200 bytes")]
     LabelTooLong,
     #[error("registry store unavailable")]
@@ -252,7 +254,7 @@ impl Registry {
         label: Option<String>,
         owner: Option<&str>,
         now_ms: u64,
-        legacy: impl FnOnce(&str) -> Option<SealedKeys>,
+        legacy: impl FnOnce(&str) -> Option<(SealedKeys, String)>,
     ) -> Result<Device, RegistryError> {
         let id = normalise_device_id(raw_id)?;
         let label = label.unwrap_or_default();
@@ -260,7 +262,10 @@ impl Registry {
             return Err(RegistryError::LabelTooLong);
         }
         let mut device = Device::new(id, label, 1, now_ms);
-        device.legacy = legacy(&device.device_id);
+        if let Some((sealed, fingerprint)) = legacy(&device.device_id) {
+            device.legacy = Some(sealed);
+            device.legacy_fingerprint = Some(fingerprint);
+        }
         device.set_owner(owner, now_ms, false);
         let _labels = self.label_lock();
         if self.label_taken(owner, &device.label, &device.device_id) {
@@ -284,6 +289,20 @@ impl Registry {
             .any(|d| d.device_id != except && d.owner.as_deref() == owner && d.label == label)
     }
 
+    /// Whether `d` shares its legacy keys with a device of a tenant other
+    /// than `owner`: anyone with a fleet's keys can seal as any device of it,
+    /// so such devices must not be split between tenants.
+    pub(crate) fn keys_shared_elsewhere(&self, d: &Device, owner: &str) -> bool {
+        let Some(fp) = &d.legacy_fingerprint else {
+            return false;
+        };
+        self.cache().values().any(|o| {
+            o.device_id != d.device_id
+                && o.legacy_fingerprint.as_ref() == Some(fp)
+                && o.owner.as_deref().is_some_and(|t| t != owner)
+        })
+    }
+
     /// Gives the device to `owner`, or takes it from its owner (`None`).
     /// A label the new owner already uses is cleared.
     pub fn set_owner(
@@ -294,6 +313,9 @@ impl Registry {
     ) -> Result<Device, RegistryError> {
         let _labels = self.label_lock();
         self.update(raw_id, |d| {
+            if owner.is_some_and(|o| self.keys_shared_elsewhere(d, o)) {
+                return Err(RegistryError::SharedKeys);
+            }
             let taken = self.label_taken(owner, &d.label, &d.device_id);
             d.set_owner(owner, now_ms, taken);
             Ok(())
@@ -311,6 +333,9 @@ impl Registry {
         let _labels = self.label_lock();
         let mut won = false;
         let d = self.update(raw_id, |d| {
+            if self.keys_shared_elsewhere(d, owner) {
+                return Err(RegistryError::SharedKeys);
+            }
             won = d.owner.is_none();
             if won {
                 let taken = self.label_taken(Some(owner), &d.label, &d.device_id);
@@ -352,6 +377,7 @@ impl Registry {
             if d.legacy.take().is_none() {
                 return Err(RegistryError::NotLegacy);
             }
+            d.legacy_fingerprint = None;
             Ok(())
         })
     }

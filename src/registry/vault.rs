@@ -55,6 +55,18 @@ impl Vault {
         m
     }
 
+    /// A keyed fingerprint of a key pair: equal for devices that share
+    /// their keys (as legacy fleets do), and useless without the master key.
+    pub fn fingerprint(&self, keys: &LegacyKeys) -> String {
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.mac).expect("any key length");
+        m.update(b"sealgate/v1/key-fingerprint");
+        m.update(&[0]);
+        m.update(&keys.psk_aes);
+        m.update(&keys.iv);
+        m.update(&keys.psk_hmac);
+        hex::encode(&m.finalize().into_bytes()[..16])
+    }
+
     /// `base64(iv ‖ ciphertext ‖ tag)` of `psk_aes ‖ iv ‖ psk_hmac`.
     pub fn seal(&self, device_id: &str, keys: &LegacyKeys) -> SealedKeys {
         let mut plain = Vec::with_capacity(32 + keys.psk_hmac.len());

@@ -34,6 +34,11 @@ pub struct Inbound {
     pub qos: u8,
     /// Where to acknowledge once the outcome is final (QoS 1 and 2 only).
     pub ack: Option<AckTo>,
+    /// Whether a refusal publishes its security event. The HTTP ingest
+    /// clears it past a device's budget of refusals: anyone can post forged
+    /// envelopes in a device's name, and they must not flood its events.
+    /// Refusals are counted either way.
+    pub events: bool,
 }
 
 /// A connection's acknowledgement channel plus the packet to acknowledge.
@@ -308,6 +313,18 @@ impl Stage {
             let idx = job.acks.len();
             let before = job.outputs.len();
             let outcome = self.verify_one(&m, now, idx, &mut job.outputs);
+            if !m.events {
+                let events = &self.topics.events;
+                let mut i = before;
+                while i < job.outputs.len() {
+                    let event = matches!(&job.outputs[i], Output::Now(e) if crate::topic::under(&e.topic, events));
+                    if event {
+                        job.outputs.remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
             let owner = std::str::from_utf8(&m.topic)
                 .ok()
                 .and_then(|t| {
