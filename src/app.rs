@@ -239,7 +239,7 @@ pub async fn run(
             &config.limits,
             metrics.clone(),
         )),
-        persistent,
+        persistent: persistent.clone(),
     });
     let tracker = TaskTracker::new();
     let mut extra_addrs = String::new();
@@ -307,6 +307,7 @@ pub async fn run(
         cors_origins: config.http.cors_origins.clone(),
         tenants,
         accounts: accounts.clone(),
+        sessions: persistent.clone(),
         claims: Arc::new(claims),
         registry,
         vault: crate::registry::vault::Vault::new(&secrets.master),

@@ -189,6 +189,20 @@ impl Sessions {
         }
     }
 
+    /// Ends every kept session of a deleted account (and any connection
+    /// attached to one): nothing more is kept for a name that may be reused.
+    pub fn discard_account(&self, account: &str) {
+        let ids: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, slot)| slot.record.account == account)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.discard(&id);
+        }
+    }
+
     /// Opens the persistent session `id` for a new connection: resumes the
     /// one kept (unless `clean_start`), or starts one at the outbox's head.
     /// A connection already attached is taken over.

@@ -248,7 +248,15 @@ async fn tenant_accounts_cannot_publish_and_a_deleted_one_is_disconnected() {
         .await
         .unwrap();
     closed(&mut c).await;
-    // Deleting the account closes its connection.
+    // Deleting the account closes its connection and ends its kept
+    // sessions: one persistent session is kept offline first.
+    let mut opts = options(w.gw.mqtt_port, "acme-tmp-kept", "acme-tmp@acme", &pass);
+    opts.set_clean_session(false);
+    let (mut kept, r) = Client::connect_with(opts).await;
+    r.unwrap();
+    kept.subscribe(&["clean/#"]).await;
+    kept.client.disconnect().await.unwrap();
+    wait_metric(&w.gw, "sealgate_persistent_sessions", |v| v == 1.0).await;
     let mut c = connect(&w.gw, "acme-tmp-2", "acme-tmp@acme", &pass, &["clean/#"]).await;
     let (url, key) = (w.gw.http_url.clone(), tenant_key(&w.acme));
     tokio::task::spawn_blocking(move || {
@@ -260,6 +268,7 @@ async fn tenant_accounts_cannot_publish_and_a_deleted_one_is_disconnected() {
     .await
     .unwrap();
     closed(&mut c).await;
+    assert_eq!(w.gw.metric("sealgate_persistent_sessions").await, 0.0);
     let (_, r) = Client::connect(w.gw.mqtt_port, "acme-tmp-3", "acme-tmp@acme", &pass).await;
     assert!(r.is_err(), "a deleted account cannot log in");
 }

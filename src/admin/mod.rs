@@ -38,6 +38,8 @@ pub struct AdminState {
     pub vault: crate::registry::vault::Vault,
     pub tenants: crate::tenants::Tenants,
     pub accounts: crate::accounts::Accounts,
+    /// Persistent sessions: a deleted account's are ended with it.
+    pub sessions: Arc<crate::sessions::Sessions>,
     pub claims: Arc<crate::claims::Claims>,
     pub metrics: Arc<Metrics>,
     /// False once the replay store failed: `/readyz` answers 503.

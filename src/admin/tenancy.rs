@@ -350,5 +350,6 @@ pub async fn remove_user(
     let a = state.accounts.remove(&name, who.tenant())?;
     tracing::warn!(account = %a.name, tenant = %a.tenant, "Tenant account deleted.");
     let _ = state.revoked.send(a.name.clone());
+    state.sessions.discard_account(&a.name);
     Ok(Json(json!({"name": a.name, "tenant": a.tenant})))
 }
