@@ -29,6 +29,8 @@ pub enum AccountError {
     Taken,
     #[error("no such account")]
     NotFound,
+    #[error("the tenant has the most accounts allowed (100)")]
+    TooMany,
     #[error("account store unavailable")]
     Store(#[from] sled::Error),
 }
@@ -62,6 +64,10 @@ struct Inner {
     configured: HashMap<String, ([u8; 32], Option<String>)>,
     stored: RwLock<HashMap<String, StoredAccount>>,
 }
+
+/// Accounts one tenant may make: each is a login and router state, and a
+/// tenant's key must not be able to grow them without bound.
+pub const MAX_ACCOUNTS_PER_TENANT: usize = 100;
 
 /// A generated password, shown once. `Debug` hides it.
 pub struct Password(pub String);
@@ -187,6 +193,9 @@ impl Accounts {
         }
         if self.inner.configured.contains_key(name) {
             return Err(AccountError::Taken);
+        }
+        if self.list(Some(tenant)).len() >= MAX_ACCOUNTS_PER_TENANT {
+            return Err(AccountError::TooMany);
         }
         // Devices and accounts share the namespace: reserve the name in the
         // registry first (refused if a device has it), release it on failure.
@@ -318,5 +327,14 @@ mod tests {
         assert!(again.check("dev-1@acme", &pw.0).is_some());
         again.remove("dev-1@acme", Some("acme")).unwrap();
         assert!(again.check("dev-1@acme", &pw.0).is_none());
+        // A tenant's accounts are bounded.
+        for i in 0..MAX_ACCOUNTS_PER_TENANT {
+            again.add(&format!("a{i}"), "big", 0).unwrap();
+        }
+        assert!(matches!(
+            again.add("one-more", "big", 0),
+            Err(AccountError::TooMany)
+        ));
+        assert!(again.add("one-more", "small", 0).is_ok());
     }
 }

@@ -61,6 +61,11 @@ pub struct ClaimSettings {
     pub auto_register: bool,
 }
 
+/// Unused, unexpired pairing codes one tenant may hold: codes are kept a
+/// month after they expire, and this bounds what a tenant's key can make
+/// the gateway store.
+pub const MAX_LIVE_CODES_PER_TENANT: usize = 1000;
+
 /// How long an expired (or used) pairing code is kept, so it cannot be made
 /// again soon; a claim made with it is remembered for good anyway.
 const CODE_RECORDS_KEPT_MS: u64 = 30 * 86_400 * 1000;
@@ -97,6 +102,8 @@ pub enum PairingError {
     Invalid,
     /// A chosen code exists already (used, or another tenant's).
     Taken,
+    /// The tenant holds `MAX_LIVE_CODES_PER_TENANT` live codes already.
+    TooMany,
     Store(sled::Error),
 }
 
@@ -188,6 +195,17 @@ impl Claims {
                 )
             }
         };
+        let live = self
+            .codes
+            .iter()
+            .values()
+            .flatten()
+            .filter_map(|v| serde_json::from_slice::<PairingCode>(&v).ok())
+            .filter(|c| c.tenant == tenant && c.used_at_ms.is_none() && now_ms < c.expires_at_ms)
+            .count();
+        if live >= MAX_LIVE_CODES_PER_TENANT {
+            return Err(PairingError::TooMany);
+        }
         let expires_at_ms = now_ms.saturating_add(self.settings.pairing_code_ttl_ms);
         let record = PairingCode {
             tenant: tenant.to_owned(),
@@ -606,6 +624,22 @@ mod tests {
             )
             .unwrap();
         assert_eq!(later, ok);
+    }
+
+    #[test]
+    fn a_tenant_holds_a_bounded_number_of_live_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, claims) = setup(dir.path());
+        for _ in 0..MAX_LIVE_CODES_PER_TENANT {
+            claims.new_pairing_code("acme", None, 0).unwrap();
+        }
+        assert!(matches!(
+            claims.new_pairing_code("acme", None, 0),
+            Err(PairingError::TooMany)
+        ));
+        assert!(claims.new_pairing_code("globex", None, 0).is_ok());
+        // Expired codes do not count.
+        assert!(claims.new_pairing_code("acme", None, 1_000).is_ok());
     }
 
     #[test]

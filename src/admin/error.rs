@@ -164,6 +164,10 @@ impl From<AccountError> for ApiFailure {
                 message: "the name is taken by a device or another account",
             },
             AccountError::NotFound => ApiFailure::NotFound("no such account"),
+            AccountError::TooMany => ApiFailure::ConflictCode {
+                code: "too_many",
+                message: "the tenant has the most accounts allowed (100)",
+            },
             AccountError::Store(inner) => {
                 tracing::error!(error = %inner, "Account store write failed.");
                 ApiFailure::Unavailable

@@ -181,6 +181,10 @@ pub async fn pairing_code(
             code: "pairing_code_taken",
             message: "this pairing code exists already",
         },
+        PairingError::TooMany => ApiFailure::ConflictCode {
+            code: "too_many",
+            message: "the tenant holds the most unused pairing codes allowed (1000)",
+        },
         PairingError::Store(e) => {
             tracing::error!(error = %e, "Pairing code store failed.");
             ApiFailure::Unavailable
