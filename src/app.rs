@@ -155,6 +155,7 @@ pub async fn run(
         max_batch: config.verifier.max_batch,
         passthrough: config.verifier.passthrough,
         stopping: stop.clone(),
+        accounts: Some(accounts.clone()),
     };
     let verifier_done = CancellationToken::new();
     let verifier_thread = {

@@ -242,12 +242,40 @@ async fn tenant_accounts_cannot_publish_and_a_deleted_one_is_disconnected() {
     // reveal device ids, and a device may take the plain name.
     w.gw.admin_call(|op| op.add("acme-tmp", None).unwrap())
         .await;
-    // Publishing anywhere is refused (the connection is closed).
+    // Publishing anywhere is refused (the connection is closed), and the
+    // refusal's event reaches the tenant's dashboards, not other tenants'.
+    let watch_pass = account(&w.gw, &w.acme, "acme-watch").await;
+    let mut watch = connect(
+        &w.gw,
+        "acme-watch-1",
+        "acme-watch@acme",
+        &watch_pass,
+        &["sealgate/events/#"],
+    )
+    .await;
+    let mut other = connect(
+        &w.gw,
+        "globex-2",
+        "globex-wall",
+        "globex-pw",
+        &["sealgate/events/#"],
+    )
+    .await;
     c.client
         .publish("cmd/d-acme/reboot", QoS::AtLeastOnce, false, b"x".to_vec())
         .await
         .unwrap();
     closed(&mut c).await;
+    expect_event(&mut watch, "sealgate/events/acme-tmp@acme", "not_allowed").await;
+    // globex's account sees its own device's refusal first: nothing of acme's came before.
+    let wrong = Credentials {
+        secret: "00".repeat(32),
+        ..w.dev_glob.clone()
+    };
+    let mut g = Client::device(w.gw.mqtt_port, &w.dev_glob).await;
+    g.publish_acked("sealed/d-glob/t", seal(&wrong, "t", 7, b"x"))
+        .await;
+    expect_event(&mut other, "sealgate/events/d-glob", "bad_mac").await;
     // Deleting the account closes its connection and ends its kept
     // sessions: one persistent session is kept offline first.
     let mut opts = options(w.gw.mqtt_port, "acme-tmp-kept", "acme-tmp@acme", &pass);

@@ -107,6 +107,9 @@ pub struct Verifier {
     /// Cancelled at shutdown: a full outbox no longer holds the batch, so
     /// draining cannot wait on sessions that are closing.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// For refusals of subscriber accounts: the tenant an account belongs
+    /// to gets the event in its mount too, so its dashboards see it.
+    pub accounts: Option<crate::accounts::Accounts>,
 }
 
 fn now_rfc3339() -> String {
@@ -192,6 +195,7 @@ struct Stage {
     store_ok: Arc<AtomicBool>,
     passthrough: bool,
     stopping: tokio_util::sync::CancellationToken,
+    accounts: Option<crate::accounts::Accounts>,
 }
 
 impl Verifier {
@@ -210,6 +214,7 @@ impl Verifier {
             max_batch,
             passthrough,
             stopping,
+            accounts,
         } = self;
         let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Job>(1);
         let committer = Committer {
@@ -232,6 +237,7 @@ impl Verifier {
             store_ok,
             passthrough,
             stopping,
+            accounts,
         };
         let mut batch = Vec::with_capacity(max_batch);
         loop {
@@ -278,7 +284,9 @@ impl Stage {
                     continue;
                 }
                 Input::Event { reason, client } => {
-                    let owner = self.owner_of(&client);
+                    let owner = self
+                        .owner_of(&client)
+                        .or_else(|| self.accounts.as_ref().and_then(|a| a.tenant_of(&client)));
                     let e = security_event(reason, client, None, None);
                     let entry = crate::republish::event_entry(&self.topics, &e, now);
                     let before = job.outputs.len();
