@@ -35,7 +35,7 @@ fn main() {
             r.filters = vec![("clean/#".into(), 1)]
         })
         .expect("subscribe");
-    sessions.detach(id, a.generation);
+    sessions.detach(id, a.generation, None);
     let now = sealgate::now_ms();
     let body = Bytes::from(vec![b'x'; 128]);
     let mut n = 0;

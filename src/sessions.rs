@@ -300,7 +300,7 @@ impl Sessions {
 
     /// The connection `generation` of `id` ended. A session that expires at
     /// once (MQTT 5 expiry 0) ends with it.
-    pub fn detach(&self, id: &str, generation: u64) {
+    pub fn detach(&self, id: &str, generation: u64, expiry_secs: Option<u64>) {
         let mut slots = self.lock();
         let Some(slot) = slots.get_mut(id) else {
             return;
@@ -309,6 +309,9 @@ impl Sessions {
             return;
         }
         slot.online = None;
+        if let Some(secs) = expiry_secs {
+            slot.record.expiry_secs = secs;
+        }
         if slot.record.expiry_secs == 0 {
             slots.remove(id);
             self.metrics.persistent_sessions.set(slots.len() as i64);

@@ -414,3 +414,46 @@ async fn events_unverified_and_account_publishes_wait_for_a_persistent_session()
         ("status/site".into(), b"up".to_vec())
     );
 }
+
+/// MQTT 5 (3.14.2.2.2): a DISCONNECT may change the session's expiry. An
+/// expiry of 0 there ends a kept session at once. (rumqttc sends DISCONNECT
+/// without properties, so this client writes its packets itself.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_expiry_sent_on_disconnect_is_honoured() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(&[]);
+    let str16 = |s: &[u8], out: &mut Vec<u8>| {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    };
+    // CONNECT v5, clean start, username and password, Session Expiry 3600.
+    let mut body = Vec::new();
+    str16(b"MQTT", &mut body);
+    body.extend_from_slice(&[5, 0b1100_0010, 0, 30]);
+    body.extend_from_slice(&[5, 0x11, 0, 0, 0x0e, 0x10]);
+    str16(b"raw-expiry", &mut body);
+    str16(SUB_USER.as_bytes(), &mut body);
+    str16(SUB_PASS.as_bytes(), &mut body);
+    assert!(body.len() < 128);
+    let mut connect = vec![0x10, body.len() as u8];
+    connect.extend_from_slice(&body);
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.mqtt_port))
+        .await
+        .unwrap();
+    s.write_all(&connect).await.unwrap();
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], 0x20, "CONNACK");
+    let mut rest = vec![0u8; usize::from(head[1])];
+    s.read_exact(&mut rest).await.unwrap();
+    wait_metric(&gw, "sealgate_persistent_sessions", |v| v == 1.0).await;
+    // DISCONNECT 0x00 with Session Expiry Interval 0.
+    s.write_all(&[0xe0, 0x07, 0x00, 0x05, 0x11, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let mut end = Vec::new();
+    let _ = s.read_to_end(&mut end).await;
+    wait_metric(&gw, "sealgate_persistent_sessions", |v| v == 0.0).await;
+    let (_, present, _) = V5::connect(dash(gw.mqtt_port, "raw-expiry", false, Some(3600))).await;
+    assert!(!present, "the session ended with its connection");
+}

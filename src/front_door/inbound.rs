@@ -165,7 +165,23 @@ impl<P: Protocol> Session<P> {
                 Packet::PingReq(_) => {
                     self.out.encode(Packet::PingResp(PingResp))?;
                 }
-                Packet::Disconnect(..) => return Ok(Some(End::Graceful)),
+                Packet::Disconnect(_, props) => {
+                    // MQTT 5 lets the client change its session's expiry on
+                    // the way out (3.14.2.2.2), but not from 0: a session
+                    // that was not kept cannot be kept now.
+                    let asked = props.and_then(|p| p.session_expiry_interval);
+                    match (asked, self.login.feed.as_mut()) {
+                        (Some(secs), Some(feed)) => feed.set_expiry(u64::from(secs)),
+                        (Some(secs), None)
+                            if secs > 0
+                                && matches!(self.login.role, super::auth::Role::Subscriber(_)) =>
+                        {
+                            return Ok(Some(End::Refused(DisconnectReasonCode::ProtocolError)));
+                        }
+                        _ => {}
+                    }
+                    return Ok(Some(End::Graceful));
+                }
                 Packet::Connect(..) => return Err(ConnError::DuplicateConnect),
                 other => to_router.push(other),
             }

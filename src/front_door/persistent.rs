@@ -63,6 +63,8 @@ pub(super) struct Feed {
     changed: bool,
     /// Retained messages owed for new subscriptions, at the QoS to send.
     retained: VecDeque<(Entry, u8)>,
+    /// The expiry a DISCONNECT set, applied as the session detaches.
+    expiry_on_leave: Option<u64>,
     /// An account of a tenant: its filters are filed under this mount, and
     /// it is stripped from what the session is sent (`super::mount`).
     mount: Option<String>,
@@ -111,6 +113,7 @@ impl Feed {
             saved_at: std::time::Instant::now(),
             received: (u64::MAX, String::new()),
             mount,
+            expiry_on_leave: None,
         }
     }
 
@@ -369,7 +372,14 @@ impl Feed {
         if let Err(e) = self.save(true) {
             tracing::error!(error = %e, "Could not record a persistent session's position.");
         }
-        self.sessions.detach(&self.id, self.generation);
+        self.sessions
+            .detach(&self.id, self.generation, self.expiry_on_leave);
+    }
+
+    /// The session expiry a DISCONNECT asked for, capped like the one of
+    /// CONNECT (`sessions.max_expiry_secs`); 0 ends the session as it goes.
+    pub fn set_expiry(&mut self, secs: u64) {
+        self.expiry_on_leave = Some(secs.min(self.sessions.config().max_expiry_secs));
     }
 }
 
