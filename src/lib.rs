@@ -55,6 +55,8 @@ pub mod secrets;
 pub mod sessions;
 pub mod shutdown;
 pub mod tenants;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod topic;
 pub mod verifier;
 

@@ -396,7 +396,7 @@ mod tests {
             s.accept("d", 10, &mac(1), 5).unwrap();
             s.commit().unwrap();
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::test_support::reopen(dir.path());
         let mut s = ReplayStore::open(&db, 64).unwrap();
         assert_eq!(
             s.window("d").unwrap().check(10, &mac(2)),
