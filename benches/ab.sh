@@ -9,6 +9,10 @@
 #   DIR_A, DIR_B: target/release directories of the two builds (each with
 #   sealgate); RATE as firmware-sim --rate (0 = closed loop, default).
 #   SIM_ARGS: more firmware-sim flags, e.g. --persistent-subscriber.
+#   SIM_ARGS_A, SIM_ARGS_B: per side, instead of SIM_ARGS; with one build
+#   twice this compares firmware-sim settings, e.g. the two sealers:
+#     SIM_ARGS_A="--impl rust" SIM_ARGS_B="--impl c" \
+#       CONFIG='[limits]\ndevice_rate = 0.0\n' benches/ab.sh target/release target/release
 #   CONFIG: the gateway's configuration file, e.g. '[limits]\ndevice_rate = 0.0\n'
 #   (the default limit, 1,000 msgs/s per device, is near what 100 devices
 #   reach in a closed loop, and a 3.1.1 device gets no PUBACK over it).
@@ -19,7 +23,7 @@ W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 export SEALGATE_ADMIN_TOKEN=bench-token-0123456789 SEALGATE_ADMIN_URL=http://127.0.0.1:18083
 
-run() { # BIN RATE -> JSON line
+run() { # BIN RATE SIM_ARGS -> JSON line
     rm -rf "$W/data"; printf '%b' "${CONFIG:-}" > "$W/c.toml"
     SEALGATE_CONFIG=$W/c.toml SEALGATE_DATA_DIR=$W/data SEALGATE_MQTT_LISTEN=127.0.0.1:18833 \
         SEALGATE_HTTP_LISTEN=127.0.0.1:18083 SEALGATE_USERS=dash:pw RUST_LOG=warn \
@@ -31,7 +35,7 @@ run() { # BIN RATE -> JSON line
     local out
     out=$(taskset -c 1 "$B/firmware-sim" --mqtt 127.0.0.1:18833 --devices-file "$W/fleet.json" \
         --subscriber dash:pw --rate "$2" --duration 10s --encrypt --qos 1 --payload-bytes 128 \
-        --json ${SIM_ARGS:-} 2> /dev/null | tail -1)
+        --json $3 2> /dev/null | tail -1)
     local hwm
     hwm=$(grep VmHWM /proc/$server/status | awk '{print $2}')
     kill $server; wait $server 2> /dev/null || true
@@ -41,8 +45,9 @@ run() { # BIN RATE -> JSON line
 for rate in $RATES; do
     for rep in $(seq "${REPS:-5}"); do
         for side in A B; do
-            bin=$A; [ $side = B ] && bin=$B
-            echo "{\"build\":\"$side\",\"rate\":$rate,\"rep\":$rep,\"result\":$(run "$bin" "$rate")}" | tee -a "$W/all.jsonl"
+            bin=$A; args=${SIM_ARGS_A:-${SIM_ARGS:-}}
+            [ $side = B ] && bin=$B && args=${SIM_ARGS_B:-${SIM_ARGS:-}}
+            echo "{\"build\":\"$side\",\"rate\":$rate,\"rep\":$rep,\"result\":$(run "$bin" "$rate" "$args")}" | tee -a "$W/all.jsonl"
         done
     done
 done

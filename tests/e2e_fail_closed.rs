@@ -11,6 +11,14 @@ use rumqttc::QoS;
 async fn store_failure_fails_closed() {
     let gw = Gateway::start_with_file_size_limit(64 * 1024);
     let creds = gw.add_device("esp32-f").await;
+    // A tenant and its pairing code, for a claim once the store is gone.
+    let code = gw
+        .admin_call(|op| {
+            let t = op.add_tenant("acme").unwrap();
+            let acme = sealgate::admin::client::AdminClient::new(op.base(), &t.api_key);
+            acme.pairing_code(None).unwrap().pairing_code
+        })
+        .await;
     let mut sub = Client::subscriber(gw.mqtt_port).await;
     let dev = Client::device(gw.mqtt_port, &creds).await;
     assert_eq!(gw.http_get("/readyz").await.0, 200);
@@ -79,4 +87,16 @@ async fn store_failure_fails_closed() {
         .unwrap();
     let (topic, _) = sub.next_publish().await;
     assert_eq!(topic, "sealgate/events/esp32-f");
+    // A device claim with a valid MAC fails closed too: 503, and the
+    // device is not claimed.
+    let keys = sealgate::envelope::DeviceKeys::from_secret(
+        &hex::decode(&creds.secret).unwrap().try_into().unwrap(),
+    );
+    let mac = sealgate::envelope::claim_mac(&keys.auth, "esp32-f", &code, 1);
+    let claimed = gw
+        .admin_call(move |op| op.claim("esp32-f", &code, 1, &hex::encode(mac)))
+        .await;
+    assert_eq!(claimed.unwrap_err().status(), Some(503));
+    let shown = gw.admin_call(|op| op.show("esp32-f")).await.unwrap();
+    assert_eq!(shown.owner, None);
 }

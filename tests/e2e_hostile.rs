@@ -12,26 +12,6 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// An MQTT remaining-length field.
-fn remaining_length(mut len: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            return;
-        }
-    }
-}
-
-fn mqtt_str(s: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
 /// An MQTT 3.1.1 CONNECT with username and password, clean session.
 fn connect_packet(client_id: &[u8], user: &[u8], pass: &[u8], keep_alive: u16) -> Vec<u8> {
     let mut body = Vec::new();

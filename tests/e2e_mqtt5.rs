@@ -205,29 +205,6 @@ async fn receive_maximum_is_kept_and_enforced() {
     assert!(pubrecs <= 100, "{pubrecs} PUBRECs");
 }
 
-fn mqtt_str(s: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-fn framed(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
-
 /// An MQTT 5 CONNECT, clean start, with username and password.
 fn connect_v5(id: &str, user: &str, pass: &str) -> Vec<u8> {
     let mut body = Vec::new();

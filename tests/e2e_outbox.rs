@@ -422,21 +422,15 @@ async fn events_unverified_and_account_publishes_wait_for_a_persistent_session()
 async fn a_session_expiry_sent_on_disconnect_is_honoured() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = Gateway::start(&[]);
-    let str16 = |s: &[u8], out: &mut Vec<u8>| {
-        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        out.extend_from_slice(s);
-    };
     // CONNECT v5, clean start, username and password, Session Expiry 3600.
     let mut body = Vec::new();
-    str16(b"MQTT", &mut body);
+    mqtt_str(b"MQTT", &mut body);
     body.extend_from_slice(&[5, 0b1100_0010, 0, 30]);
     body.extend_from_slice(&[5, 0x11, 0, 0, 0x0e, 0x10]);
-    str16(b"raw-expiry", &mut body);
-    str16(SUB_USER.as_bytes(), &mut body);
-    str16(SUB_PASS.as_bytes(), &mut body);
-    assert!(body.len() < 128);
-    let mut connect = vec![0x10, body.len() as u8];
-    connect.extend_from_slice(&body);
+    mqtt_str(b"raw-expiry", &mut body);
+    mqtt_str(SUB_USER.as_bytes(), &mut body);
+    mqtt_str(SUB_PASS.as_bytes(), &mut body);
+    let connect = framed(0x10, &body);
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.mqtt_port))
         .await
         .unwrap();

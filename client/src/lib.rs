@@ -217,6 +217,11 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// The bearer token this client sends.
     pub fn token(&self) -> &str {
         &self.token

@@ -35,11 +35,9 @@ fn sim(gw: &Gateway, args: &[&str]) -> (bool, Value) {
     (out.status.success(), report)
 }
 
-#[test]
-fn every_attack_is_refused() {
-    let gw = Gateway::start(&[]);
-    let (ok, report) = sim(&gw, &["--attack", "all"]);
-    assert!(ok, "{report}");
+/// What an attack report must say: nothing hostile on `clean/`, the honest
+/// messages delivered, and each attack refused with its reason.
+fn every_attack_refused(report: &Value) {
     let attacks = report["attacks"].as_array().unwrap();
     assert_eq!(attacks.len(), 5);
     for a in attacks {
@@ -51,6 +49,14 @@ fn every_attack_is_refused() {
     assert_eq!(by_name("tamper")["events"]["bad_mac"], 20);
     assert_eq!(by_name("wrong-key")["events"]["bad_mac"], 20);
     assert_eq!(by_name("stale")["events"]["stale_nonce"], 20);
+}
+
+#[test]
+fn every_attack_is_refused() {
+    let gw = Gateway::start(&[]);
+    let (ok, report) = sim(&gw, &["--attack", "all"]);
+    assert!(ok, "{report}");
+    every_attack_refused(&report);
 }
 
 #[test]
@@ -152,17 +158,7 @@ fn every_attack_is_refused_when_the_c_library_seals() {
     let (ok, report) = sim(&gw, &["--impl", "c", "--attack", "all"]);
     assert!(ok, "{report}");
     assert_eq!(report["impl"], "c", "{report}");
-    let attacks = report["attacks"].as_array().unwrap();
-    assert_eq!(attacks.len(), 5);
-    for a in attacks {
-        assert_eq!(a["hostile_reached_clean"], 0, "{a}");
-        assert_eq!(a["honest_delivered"], true, "{a}");
-    }
-    let by_name = |n: &str| attacks.iter().find(|a| a["attack"] == n).unwrap().clone();
-    assert_eq!(by_name("replay")["dropped_silently"], 20);
-    assert_eq!(by_name("tamper")["events"]["bad_mac"], 20);
-    assert_eq!(by_name("wrong-key")["events"]["bad_mac"], 20);
-    assert_eq!(by_name("stale")["events"]["stale_nonce"], 20);
+    every_attack_refused(&report);
 }
 
 #[test]
@@ -206,20 +202,16 @@ fn a_device_claims_itself_for_a_tenant() {
     let creds = op.add("esp32-claim", None).unwrap();
     let tenant = sealgate::admin::client::AdminClient::new(&gw.http_url, &acme.api_key);
     let code = tenant.pairing_code(None).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_firmware-sim"))
-        .env_clear()
-        .env("SEALGATE_DEVICE_SECRET", &creds.secret)
-        .args([
-            "--admin-url",
-            &gw.http_url,
-            "claim",
-            "--device-id",
-            "ESP32-CLAIM",
-            "--pairing-code",
-            &code.pairing_code,
-        ])
-        .output()
-        .expect("run firmware-sim");
+    let claim = |id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_firmware-sim"))
+            .env_clear()
+            .env("SEALGATE_DEVICE_SECRET", &creds.secret)
+            .args(["--admin-url", &gw.http_url, "claim", "--device-id", id])
+            .args(["--pairing-code", &code.pairing_code])
+            .output()
+            .expect("run firmware-sim")
+    };
+    let out = claim("ESP32-CLAIM");
     assert!(
         out.status.success(),
         "{}",
@@ -233,20 +225,7 @@ fn a_device_claims_itself_for_a_tenant() {
         Some("acme")
     );
     // The code is spent: a second claim is refused, and says why.
-    let again = Command::new(env!("CARGO_BIN_EXE_firmware-sim"))
-        .env_clear()
-        .env("SEALGATE_DEVICE_SECRET", &creds.secret)
-        .args([
-            "--admin-url",
-            &gw.http_url,
-            "claim",
-            "--device-id",
-            "esp32-claim",
-            "--pairing-code",
-            &code.pairing_code,
-        ])
-        .output()
-        .unwrap();
+    let again = claim("esp32-claim");
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("403"));
 }

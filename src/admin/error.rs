@@ -10,6 +10,7 @@ use axum::Json;
 
 use super::client::ApiError;
 use crate::accounts::AccountError;
+use crate::claims::PairingError;
 use crate::registry::RegistryError;
 use crate::tenants::TenantError;
 
@@ -170,6 +171,28 @@ impl From<AccountError> for ApiFailure {
             },
             AccountError::Store(inner) => {
                 tracing::error!(error = %inner, "Account store write failed.");
+                ApiFailure::Unavailable
+            }
+        }
+    }
+}
+
+impl From<PairingError> for ApiFailure {
+    fn from(e: PairingError) -> Self {
+        match e {
+            PairingError::Invalid => ApiFailure::BadRequest(
+                "pairing_code must be 4 to 64 bytes without control characters".into(),
+            ),
+            PairingError::Taken => ApiFailure::ConflictCode {
+                code: "pairing_code_taken",
+                message: "this pairing code exists already",
+            },
+            PairingError::TooMany => ApiFailure::ConflictCode {
+                code: "too_many",
+                message: "the tenant holds the most unused pairing codes allowed (1000)",
+            },
+            PairingError::Store(inner) => {
+                tracing::error!(error = %inner, "Pairing code store failed.");
                 ApiFailure::Unavailable
             }
         }

@@ -153,7 +153,7 @@ pub async fn add(
     let legacy = legacy_keys(&b)?;
     let d = state
         .registry
-        .add_with(&b.device_id, b.label, None, now_ms(), |id| {
+        .add_with(&b.device_id, b.label, now_ms(), |id| {
             legacy
                 .as_ref()
                 .map(|k| (state.vault.seal(id, k), state.vault.fingerprint(k)))

@@ -18,7 +18,7 @@ use super::client::{
 };
 use super::handlers::{body, view};
 use super::{AdminState, ApiFailure, Principal};
-use crate::claims::{Answer, ClaimError, PairingError};
+use crate::claims::{Answer, ClaimError};
 use crate::{now_ms, rfc3339_ms};
 
 type ApiResult<T> = Result<T, ApiFailure>;
@@ -150,21 +150,7 @@ pub async fn pairing_code(
     } else {
         body(&raw)?
     };
-    let tenant = match (&who, b.tenant) {
-        (Principal::Tenant(t), None) => t.clone(),
-        (Principal::Tenant(_), Some(_)) => {
-            return Err(ApiFailure::BadRequest(
-                "a tenant's pairing codes are its own: no tenant field".into(),
-            ))
-        }
-        (Principal::Operator, Some(t)) if state.tenants.exists(&t) => t,
-        (Principal::Operator, Some(_)) => return Err(ApiFailure::NotFound("no such tenant")),
-        (Principal::Operator, None) => {
-            return Err(ApiFailure::BadRequest(
-                "the operator names the tenant: {\"tenant\": ...}".into(),
-            ))
-        }
-    };
+    let tenant = tenant_for(&state, &who, b.tenant)?;
     let claims = state.claims.clone();
     let t = tenant.clone();
     let chosen = b.pairing_code;
@@ -173,23 +159,7 @@ pub async fn pairing_code(
     })
     .await
     .map_err(|_| ApiFailure::Unavailable)?;
-    let (code, expires) = made.map_err(|e| match e {
-        PairingError::Invalid => ApiFailure::BadRequest(
-            "pairing_code must be 4 to 64 bytes without control characters".into(),
-        ),
-        PairingError::Taken => ApiFailure::ConflictCode {
-            code: "pairing_code_taken",
-            message: "this pairing code exists already",
-        },
-        PairingError::TooMany => ApiFailure::ConflictCode {
-            code: "too_many",
-            message: "the tenant holds the most unused pairing codes allowed (1000)",
-        },
-        PairingError::Store(e) => {
-            tracing::error!(error = %e, "Pairing code store failed.");
-            ApiFailure::Unavailable
-        }
-    })?;
+    let (code, expires) = made?;
     tracing::info!(tenant = %tenant, "Pairing code issued.");
     Ok((
         StatusCode::CREATED,
@@ -234,12 +204,19 @@ pub async fn claim(State(state): State<Arc<AdminState>>, raw: Bytes) -> Response
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let claims = state.claims.clone();
-    let decided = tokio::task::spawn_blocking(move || {
+    decide(&state, move |claims| {
         claims.claim(&b.device_id, &b.pairing_code, b.nonce, &b.mac, now_ms())
     })
-    .await;
-    match decided {
+    .await
+}
+
+/// Runs a claim decision (sled I/O) off the async workers and answers it.
+async fn decide(
+    state: &AdminState,
+    f: impl FnOnce(&crate::claims::Claims) -> Result<Answer, ClaimError> + Send + 'static,
+) -> Response {
+    let claims = state.claims.clone();
+    match tokio::task::spawn_blocking(move || f(&claims)).await {
         Ok(Ok(a)) => answer(a),
         Ok(Err(e)) => claim_failure(e),
         Err(_) => ApiFailure::Unavailable.into_response(),
@@ -271,16 +248,10 @@ pub async fn claim_with_code(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let claims = state.claims.clone();
-    let decided = tokio::task::spawn_blocking(move || {
+    decide(&state, move |claims| {
         claims.claim_with_code(&tenant, &id, &b.claim_code, now_ms())
     })
-    .await;
-    match decided {
-        Ok(Ok(a)) => answer(a),
-        Ok(Err(e)) => claim_failure(e),
-        Err(_) => ApiFailure::Unavailable.into_response(),
-    }
+    .await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -292,13 +263,13 @@ pub struct UserBody {
     tenant: Option<String>,
 }
 
-/// The tenant an account request is for: a tenant's own, or the one the
-/// operator names (which must exist).
+/// The tenant an account or pairing-code request is for: a tenant's own, or
+/// the one the operator names (which must exist).
 fn tenant_for(state: &AdminState, who: &Principal, named: Option<String>) -> ApiResult<String> {
     match (who, named) {
         (Principal::Tenant(t), None) => Ok(t.clone()),
         (Principal::Tenant(_), Some(_)) => Err(ApiFailure::BadRequest(
-            "a tenant's accounts are its own: no tenant field".into(),
+            "a tenant acts for itself: no tenant field".into(),
         )),
         (Principal::Operator, Some(t)) if state.tenants.exists(&t) => Ok(t),
         (Principal::Operator, Some(_)) => Err(ApiFailure::NotFound("no such tenant")),

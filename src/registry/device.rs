@@ -74,6 +74,32 @@ pub struct Device {
     pub owned_since_ms: Option<u64>,
 }
 
+/// A device's key versions, as the key rules see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyState {
+    pub revoked: bool,
+    pub kid: u32,
+    pub previous_kid: Option<u32>,
+    pub previous_kid_until_ms: Option<u64>,
+}
+
+impl KeyState {
+    /// Whether `kid` may be used at `now_ms`: the current one, or the
+    /// previous one inside its grace period.
+    pub fn check_kid(&self, kid: u32, now_ms: u64) -> KeyCheck {
+        if self.revoked {
+            return KeyCheck::Revoked;
+        }
+        if kid == self.kid {
+            return KeyCheck::Valid;
+        }
+        match (self.previous_kid, self.previous_kid_until_ms) {
+            (Some(prev), Some(until)) if prev == kid && now_ms < until => KeyCheck::Valid,
+            _ => KeyCheck::UnknownKid,
+        }
+    }
+}
+
 /// What the registry says about a key version presented by a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyCheck {
@@ -125,15 +151,17 @@ impl Device {
     /// Whether `kid` may be used at `now_ms`: the current one, or the
     /// previous one inside its grace period.
     pub fn check_kid(&self, kid: u32, now_ms: u64) -> KeyCheck {
-        if self.state == DeviceState::Revoked {
-            return KeyCheck::Revoked;
-        }
-        if kid == self.kid {
-            return KeyCheck::Valid;
-        }
-        match (self.previous_kid, self.previous_kid_until_ms) {
-            (Some(prev), Some(until)) if prev == kid && now_ms < until => KeyCheck::Valid,
-            _ => KeyCheck::UnknownKid,
+        self.key_state().check_kid(kid, now_ms)
+    }
+
+    /// What the key rules need, copied out: the verifier reads it once per
+    /// message under the registry's lock.
+    pub fn key_state(&self) -> KeyState {
+        KeyState {
+            revoked: self.state == DeviceState::Revoked,
+            kid: self.kid,
+            previous_kid: self.previous_kid,
+            previous_kid_until_ms: self.previous_kid_until_ms,
         }
     }
 }

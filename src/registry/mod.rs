@@ -242,17 +242,16 @@ impl Registry {
         label: Option<String>,
         now_ms: u64,
     ) -> Result<Device, RegistryError> {
-        self.add_with(raw_id, label, None, now_ms, |_| None)
+        self.add_with(raw_id, label, now_ms, |_| None)
     }
 
-    /// Registers a device at kid 1, owned by `owner` if given, on the legacy
-    /// profile when `legacy` gives sealed keys for the normalised id (they
-    /// are bound to it).
+    /// Registers a device at kid 1, without owner (only the operator
+    /// registers), on the legacy profile when `legacy` gives sealed keys and
+    /// their fingerprint for the normalised id (the keys are bound to it).
     pub fn add_with(
         &self,
         raw_id: &str,
         label: Option<String>,
-        owner: Option<&str>,
         now_ms: u64,
         legacy: impl FnOnce(&str) -> Option<(SealedKeys, String)>,
     ) -> Result<Device, RegistryError> {
@@ -265,11 +264,6 @@ impl Registry {
         if let Some((sealed, fingerprint)) = legacy(&device.device_id) {
             device.legacy = Some(sealed);
             device.legacy_fingerprint = Some(fingerprint);
-        }
-        device.set_owner(owner, now_ms, false);
-        let _labels = self.label_lock();
-        if self.label_taken(owner, &device.label, &device.device_id) {
-            return Err(RegistryError::LabelTaken);
         }
         self.insert_new(device)
     }

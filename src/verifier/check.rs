@@ -15,7 +15,7 @@ use crate::envelope::{self, DeviceKeys, Malformed, MasterKey, SealedTopic};
 use crate::events::RejectReason;
 use crate::metrics::Metrics;
 use crate::registry::vault::Vault;
-use crate::registry::{DeviceState, KeyCheck, Registry, SealedKeys};
+use crate::registry::{KeyCheck, Registry, SealedKeys};
 use crate::replay::{ReplayStore, StoreError, WindowVerdict};
 
 /// Outcome of checking one message.
@@ -150,21 +150,20 @@ impl Checker {
                 });
             }
         };
-        let legacy = self.registry.with(&t.device_id, |d| {
-            d.and_then(|d| {
-                let revoked = d.state == DeviceState::Revoked;
-                d.legacy.as_ref().map(|k| (k.clone(), revoked))
-            })
+        // One registry read per message: the key state, and the sealed keys
+        // of a legacy device (cloned only then).
+        let (key_state, legacy) = self.registry.with(&t.device_id, |d| match d {
+            None => (None, None),
+            Some(d) => (Some(d.key_state()), d.legacy.clone()),
         });
-        if let Some((sealed, revoked)) = legacy {
-            return self.check_legacy(t, payload, &sealed, revoked, store);
+        if let (Some(sealed), Some(k)) = (legacy, key_state) {
+            return self.check_legacy(t, payload, &sealed, k.revoked, store);
         }
         let parsed = match envelope::parse(payload) {
             Ok(p) => p,
             Err(detail) => {
-                let active = self.registry.with(&t.device_id, |d| {
-                    d.is_some_and(|d| d.check_kid(d.kid, now_ms) == KeyCheck::Valid)
-                });
+                let active =
+                    key_state.is_some_and(|k| k.check_kid(k.kid, now_ms) == KeyCheck::Valid);
                 if self.allow_unsealed && active && !envelope::looks_sealed(payload) {
                     return Ok(Checked::Unsealed { topic: t });
                 }
@@ -172,9 +171,7 @@ impl Checker {
             }
         };
         let nonce = Some(parsed.nonce);
-        let key_check = self
-            .registry
-            .with(&t.device_id, |d| d.map(|d| d.check_kid(parsed.kid, now_ms)));
+        let key_check = key_state.map(|k| k.check_kid(parsed.kid, now_ms));
         match key_check {
             Some(KeyCheck::Valid) => {}
             Some(KeyCheck::Revoked) => return Ok(reject(RejectReason::Revoked, &t, nonce)),

@@ -20,9 +20,12 @@ use crate::republish::Republisher;
 
 /// What one message publishes, in the order messages arrived.
 pub(super) enum Output {
-    /// Published whether or not the flush succeeds: security events,
-    /// unverified payloads, passthrough. Nobody was promised them.
+    /// Published whether or not the flush succeeds: unverified payloads,
+    /// passthrough. Nobody was promised them.
     Now(Entry),
+    /// A security event: published like `Now`, and kept apart so a message
+    /// whose refusals may not publish events (`Inbound::events`) drops it.
+    Event(Entry),
     /// Published and acknowledged only after the batch's flush: verified
     /// plaintext (with its origin) and what accounts publish.
     AfterCommit {
@@ -42,6 +45,7 @@ impl Output {
     pub fn entry(&self) -> &Entry {
         match self {
             Output::Now(e)
+            | Output::Event(e)
             | Output::AfterCommit { entry: e, .. }
             | Output::Mirror { entry: e, .. } => e,
         }
@@ -121,7 +125,7 @@ impl Committer {
         }
         for o in job.outputs {
             match o {
-                Output::Now(entry) => self.out.queue(entry),
+                Output::Now(entry) | Output::Event(entry) => self.out.queue(entry),
                 Output::Mirror {
                     entry,
                     after_commit,

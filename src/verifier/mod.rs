@@ -290,7 +290,7 @@ impl Stage {
                     let e = security_event(reason, client, None, None);
                     let entry = crate::republish::event_entry(&self.topics, &e, now);
                     let before = job.outputs.len();
-                    job.outputs.push(Output::Now(entry));
+                    job.outputs.push(Output::Event(entry));
                     self.mirror(owner, before, &mut job.outputs);
                     continue;
                 }
@@ -322,23 +322,15 @@ impl Stage {
             let before = job.outputs.len();
             let outcome = self.verify_one(&m, now, idx, &mut job.outputs);
             if !m.events {
-                let events = &self.topics.events;
                 let mut i = before;
-                while i < job.outputs.len() {
-                    let event = matches!(&job.outputs[i], Output::Now(e) if crate::topic::under(&e.topic, events));
-                    if event {
-                        job.outputs.remove(i);
-                    } else {
-                        i += 1;
-                    }
-                }
+                job.outputs.retain(|o| {
+                    i += 1;
+                    i <= before || !matches!(o, Output::Event(_))
+                });
             }
-            let owner = std::str::from_utf8(&m.topic)
-                .ok()
-                .and_then(|t| {
-                    crate::envelope::SealedTopic::parse(&self.checker.sealed_prefix, t).ok()
-                })
-                .and_then(|t| self.owner_of(&t.device_id));
+            let owner = self
+                .device_of(&m.topic)
+                .and_then(|d| self.owner_of(d.as_str()));
             self.mirror(owner, before, &mut job.outputs);
             job.acks.push((m.ack, outcome));
         }
@@ -471,6 +463,18 @@ impl Stage {
         }
     }
 
+    /// The device a sealed topic names, read without allocating: this runs
+    /// for every message, and the checker parsed the topic already.
+    fn device_of(&self, topic: &[u8]) -> Option<crate::envelope::DeviceId> {
+        let raw = std::str::from_utf8(topic)
+            .ok()?
+            .strip_prefix(self.checker.sealed_prefix.as_str())?
+            .strip_prefix('/')?
+            .split('/')
+            .next()?;
+        crate::envelope::DeviceId::new(raw).ok()
+    }
+
     /// The tenant that owns `device` now: its messages of this moment go to
     /// that tenant's mount, and stay there if ownership changes later.
     fn owner_of(&self, device: &str) -> Option<String> {
@@ -488,7 +492,7 @@ impl Stage {
         let end = outputs.len();
         for i in from..end {
             let (entry, after_commit) = match &outputs[i] {
-                Output::Now(e) => (e, false),
+                Output::Now(e) | Output::Event(e) => (e, false),
                 Output::AfterCommit { entry, .. } => (entry, true),
                 Output::Mirror { .. } => continue,
             };
@@ -537,7 +541,7 @@ impl Stage {
     ) -> Outcome {
         if let Some(event) = reject(&self.metrics, reason, device_id, stream, nonce, detail) {
             let entry = crate::republish::event_entry(&self.topics, &event, crate::now_ms());
-            outputs.push(Output::Now(entry));
+            outputs.push(Output::Event(entry));
         }
         outcome_of(reason)
     }

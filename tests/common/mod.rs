@@ -560,3 +560,32 @@ pub async fn expect_event(sub: &mut Client, topic: &str, reason: &str) {
     assert_eq!(t, topic);
     assert_eq!(event(&body)["reason"], reason);
 }
+
+/// An MQTT remaining-length field, for tests that write packets by hand.
+pub fn remaining_length(mut len: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            return;
+        }
+    }
+}
+
+/// An MQTT UTF-8 string (or binary data): length, then bytes.
+pub fn mqtt_str(s: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// A packet: its first byte, remaining length and `body`.
+pub fn framed(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    remaining_length(body.len(), &mut out);
+    out.extend_from_slice(body);
+    out
+}
