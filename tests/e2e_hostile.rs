@@ -435,24 +435,7 @@ async fn server_only_packets_close_the_connection_cleanly() {
     assert!(closed_by_server(&mut s).await);
 
     // MQTT 5 CONNECT (no properties), then an UNSUBACK.
-    let mut body = Vec::new();
-    mqtt_str(b"MQTT", &mut body);
-    body.extend_from_slice(&[5, 0b1100_0010, 0, 30, 0]);
-    mqtt_str(b"raw-v5", &mut body);
-    mqtt_str(SUB_USER.as_bytes(), &mut body);
-    mqtt_str(SUB_PASS.as_bytes(), &mut body);
-    let mut connect = vec![0x10];
-    remaining_length(body.len(), &mut connect);
-    connect.extend_from_slice(&body);
-    let mut s = TcpStream::connect(("127.0.0.1", gw.mqtt_port))
-        .await
-        .unwrap();
-    s.write_all(&connect).await.unwrap();
-    let mut head = [0u8; 2];
-    s.read_exact(&mut head).await.unwrap();
-    assert_eq!(head[0], 0x20, "CONNACK");
-    let mut rest = vec![0u8; usize::from(head[1])];
-    s.read_exact(&mut rest).await.unwrap();
+    let mut s = raw_v5_connect(gw.mqtt_port, "raw-v5", 0b1100_0010, &[]).await;
     s.write_all(&[0xb0, 0x02, 0x00, 0x01]).await.unwrap();
     assert!(closed_by_server(&mut s).await);
     wait_metric(&gw, "sealgate_connections", |v| v == 0.0).await;

@@ -422,24 +422,14 @@ async fn events_unverified_and_account_publishes_wait_for_a_persistent_session()
 async fn a_session_expiry_sent_on_disconnect_is_honoured() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = Gateway::start(&[]);
-    // CONNECT v5, clean start, username and password, Session Expiry 3600.
-    let mut body = Vec::new();
-    mqtt_str(b"MQTT", &mut body);
-    body.extend_from_slice(&[5, 0b1100_0010, 0, 30]);
-    body.extend_from_slice(&[5, 0x11, 0, 0, 0x0e, 0x10]);
-    mqtt_str(b"raw-expiry", &mut body);
-    mqtt_str(SUB_USER.as_bytes(), &mut body);
-    mqtt_str(SUB_PASS.as_bytes(), &mut body);
-    let connect = framed(0x10, &body);
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.mqtt_port))
-        .await
-        .unwrap();
-    s.write_all(&connect).await.unwrap();
-    let mut head = [0u8; 2];
-    s.read_exact(&mut head).await.unwrap();
-    assert_eq!(head[0], 0x20, "CONNACK");
-    let mut rest = vec![0u8; usize::from(head[1])];
-    s.read_exact(&mut rest).await.unwrap();
+    // CONNECT v5, clean start, Session Expiry 3600.
+    let mut s = raw_v5_connect(
+        gw.mqtt_port,
+        "raw-expiry",
+        0b1100_0010,
+        &[0x11, 0, 0, 0x0e, 0x10],
+    )
+    .await;
     wait_metric(&gw, "sealgate_persistent_sessions", |v| v == 1.0).await;
     // DISCONNECT 0x00 with Session Expiry Interval 0.
     s.write_all(&[0xe0, 0x07, 0x00, 0x05, 0x11, 0, 0, 0, 0])

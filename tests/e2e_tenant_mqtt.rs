@@ -25,8 +25,12 @@ async fn world() -> World {
         "[[users]]\nname = \"{SUB_USER}\"\npassword = \"{SUB_PASS}\"\n\n\
          [[users]]\nname = \"globex-wall\"\npassword = \"globex-pw\"\ntenant = \"globex\"\n"
     );
-    // An empty SEALGATE_USERS leaves the file's [[users]] in place.
-    let gw = Gateway::start_with_config(&toml, &[("SEALGATE_USERS", "")]);
+    // An empty SEALGATE_USERS leaves the file's [[users]] in place; unsealed
+    // traffic is allowed, so `unverified/` is covered too.
+    let gw = Gateway::start_with_config(
+        &toml,
+        &[("SEALGATE_USERS", ""), ("SEALGATE_ALLOW_UNSEALED", "true")],
+    );
     let (acme, dev_acme, dev_glob, dev_free) = gw
         .admin_call(|op| {
             let a = op.add_tenant("acme").unwrap();
@@ -299,4 +303,27 @@ async fn tenant_accounts_cannot_publish_and_a_deleted_one_is_disconnected() {
     assert_eq!(w.gw.metric("sealgate_persistent_sessions").await, 0.0);
     let (_, r) = Client::connect(w.gw.mqtt_port, "acme-tmp-3", "acme-tmp@acme", &pass).await;
     assert!(r.is_err(), "a deleted account cannot log in");
+}
+
+/// `unverified/` (unsealed payloads, allowed here) follows the mount like
+/// `clean/` and the events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_account_sees_only_its_own_unverified_payloads() {
+    let w = world().await;
+    let pass = account(&w.gw, &w.acme, "acme-raw").await;
+    let mut c = connect(&w.gw, "acme-raw-1", "acme-raw@acme", &pass, &["#"]).await;
+    for d in [&w.dev_glob, &w.dev_free, &w.dev_acme] {
+        let mut dev = Client::device(w.gw.mqtt_port, d).await;
+        let raw = format!("raw reading of {}", d.device_id);
+        dev.publish_acked(&format!("sealed/{}/t", d.device_id), raw.into_bytes())
+            .await;
+    }
+    // Published last, and the first (and only) thing acme's account sees.
+    assert_eq!(
+        c.next_publish().await,
+        (
+            "unverified/d-acme/t".into(),
+            b"raw reading of d-acme".to_vec()
+        )
+    );
 }

@@ -589,3 +589,28 @@ pub fn framed(first: u8, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(body);
     out
 }
+
+/// Sends a hand-written MQTT 5 CONNECT (clean start as `flags` says,
+/// `props` as its properties) for `id` with the subscriber account, and
+/// reads the CONNACK, which must be one. Returns the open stream.
+pub async fn raw_v5_connect(port: u16, id: &str, flags: u8, props: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut body = Vec::new();
+    mqtt_str(b"MQTT", &mut body);
+    body.extend_from_slice(&[5, flags, 0, 30]);
+    remaining_length(props.len(), &mut body);
+    body.extend_from_slice(props);
+    mqtt_str(id.as_bytes(), &mut body);
+    mqtt_str(SUB_USER.as_bytes(), &mut body);
+    mqtt_str(SUB_PASS.as_bytes(), &mut body);
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(&framed(0x10, &body)).await.unwrap();
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], 0x20, "CONNACK");
+    let mut rest = vec![0u8; usize::from(head[1])];
+    s.read_exact(&mut rest).await.unwrap();
+    s
+}
