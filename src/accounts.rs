@@ -269,7 +269,7 @@ mod tests {
     fn accounts_and_devices_share_one_namespace() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let registry = Registry::open_reserving(&db, ["dash"]).unwrap();
+        let registry = Registry::open_reserving(&db, ["dash"], 10).unwrap();
         let accounts = Accounts::open(
             &db,
             registry.clone(),

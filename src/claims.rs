@@ -355,7 +355,7 @@ impl Claims {
         };
         self.replays.flush()?;
         self.registry
-            .refreshed(id)
+            .refreshed(id, outcome == claim_outcome::AUTO_REGISTERED)
             .map_err(|_| ClaimError::Unavailable)?;
         Ok((answer, outcome))
     }

@@ -24,6 +24,7 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub ingest: IngestConfig,
     pub claims: ClaimsConfig,
+    pub registry: RegistryConfig,
     #[serde(default)]
     pub users: Vec<User>,
     /// Only from `SEALGATE_MASTER_KEY`; never read from a file here. Its
@@ -105,6 +106,14 @@ pub struct ClaimsConfig {
     pub pairing_code_ttl_secs: u64,
     /// Wrong claim codes a tenant may present per minute, then 429.
     pub bad_codes_per_minute: u32,
+}
+
+/// The device registry (`crate::registry`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Device records kept in memory; the others are read from disk.
+    pub cache_devices: usize,
 }
 
 /// How an ingest request names its device. The name is a claim until the
@@ -594,6 +603,9 @@ impl Config {
         if !(1..=10_000).contains(&self.claims.bad_codes_per_minute) {
             return invalid("claims.bad_codes_per_minute", "must be between 1 and 10000");
         }
+        if !(1..=100_000_000).contains(&self.registry.cache_devices) {
+            return invalid("registry.cache_devices", "must be between 1 and 100000000");
+        }
         if !(self.http.key_rate > 0.0 && self.http.key_rate.is_finite()) {
             return invalid("http.key_rate", "must be a positive number");
         }
@@ -897,6 +909,7 @@ mod tests {
                 "[claims]\nbad_codes_per_minute = 0\n",
                 "claims.bad_codes_per_minute",
             ),
+            ("[registry]\ncache_devices = 0\n", "registry.cache_devices"),
         ] {
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

@@ -169,7 +169,7 @@ impl Ingest {
         if cached.0 != generation {
             let mut pairs: Vec<LegacyKeys> = Vec::new();
             let mut more = false;
-            for d in self.registry.list() {
+            for d in self.registry.legacy_devices() {
                 let Some(sealed) = &d.legacy else { continue };
                 let Some(keys) = self.vault.open(&d.device_id, sealed) else {
                     continue;

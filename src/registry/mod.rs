@@ -1,25 +1,37 @@
 //! The device registry: who may connect and seal, under which key version.
 //!
-//! Records live in sled and are cached in memory, because the verifier and
-//! the front door consult them for every message and every CONNECT. Every
-//! change is a compare-and-swap on the stored record (or one transaction),
-//! and the cache is refreshed from sled after each write, so concurrent
-//! admin calls cannot lose an update or undo a revocation.
+//! Records live in sled. The verifier and the front door consult them for
+//! every message and every CONNECT, so the records of devices that are seen
+//! are cached in memory, up to `registry.cache_devices` of them; the rest
+//! stay on disk, because a fleet registers far more devices than are active
+//! at once (a million registered, ten thousand active, must not cost a
+//! million records of memory). What the rules need across all records
+//! (labels per tenant, legacy key sharing, counts) is a small [`Summary`]
+//! built at open and kept exact by every write.
+//!
+//! Every change is a compare-and-swap on the stored record (or one
+//! transaction), and the cache and summary are refreshed from sled after
+//! each write, so concurrent admin calls cannot lose an update or undo a
+//! revocation. A reader that misses the cache loads the record and caches it
+//! only if no write refreshed the registry meanwhile, so a revoked device can
+//! never come back as active from a load that raced its revocation.
 //! The registry stores no secret in the clear: v1 device keys are derived
 //! from the master key on demand (spec section 3); the imported keys of
 //! legacy devices are kept sealed by [`vault`].
 
 mod device;
+mod summary;
 pub mod vault;
 
 pub use device::{Device, DeviceState, KeyCheck, Profile, SealedKeys};
 
-use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::envelope::{normalise_device_id, Malformed};
+use summary::Summary;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -78,10 +90,16 @@ struct Inner {
     /// it for reading through its compare-and-swap, an account reservation
     /// for writing while it checks the tree, so the two cannot both win.
     reserved: RwLock<std::collections::HashSet<String>>,
-    cache: RwLock<HashMap<String, Device>>,
+    /// The records of devices seen lately (bounded; S3-FIFO eviction).
+    cache: quick_cache::sync::Cache<String, Arc<Device>>,
+    /// What the rules need from all records. Its write lock is also the
+    /// refresh lock: a refresh bumps `generation` and fixes the cache under
+    /// it, and a reader caches what it loaded under the read lock only if
+    /// `generation` has not moved since before its load.
+    summary: RwLock<Summary>,
     /// Bumped by every write, so readers that derive something from all
     /// records (the ingest's key pairs) know when to derive it again.
-    generation: std::sync::atomic::AtomicU64,
+    generation: AtomicU64,
     /// Held while a label or an owner changes: labels are unique per
     /// tenant, across records, which no single compare-and-swap can check.
     labels: std::sync::Mutex<()>,
@@ -89,40 +107,37 @@ struct Inner {
 
 const MAX_LABEL: usize = 200;
 
+/// How many device records stay cached when the configuration does not say.
+pub const DEFAULT_CACHE_DEVICES: usize = 100_000;
+
 impl Registry {
     pub const TREE: &'static str = "devices";
 
-    /// Opens the registry and loads every record into memory.
+    /// Opens the registry (reads every record once, for the summary).
     pub fn open(db: &sled::Db) -> Result<Registry, RegistryError> {
-        Self::open_reserving(db, std::iter::empty::<&str>())
+        Self::open_reserving(db, std::iter::empty::<&str>(), DEFAULT_CACHE_DEVICES)
     }
 
     /// Like [`Registry::open`], refusing device ids equal to `reserved`
-    /// (normalised subscriber account names).
+    /// (normalised subscriber account names), caching up to `cache_devices`
+    /// records.
     pub fn open_reserving<'a>(
         db: &sled::Db,
         reserved: impl IntoIterator<Item = &'a str>,
+        cache_devices: usize,
     ) -> Result<Registry, RegistryError> {
         let reserved = reserved
             .into_iter()
             .filter_map(|n| normalise_device_id(n).ok())
             .collect();
         let tree = db.open_tree(Self::TREE)?;
-        let mut cache = HashMap::new();
-        for item in tree.iter() {
-            let (_, v) = item?;
-            match serde_json::from_slice::<Device>(&v) {
-                Ok(d) => {
-                    cache.insert(d.device_id.clone(), d);
-                }
-                Err(e) => tracing::error!(error = %e, "Skipping unreadable device record."),
-            }
-        }
+        let summary = Summary::load(&tree)?;
         Ok(Registry {
             inner: Arc::new(Inner {
                 reserved: RwLock::new(reserved),
                 tree,
-                cache: RwLock::new(cache),
+                cache: quick_cache::sync::Cache::new(cache_devices.max(1)),
+                summary: RwLock::new(summary),
                 generation: Default::default(),
                 labels: Default::default(),
             }),
@@ -171,64 +186,121 @@ impl Registry {
         }
     }
 
-    fn cache(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Device>> {
-        self.inner.cache.read().unwrap_or_else(|e| e.into_inner())
+    fn summary(&self) -> std::sync::RwLockReadGuard<'_, Summary> {
+        self.inner.summary.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The record of an already normalised id: from the cache, or loaded
+    /// from sled and cached. A store error reads as "no such device", which
+    /// every caller refuses (fail closed).
+    fn load(&self, device_id: &str) -> Option<Arc<Device>> {
+        if let Some(d) = self.inner.cache.get(device_id) {
+            return Some(d);
+        }
+        let before = self.generation();
+        let bytes = match self.inner.tree.get(device_id.as_bytes()) {
+            Ok(b) => b?,
+            Err(e) => {
+                tracing::error!(error = %e, "Device record unreadable: store unavailable.");
+                return None;
+            }
+        };
+        #[cfg(test)]
+        if let Some(between) = races::AFTER_LOAD.with(|h| h.borrow_mut().take()) {
+            between();
+        }
+        let device = match serde_json::from_slice::<Device>(&bytes) {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                tracing::error!(error = %e, "Skipping unreadable device record.");
+                return None;
+            }
+        };
+        let _refreshes = self.summary();
+        if self.generation() == before {
+            self.inner
+                .cache
+                .insert(device.device_id.clone(), device.clone());
+        }
+        Some(device)
     }
 
     /// Looks a device up by an already normalised id.
     pub fn get(&self, device_id: &str) -> Option<Device> {
-        self.cache().get(device_id).cloned()
+        self.load(device_id).map(|d| Device::clone(&d))
     }
 
-    /// Runs `f` on the cached record without cloning it (hot path).
+    /// Runs `f` on the record without cloning it (hot path).
     pub fn with<R>(&self, device_id: &str, f: impl FnOnce(Option<&Device>) -> R) -> R {
-        f(self.cache().get(device_id))
+        f(self.load(device_id).as_deref())
     }
 
     /// Changes whenever a record may have changed.
     pub fn generation(&self) -> u64 {
-        self.inner
-            .generation
-            .load(std::sync::atomic::Ordering::Acquire)
+        self.inner.generation.load(Ordering::Acquire)
     }
 
+    /// Every record, read from sled in id order (an admin listing, not a
+    /// hot path).
     pub fn list(&self) -> Vec<Device> {
-        let mut all: Vec<Device> = self.cache().values().cloned().collect();
-        all.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-        all
+        self.inner
+            .tree
+            .iter()
+            .values()
+            .filter_map(|v| {
+                let v = v
+                    .map_err(|e| tracing::error!(error = %e, "Device listing cut short."))
+                    .ok()?;
+                serde_json::from_slice::<Device>(&v).ok()
+            })
+            .collect()
+    }
+
+    /// The records of devices on the legacy profile.
+    pub fn legacy_devices(&self) -> Vec<Device> {
+        let ids = self.summary().legacy_ids();
+        ids.iter().filter_map(|id| self.get(id)).collect()
     }
 
     pub fn count_by_state(&self) -> (u64, u64) {
-        let cache = self.cache();
-        let revoked = cache
-            .values()
-            .filter(|d| d.state == DeviceState::Revoked)
-            .count() as u64;
-        (cache.len() as u64 - revoked, revoked)
+        self.summary().counts()
     }
 
-    /// Makes the cache show what sled now holds for `ids`. Run after every
-    /// successful write and under the cache lock, so when writers race the
-    /// last refresh reads the last write: the cache can never keep an older
-    /// record than the store (a stale "active" would let a revoked device in).
-    fn refresh(&self, ids: &[&str]) -> Result<(), RegistryError> {
-        let mut cache = self.inner.cache.write().unwrap_or_else(|e| e.into_inner());
-        self.inner
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    /// Makes the cache and the summary show what sled now holds for `ids`.
+    /// Run after every successful write, under the summary's write lock, so
+    /// when writers race the last refresh reads the last write: the cache can
+    /// never keep an older record than the store (a stale "active" would let
+    /// a revoked device in). `inserted` counts the ids that are new records.
+    fn refresh(&self, ids: &[&str], inserted: u64) -> Result<(), RegistryError> {
+        let mut summary = self
+            .inner
+            .summary
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        self.inner.generation.fetch_add(1, Ordering::Release);
+        summary.inserted(inserted);
         for id in ids {
-            match self.inner.tree.get(id.as_bytes())? {
-                Some(bytes) => match serde_json::from_slice::<Device>(&bytes) {
-                    Ok(d) => {
-                        cache.insert(d.device_id.clone(), d);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "Unreadable device record after a write.");
-                        cache.remove(*id);
-                    }
-                },
+            let stored = match self.inner.tree.get(id.as_bytes()) {
+                Ok(Some(bytes)) => serde_json::from_slice::<Device>(&bytes)
+                    .map_err(
+                        |e| tracing::error!(error = %e, "Unreadable device record after a write."),
+                    )
+                    .ok(),
+                Ok(None) => None,
+                Err(e) => {
+                    // The cache must not outlive what we could not read.
+                    self.inner.cache.remove(*id);
+                    return Err(e.into());
+                }
+            };
+            summary.update(id, stored.as_ref());
+            match stored {
+                Some(d) if self.inner.cache.contains_key(*id) => {
+                    self.inner.cache.insert(d.device_id.clone(), Arc::new(d));
+                }
+                Some(_) => {}
                 None => {
-                    cache.remove(*id);
+                    self.inner.cache.remove(*id);
                 }
             }
         }
@@ -275,12 +347,10 @@ impl Registry {
     /// Whether another device of `owner` has the non-empty `label`. Devices
     /// without owner (the operator's) have no such rule.
     fn label_taken(&self, owner: Option<&str>, label: &str, except: &str) -> bool {
-        if owner.is_none() || label.is_empty() {
-            return false;
+        match owner {
+            Some(owner) if !label.is_empty() => self.summary().label_taken(owner, label, except),
+            _ => false,
         }
-        self.cache()
-            .values()
-            .any(|d| d.device_id != except && d.owner.as_deref() == owner && d.label == label)
     }
 
     /// Whether `d` shares its legacy keys with a device of a tenant other
@@ -290,11 +360,8 @@ impl Registry {
         let Some(fp) = &d.legacy_fingerprint else {
             return false;
         };
-        self.cache().values().any(|o| {
-            o.device_id != d.device_id
-                && o.legacy_fingerprint.as_ref() == Some(fp)
-                && o.owner.as_deref().is_some_and(|t| t != owner)
-        })
+        self.summary()
+            .shares_keys_elsewhere(&d.device_id, fp, owner)
     }
 
     /// Gives the device to `owner`, or takes it from its owner (`None`).
@@ -355,8 +422,9 @@ impl Registry {
         self.label_taken(Some(owner), label, except)
     }
 
-    pub(crate) fn refreshed(&self, id: &str) -> Result<(), RegistryError> {
-        self.refresh(&[id])
+    /// `inserted`: the transaction created the record (auto-register).
+    pub(crate) fn refreshed(&self, id: &str, inserted: bool) -> Result<(), RegistryError> {
+        self.refresh(&[id], inserted as u64)
     }
 
     /// Moves a legacy device to v1: its imported keys are deleted from the
@@ -409,7 +477,7 @@ impl Registry {
             })?;
         self.inner.tree.flush()?;
         let ids: Vec<&str> = records.iter().map(|(d, _)| d.device_id.as_str()).collect();
-        self.refresh(&ids)?;
+        self.refresh(&ids, ids.len() as u64)?;
         Ok(records.into_iter().map(|(d, _)| d).collect())
     }
 
@@ -444,7 +512,7 @@ impl Registry {
             return Err(RegistryError::Exists);
         }
         self.inner.tree.flush()?;
-        self.refresh(&[&device.device_id])?;
+        self.refresh(&[&device.device_id], 1)?;
         Ok(device)
     }
 
@@ -493,7 +561,7 @@ impl Registry {
             }
         };
         self.inner.tree.flush()?;
-        self.refresh(&[&id])?;
+        self.refresh(&[&id], 0)?;
         Ok(device)
     }
 
@@ -577,7 +645,7 @@ mod tests {
         assert_eq!(d.check_kid(2, 9999), KeyCheck::Valid);
         assert_eq!(d.check_kid(3, 0), KeyCheck::UnknownKid);
         r.rename(Scope::All, "esp32-a1", "roof".into()).unwrap();
-        let reserving = Registry::open_reserving(&db, ["Dash"]).unwrap();
+        let reserving = Registry::open_reserving(&db, ["Dash"], 10).unwrap();
         assert!(matches!(
             reserving.add("dash", None, 1),
             Err(RegistryError::Reserved)
@@ -605,9 +673,60 @@ mod tests {
 }
 
 #[cfg(test)]
+mod large {
+    use super::*;
+
+    /// With far more devices than cached records, lookups, counts and the
+    /// per-tenant label rule still see every record, before and after a
+    /// reopen (which rebuilds the summary from sled).
+    #[test]
+    fn a_registry_larger_than_its_cache_keeps_every_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let ids: Vec<String> = (0..500).map(|i| format!("d{i:03}")).collect();
+        {
+            let r = Registry::open_reserving(&db, std::iter::empty::<&str>(), 8).unwrap();
+            r.add_many(&ids, 1).unwrap();
+            r.set_owner("d001", Some("acme"), 2).unwrap();
+            r.rename(Scope::All, "d001", "roof".into()).unwrap();
+            r.set_owner("d002", Some("acme"), 2).unwrap();
+            assert!(matches!(
+                r.rename(Scope::Tenant("acme"), "d002", "roof".into()),
+                Err(RegistryError::LabelTaken)
+            ));
+            r.revoke(Scope::All, "d499", 3).unwrap();
+            assert_eq!(r.count_by_state(), (499, 1));
+        }
+        let r = Registry::open_reserving(&db, std::iter::empty::<&str>(), 8).unwrap();
+        assert_eq!(r.count_by_state(), (499, 1));
+        for id in &ids {
+            assert_eq!(r.get(id).unwrap().device_id, *id);
+        }
+        assert!(r.get("d500").is_none());
+        assert!(matches!(
+            r.rename(Scope::Tenant("acme"), "d002", "roof".into()),
+            Err(RegistryError::LabelTaken)
+        ));
+        // The label is free again once its holder changes hands.
+        r.set_owner("d001", None, 4).unwrap();
+        r.rename(Scope::Tenant("acme"), "d002", "roof".into())
+            .unwrap();
+        assert_eq!(r.list().len(), 500);
+        assert_eq!(r.get("d499").unwrap().state, DeviceState::Revoked);
+    }
+}
+
+#[cfg(test)]
 mod races {
     use super::*;
     use std::sync::Barrier;
+
+    thread_local! {
+        /// Runs once inside the next cache miss, between reading the record
+        /// and caching it.
+        pub(super) static AFTER_LOAD: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+            const { std::cell::RefCell::new(None) };
+    }
 
     /// Runs `a` and `b` on two threads released together, `rounds` times,
     /// each round on a fresh device, then checks the stored record (read
@@ -678,6 +797,27 @@ mod races {
                 assert_eq!(d.revoked_at_ms, Some(5));
             },
         );
+    }
+
+    /// A reader that loaded the record just before it was revoked must not
+    /// cache the active record it read: the revocation runs between the
+    /// load and the caching.
+    #[test]
+    fn a_load_racing_a_revoke_never_caches_the_device_as_active() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let r = Registry::open(&db).unwrap();
+        r.add("d1", None, 1).unwrap();
+        let revoker = r.clone();
+        AFTER_LOAD.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                revoker.revoke(Scope::All, "d1", 5).unwrap();
+            }))
+        });
+        // This read saw the record from before the revocation; fine for it.
+        assert_eq!(r.get("d1").unwrap().state, DeviceState::Active);
+        assert_eq!(r.get("d1").unwrap().state, DeviceState::Revoked);
+        assert_eq!(r.count_by_state(), (0, 1));
     }
 
     #[test]
