@@ -670,6 +670,18 @@ impl Config {
                 "must not be under or above another topic prefix",
             );
         }
+        // Nothing the gateway publishes may land under the sealed prefix:
+        // wildcard filters such as `#` are granted because no sealed topic
+        // ever enters the router (`front_door::acl`).
+        if all[1..]
+            .iter()
+            .any(|p| crate::topic::under(p, &t.sealed) || crate::topic::under(&t.sealed, p))
+        {
+            return invalid(
+                "topics.sealed",
+                "must not be under or above another topic prefix",
+            );
+        }
         if self.router.max_segment_size < 1024 || self.router.max_segment_count == 0 {
             return invalid(
                 "router",
@@ -943,6 +955,11 @@ mod tests {
             ("[topics]\nevents = \"a/\"\n", "topics.events"),
             ("[topics]\ntenants = \"clean/t\"\n", "topics.tenants"),
             ("[topics]\nunverified = \"sealed\"\n", "topics"),
+            ("[topics]\nclean = \"sealed/clean\"\n", "topics.sealed"),
+            (
+                "[topics]\nsealed = \"sealgate/events/s\"\n",
+                "topics.sealed",
+            ),
             (
                 "[acl]\nsubscriber_subscribe = [\"$share/g\"]\n",
                 "acl.subscriber_subscribe",
