@@ -52,6 +52,9 @@ pub struct MqttConfig {
     pub max_packet_bytes: usize,
     pub connect_timeout_ms: u64,
     pub refuse_tokens_without_expiry: bool,
+    /// Aliases an MQTT 5 client may set per connection; each keeps one
+    /// topic name (at most a packet long) for the connection's life.
+    pub topic_alias_maximum: u16,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -9,6 +9,7 @@
 // The topic rules and client roles are public for the fuzz targets
 // (fuzz/harness.rs), which judge arbitrary topics with them; framing too.
 pub mod acl;
+mod alias;
 pub mod auth;
 mod connect;
 mod error;

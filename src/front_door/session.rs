@@ -120,6 +120,8 @@ pub(super) struct Session<P> {
     /// Streams this device's connection already published on: only a new
     /// one asks the shared `limits::Streams`.
     pub(super) streams_used: HashSet<String>,
+    /// The topic aliases this client set (MQTT 5).
+    pub(super) aliases: super::alias::Aliases,
 }
 
 /// QoS 1 and 2 messages written to the client that it has not acknowledged
@@ -158,6 +160,7 @@ impl<P: Protocol + Clone> Session<P> {
         login: Login,
     ) -> Session<P> {
         let timeout = Duration::from_secs(ctx.config.limits.write_timeout_secs);
+        let ctx_alias_max = ctx.config.mqtt.topic_alias_maximum;
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let mut subs = subscriptions::Subscriptions::new(
             ctx.subscriptions.clone(),
@@ -189,6 +192,7 @@ impl<P: Protocol + Clone> Session<P> {
             pending_subacks: HashMap::new(),
             subs,
             streams_used: HashSet::new(),
+            aliases: super::alias::Aliases::new(ctx_alias_max),
         }
     }
 }
