@@ -220,7 +220,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         .filter(|m| *m > 0)
         .map(|m| usize::try_from(m).unwrap_or(usize::MAX));
     drop(props);
-    drop(will_props);
+    let will_delay = will_props.and_then(|p| p.delay_interval).unwrap_or(0);
     let username = login.as_ref().map(|l| l.username.as_str()).unwrap_or("");
     let admitted = admit(&ctx, &connect, will.as_ref(), login.as_ref());
     let (role, router_client_id, assigned) = match admitted {
@@ -317,6 +317,8 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         None => CancellationToken::new(),
     };
     let serial = ctx.sessions.take_over(&role, taken_over.clone());
+    // Back in time: the will of its lost connection is not published.
+    ctx.wills.cancel(&router_client_id);
     tracing::debug!(client_id = ?connect.client_id, role = ?role, "Connected.");
     let rate = match &role {
         Role::Device(_) if ctx.config.limits.device_rate > 0.0 => Some(limits::RateLimit::new(
@@ -347,6 +349,12 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         }
         Role::Device(_) => None,
     };
+    // A will waits for its delay at most until the session ends.
+    let session_secs = match &durable {
+        Some(d) => d.record.expiry_secs,
+        None => u64::from(expiry.unwrap_or(0)).min(ctx.persistent.config().max_expiry_secs),
+    };
+    let will_delay = Duration::from_secs(u64::from(will_delay).min(session_secs));
     let role_for_release = role.clone();
     let sessions = ctx.clone();
     let feed = durable.map(|d| {
@@ -372,6 +380,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         feed,
         max_packet,
         mount,
+        will_delay,
     };
     Session::new(ctx, proto, v5, stream, buf, login)
         .run(connack)

@@ -266,7 +266,7 @@ impl<P: Protocol> Session<P> {
             .await
     }
 
-    /// Hands an account's publish (or will) to the outbox, through the
+    /// Hands an account's publish to the outbox, through the
     /// verifier's queue so that it is logged in order with everything else;
     /// acknowledged once durable, like a sealed one.
     pub(super) async fn relay(&mut self, publish: Publish, qos: u8, ack: Option<AckTo>) {

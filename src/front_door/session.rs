@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::protocol::{Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol, Publish};
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol};
 use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -84,6 +84,9 @@ pub(super) struct Login {
     /// Its filters are filed under it and what it receives has it stripped,
     /// so it sees its tenant's devices only, whatever filter it uses.
     pub mount: Option<String>,
+    /// How long the will waits after the connection is lost (MQTT 5 Will
+    /// Delay Interval, capped at the session's expiry); zero: at once.
+    pub will_delay: Duration,
 }
 
 pub(super) struct Session<P> {
@@ -511,15 +514,9 @@ impl<P: Protocol> Session<P> {
             feed.detach();
         }
         if let (End::Lost, Some(will)) = (end, self.login.will.take()) {
-            let publish = Publish::new(will.topic, will.message, will.retain);
-            let qos = will.qos as u8;
-            if self.is_sealed(&publish.topic) {
-                self.hand_to_verifier(publish, None).await;
-            } else {
-                // Logged in the outbox like any account publish, so
-                // persistent sessions get it too.
-                self.relay(publish, qos, None).await;
-            }
+            let sealed = self.is_sealed(&will.topic);
+            let (id, delay) = (&self.login.router_client_id, self.login.will_delay);
+            super::wills::publish(&self.ctx, id, will, sealed, delay).await;
         }
         if let Some((tx, _)) = self.login.link.as_mut() {
             let d = Disconnect {
