@@ -53,8 +53,16 @@ pub struct MqttConfig {
     pub connect_timeout_ms: u64,
     pub refuse_tokens_without_expiry: bool,
     /// Aliases an MQTT 5 client may set per connection; each keeps one
-    /// topic name (at most a packet long) for the connection's life.
-    pub topic_alias_maximum: u16,
+    /// topic name (at most a packet long) for the connection's life. At
+    /// most 65,535 (validated, so that a bad value names its key).
+    pub topic_alias_maximum: u32,
+}
+
+impl MqttConfig {
+    /// `topic_alias_maximum` as the CONNACK carries it.
+    pub fn topic_alias_max(&self) -> u16 {
+        u16::try_from(self.topic_alias_maximum).unwrap_or(u16::MAX)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -634,6 +642,9 @@ impl Config {
         if self.mqtt.max_packet_bytes < 64 {
             return invalid("mqtt.max_packet_bytes", "must be at least 64");
         }
+        if u16::try_from(self.mqtt.topic_alias_maximum).is_err() {
+            return invalid("mqtt.topic_alias_maximum", "must be at most 65535");
+        }
         for (key, prefix) in [
             ("topics.sealed", &self.topics.sealed),
             ("topics.clean", &self.topics.clean),
@@ -849,6 +860,9 @@ mod tests {
         std::fs::write(&p, "[verifier]\nwindwo = 3\n").unwrap();
         let err = Config::load(Some(&p), &[]).unwrap_err().to_string();
         assert!(err.contains("windwo"), "{err}");
+        std::fs::write(&p, "[mqtt]\ntopic_alias_maximum = 65536\n").unwrap();
+        let err = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(err.contains("mqtt.topic_alias_maximum"), "{err}");
     }
 
     #[test]

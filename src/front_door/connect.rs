@@ -426,7 +426,7 @@ fn tell_capabilities(connack: &mut Packet, mqtt: &crate::config::MqttConfig, sha
     let props = props.get_or_insert_with(Default::default);
     props.receive_max = Some(super::publish::RECEIVE_MAXIMUM);
     props.max_packet_size = Some(u32::try_from(mqtt.max_packet_bytes).unwrap_or(u32::MAX));
-    props.topic_alias_max = Some(mqtt.topic_alias_maximum);
+    props.topic_alias_max = Some(mqtt.topic_alias_max());
     props.retain_available = Some(1);
     props.wildcard_subscription_available = Some(1);
     props.subscription_identifiers_available = Some(0);
