@@ -266,8 +266,8 @@ impl<P: Protocol> Session<P> {
             .await
     }
 
-    /// Hands an account's publish to the outbox, through the
-    /// verifier's queue so that it is logged in order with everything else;
+    /// Hands an account's publish to the outbox, through the verifier's
+    /// queue so that it is logged in order with everything else;
     /// acknowledged once durable, like a sealed one.
     pub(super) async fn relay(&mut self, publish: Publish, qos: u8, ack: Option<AckTo>) {
         let acked = ack.is_some();

@@ -163,7 +163,7 @@ impl<P: Protocol + Clone> Session<P> {
         login: Login,
     ) -> Session<P> {
         let timeout = Duration::from_secs(ctx.config.limits.write_timeout_secs);
-        let ctx_alias_max = ctx.config.mqtt.topic_alias_max();
+        let alias_max = ctx.config.mqtt.topic_alias_max();
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let mut subs = subscriptions::Subscriptions::new(
             ctx.subscriptions.clone(),
@@ -195,7 +195,7 @@ impl<P: Protocol + Clone> Session<P> {
             pending_subacks: HashMap::new(),
             subs,
             streams_used: HashSet::new(),
-            aliases: super::alias::Aliases::new(ctx_alias_max),
+            aliases: super::alias::Aliases::new(alias_max),
         }
     }
 }
