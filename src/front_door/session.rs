@@ -514,9 +514,13 @@ impl<P: Protocol> Session<P> {
             feed.detach();
         }
         if let (End::Lost, Some(will)) = (end, self.login.will.take()) {
-            let sealed = self.is_sealed(&will.topic);
-            let (id, delay) = (&self.login.router_client_id, self.login.will_delay);
-            super::wills::publish(&self.ctx, id, will, sealed, delay).await;
+            let will = super::wills::Will {
+                sealed: self.is_sealed(&will.topic),
+                will,
+                delay: self.login.will_delay,
+            };
+            let (id, taken_over) = (&self.login.router_client_id, &self.login.taken_over);
+            super::wills::publish(&self.ctx, id, taken_over, will).await;
         }
         if let Some((tx, _)) = self.login.link.as_mut() {
             let d = Disconnect {

@@ -40,15 +40,23 @@ impl Wills {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Files a will of `id` to wait; one filed before it is dropped (a
+    /// Files a will of `id` to wait; `None` when a newer connection of it
+    /// has taken over already (`taken_over` cancelled). Asked under the
+    /// lock `cancel` takes, and a new connection takes over before it
+    /// cancels, so a connection arriving while the old session ends
+    /// cannot miss the will it must drop. One filed before is dropped (a
     /// connection came in between, which should have dropped it already).
-    fn wait(&self, id: &str) -> (u64, CancellationToken) {
+    fn wait(&self, id: &str, taken_over: &CancellationToken) -> Option<(u64, CancellationToken)> {
+        let mut pending = self.lock();
+        if taken_over.is_cancelled() {
+            return None;
+        }
         let serial = self.next.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
-        if let Some((_, old)) = self.lock().insert(id.to_owned(), (serial, token.clone())) {
+        if let Some((_, old)) = pending.insert(id.to_owned(), (serial, token.clone())) {
             old.cancel();
         }
-        (serial, token)
+        Some((serial, token))
     }
 
     /// Forgets the will filed as `serial`, unless a newer one replaced it.
@@ -60,21 +68,37 @@ impl Wills {
     }
 }
 
-/// Publishes the will of the session of router client id `id`, which ended
-/// without DISCONNECT: after `delay` (already capped at the session's
-/// expiry) unless its client reconnects first, or at once.
+/// The will of a session that ended without DISCONNECT, and when it goes.
+pub(super) struct Will {
+    pub will: LastWill,
+    /// Its topic is under the sealed prefix.
+    pub sealed: bool,
+    /// How long it waits (already capped at the session's expiry).
+    pub delay: Duration,
+}
+
+/// Publishes `will` of the session of router client id `id`: after its
+/// delay unless its client reconnects first (`taken_over` is the session's
+/// takeover token: cancelled, a newer connection is there already), or at
+/// once.
 pub(super) async fn publish(
     ctx: &Arc<Context>,
     id: &str,
-    will: LastWill,
-    sealed: bool,
-    delay: Duration,
+    taken_over: &CancellationToken,
+    will: Will,
 ) {
+    let Will {
+        will,
+        sealed,
+        delay,
+    } = will;
     if delay.is_zero() {
         send(ctx, will, sealed).await;
         return;
     }
-    let (serial, reconnected) = ctx.wills.wait(id);
+    let Some((serial, reconnected)) = ctx.wills.wait(id, taken_over) else {
+        return;
+    };
     let ctx = ctx.clone();
     let id = id.to_owned();
     tokio::spawn(async move {
@@ -109,4 +133,23 @@ async fn send(ctx: &Context, will: LastWill, sealed: bool) {
         Input::Relay(m)
     };
     let _ = ctx.verifier.send(input).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race a socket cannot reach: the client's new connection took
+    /// over while its old session was ending, before the will was filed.
+    #[test]
+    fn a_will_filed_after_a_takeover_is_dropped() {
+        let wills = Wills::default();
+        let old = CancellationToken::new();
+        let (_, waiting) = wills.wait("u.1.a.c", &old).expect("filed");
+        wills.cancel("u.1.a.c");
+        assert!(waiting.is_cancelled(), "a connection drops a waiting will");
+        old.cancel();
+        assert!(wills.wait("u.1.a.c", &old).is_none(), "taken over first");
+        assert!(wills.lock().is_empty());
+    }
 }
