@@ -240,6 +240,7 @@ pub async fn run(
             metrics.clone(),
         )),
         persistent: persistent.clone(),
+        wills: Default::default(),
     });
     let tracker = TaskTracker::new();
     let mut extra_addrs = String::new();

@@ -53,6 +53,17 @@ pub struct MqttConfig {
     pub max_packet_bytes: usize,
     pub connect_timeout_ms: u64,
     pub refuse_tokens_without_expiry: bool,
+    /// Aliases an MQTT 5 client may set per connection; each keeps one
+    /// topic name (at most a packet long) for the connection's life. At
+    /// most 65,535 (validated, so that a bad value names its key).
+    pub topic_alias_maximum: u32,
+}
+
+impl MqttConfig {
+    /// `topic_alias_maximum` as the CONNACK carries it.
+    pub fn topic_alias_max(&self) -> u16 {
+        u16::try_from(self.topic_alias_maximum).unwrap_or(u16::MAX)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -643,6 +654,9 @@ impl Config {
         if self.mqtt.max_packet_bytes < 64 {
             return invalid("mqtt.max_packet_bytes", "must be at least 64");
         }
+        if u16::try_from(self.mqtt.topic_alias_maximum).is_err() {
+            return invalid("mqtt.topic_alias_maximum", "must be at most 65535");
+        }
         for (key, prefix) in [
             ("topics.sealed", &self.topics.sealed),
             ("topics.clean", &self.topics.clean),
@@ -679,6 +693,18 @@ impl Config {
         {
             return invalid(
                 "topics.tenants",
+                "must not be under or above another topic prefix",
+            );
+        }
+        // Nothing the gateway publishes may land under the sealed prefix:
+        // wildcard filters such as `#` are granted because no sealed topic
+        // ever enters the router (`front_door::acl`).
+        if all[1..]
+            .iter()
+            .any(|p| crate::topic::under(p, &t.sealed) || crate::topic::under(&t.sealed, p))
+        {
+            return invalid(
+                "topics.sealed",
                 "must not be under or above another topic prefix",
             );
         }
@@ -846,6 +872,9 @@ mod tests {
         std::fs::write(&p, "[verifier]\nwindwo = 3\n").unwrap();
         let err = Config::load(Some(&p), &[]).unwrap_err().to_string();
         assert!(err.contains("windwo"), "{err}");
+        std::fs::write(&p, "[mqtt]\ntopic_alias_maximum = 65536\n").unwrap();
+        let err = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(err.contains("mqtt.topic_alias_maximum"), "{err}");
     }
 
     #[test]
@@ -956,6 +985,11 @@ mod tests {
             ("[topics]\nevents = \"a/\"\n", "topics.events"),
             ("[topics]\ntenants = \"clean/t\"\n", "topics.tenants"),
             ("[topics]\nunverified = \"sealed\"\n", "topics"),
+            ("[topics]\nclean = \"sealed/clean\"\n", "topics.sealed"),
+            (
+                "[topics]\nsealed = \"sealgate/events/s\"\n",
+                "topics.sealed",
+            ),
             (
                 "[acl]\nsubscriber_subscribe = [\"$share/g\"]\n",
                 "acl.subscriber_subscribe",

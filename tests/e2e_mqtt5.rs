@@ -108,7 +108,7 @@ fn announced(max_packet: u32, shared: u8) -> ConnAckProperties {
     ConnAckProperties {
         receive_max: Some(100),
         max_packet_size: Some(max_packet),
-        topic_alias_max: Some(0),
+        topic_alias_max: Some(10),
         retain_available: Some(1),
         wildcard_subscription_available: Some(1),
         subscription_identifiers_available: Some(0),

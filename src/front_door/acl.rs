@@ -6,8 +6,16 @@
 //! * A subscriber account subscribes within its grants (default `clean/#`,
 //!   `sealgate/events/#`) and publishes only where granted (default nowhere).
 //! * Nobody but the gateway publishes under the prefixes it publishes
-//!   under (clean, events, unverified, tenants), nobody but the verifier
-//!   reads the sealed prefix, and nobody reads the tenants' mounts directly.
+//!   under (clean, events, unverified, tenants), and nobody subscribes to
+//!   the sealed prefix by name: sealed traffic goes to the verifier and
+//!   never enters the router (config validation keeps every other prefix
+//!   out of it), so a wildcard that could match it, such as `#`, receives
+//!   no sealed message and is judged by the grants alone.
+//! * The tenants' mounts are all or nothing: an account whose grants cover
+//!   the whole mount (`#`, `+/#`, `tenants/#`) may read it, copies included
+//!   (it can read the originals anyway); any other client's filter that
+//!   could match the mount is refused, because the router has no way to
+//!   hand a filter everything but the mount.
 //!
 //! Wildcard filters are judged by every topic they could match, so `#`,
 //! `+/+/#` or `clean/+` are refused to a device; a shared subscription
@@ -27,6 +35,8 @@ use crate::topic::{self, overlaps, under};
 struct Grants {
     subscribe: Vec<String>,
     publish: Vec<String>,
+    /// Whether `subscribe` covers the tenants' whole mount.
+    mount: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -76,14 +86,18 @@ impl Acl {
                     let none = Grants {
                         subscribe: Vec::new(),
                         publish: Vec::new(),
+                        mount: false,
                     };
                     return (u.name.clone(), none);
                 }
+                let subscribe = u
+                    .subscribe
+                    .clone()
+                    .unwrap_or_else(|| acl.subscriber_subscribe.clone());
+                let whole_mount = format!("{}/#", topics.tenants);
                 let g = Grants {
-                    subscribe: u
-                        .subscribe
-                        .clone()
-                        .unwrap_or_else(|| acl.subscriber_subscribe.clone()),
+                    mount: subscribe.iter().any(|s| within(&whole_mount, s, None)),
+                    subscribe,
                     publish: u
                         .publish
                         .clone()
@@ -107,6 +121,12 @@ impl Acl {
             || under(topic, &self.topics.events)
             || under(topic, &self.topics.unverified)
             || under(topic, &self.topics.tenants)
+    }
+
+    /// Whether every topic `filter` could match is under the sealed prefix
+    /// (`sealed/#`, `sealed/+/t`, `sealed`).
+    fn names_sealed(&self, filter: &str) -> bool {
+        within(filter, &format!("{}/#", self.topics.sealed), None)
     }
 
     /// Whether `topic` is `{sealed}/{raw id}[/...]` with `raw id` naming
@@ -154,21 +174,26 @@ impl Acl {
         let Ok(filter) = topic::filter(filter) else {
             return false;
         };
-        // Nobody reads the sealed prefix, or the tenants' mounts directly: a
-        // tenant's accounts reach their own mount only through the front
-        // door's mapping.
-        if overlaps(filter, &self.topics.sealed) || overlaps(filter, &self.topics.tenants) {
-            return false;
-        }
+        let sealed = overlaps(filter, &self.topics.sealed);
+        let mount = overlaps(filter, &self.topics.tenants);
         match role {
-            Role::Device(id) => self
-                .device_subscribe
-                .iter()
-                .any(|g| within(filter, g, Some(id))),
-            Role::Subscriber(name) => self
-                .users
-                .get(name)
-                .is_some_and(|g| g.subscribe.iter().any(|s| within(filter, s, None))),
+            // A device's filters stay clear of both, whatever is configured.
+            Role::Device(id) => {
+                !sealed
+                    && !mount
+                    && self
+                        .device_subscribe
+                        .iter()
+                        .any(|g| within(filter, g, Some(id)))
+            }
+            Role::Subscriber(name) => {
+                // Nothing is ever published there in the router: a filter
+                // naming it is a mistake, told as a refusal.
+                !(sealed && self.names_sealed(filter))
+                    && self.users.get(name).is_some_and(|g| {
+                        (g.mount || !mount) && g.subscribe.iter().any(|s| within(filter, s, None))
+                    })
+            }
         }
     }
 }
@@ -195,6 +220,14 @@ mod tests {
                 name: "dash".into(),
                 password: "x".into(),
                 subscribe: None,
+                publish: None,
+                slow_subscriber: None,
+                tenant: None,
+            },
+            User {
+                name: "narrow".into(),
+                password: "x".into(),
+                subscribe: Some(vec!["+/+/clean/#".into(), "+/+/cmd/#".into(), "x/#".into()]),
                 publish: None,
                 slow_subscriber: None,
                 tenant: None,
@@ -276,17 +309,9 @@ mod tests {
         assert!(!a.may_subscribe(&dash, "$share/g/clean/#/x"));
         assert!(!a.may_publish(&dash, "clean/esp32-a1/t"));
         assert!(!a.may_publish(&dash, "anything"));
-        // Even a grant of everything never opens the reserved prefixes.
+        // Even a grant of everything never opens the reserved prefixes to
+        // publishing.
         let ops = Role::Subscriber("ops".into());
-        assert!(a.may_subscribe(&ops, "cmd/#"));
-        assert!(a.may_subscribe(&ops, "$share/g/cmd/#"));
-        assert!(!a.may_subscribe(&ops, "$share/g/sealed/#"));
-        assert!(
-            !a.may_subscribe(&ops, "$share/g/+/x"),
-            "could match sealed/x"
-        );
-        assert!(!a.may_subscribe(&ops, "#"), "# could match sealed/");
-        assert!(!a.may_subscribe(&ops, "+/x"), "+/x could match sealed/x");
         assert!(a.may_publish(&ops, "cmd/esp32-a1/reboot"));
         for no in [
             "clean/x",
@@ -295,20 +320,77 @@ mod tests {
             "clean",
             "unverified/dev-a/t",
             "unverified",
+            "tenants/acme/clean/d1",
         ] {
             assert!(!a.may_publish(&ops, no), "{no}");
         }
         assert!(a.may_publish(&ops, "unverifiedx/t"));
-        // The tenants' mounts: read through the front door's mapping only.
+    }
+
+    #[test]
+    fn wildcards_over_the_sealed_prefix_are_judged_by_the_grants() {
+        let a = acl();
+        // Sealed traffic never enters the router, so a filter that merely
+        // could match it is granted where the grants allow it ...
+        let ops = Role::Subscriber("ops".into());
+        for ok in [
+            "#",
+            "+/+",
+            "+/x",
+            "+/#",
+            "$share/g/+/x",
+            "cmd/#",
+            "$share/g/#",
+        ] {
+            assert!(a.may_subscribe(&ops, ok), "{ok}");
+        }
+        // ... one naming it is refused to everyone ...
+        for no in [
+            "sealed/#",
+            "sealed",
+            "sealed/+/t",
+            "$share/g/sealed/#",
+            "sealed/esp32-a1",
+        ] {
+            assert!(!a.may_subscribe(&ops, no), "{no}");
+        }
+        // ... and devices and narrower accounts are refused as before.
+        let narrow = Role::Subscriber("narrow".into());
+        let dash = Role::Subscriber("dash".into());
+        let dev = Role::Device("esp32-a1".into());
+        for who in [&narrow, &dash, &dev] {
+            for no in ["#", "+/+", "+/#", "+/x"] {
+                assert!(!a.may_subscribe(who, no), "{who:?} {no}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_tenants_mounts_are_read_only_by_a_grant_of_all_of_them() {
+        let a = acl();
+        let ops = Role::Subscriber("ops".into());
+        for ok in ["#", "tenants/#", "tenants/acme/clean/#", "+/acme/#"] {
+            assert!(a.may_subscribe(&ops, ok), "{ok}");
+        }
+        // A grant covering part of the mount does not open it.
+        let narrow = Role::Subscriber("narrow".into());
+        assert!(a.may_subscribe(&narrow, "x/#"));
+        for no in [
+            "+/+/clean/#",
+            "+/+/cmd/#",
+            "tenants/acme/clean/#",
+            "$share/g/+/+/clean/x",
+        ] {
+            assert!(!a.may_subscribe(&narrow, no), "{no}");
+        }
+        let dash = Role::Subscriber("dash".into());
         for no in [
             "tenants/#",
             "tenants/acme/clean/#",
             "$share/g/tenants/+/clean/x",
-            "+/acme/#",
         ] {
-            assert!(!a.may_subscribe(&ops, no), "{no}");
+            assert!(!a.may_subscribe(&dash, no), "{no}");
         }
-        assert!(!a.may_publish(&ops, "tenants/acme/clean/d1"));
         assert!(!a.may_publish(&Role::Subscriber("ghost".into()), "cmd/x/reboot"));
     }
 }

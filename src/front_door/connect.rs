@@ -220,7 +220,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         .filter(|m| *m > 0)
         .map(|m| usize::try_from(m).unwrap_or(usize::MAX));
     drop(props);
-    drop(will_props);
+    let will_delay = will_props.and_then(|p| p.delay_interval).unwrap_or(0);
     let username = login.as_ref().map(|l| l.username.as_str()).unwrap_or("");
     let admitted = admit(&ctx, &connect, will.as_ref(), login.as_ref());
     let (role, router_client_id, assigned) = match admitted {
@@ -294,8 +294,8 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         let Some(mut connack) = Option::<Packet>::from(connack) else {
             return Ok(());
         };
-        // The router offers topic aliases, which the front door does not
-        // resolve: a client must not be told it may use them.
+        // The router's Topic Alias Maximum is not the front door's, which
+        // resolves the aliases (`tell_capabilities` says how many).
         if let Packet::ConnAck(_, Some(p)) = &mut connack {
             p.topic_alias_max = None;
         }
@@ -308,7 +308,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         // A persistent session is fed from the outbox alone: no group to
         // share it with (`subscribe.rs` refuses `$share/` there).
         let shared = clean && durable.is_none();
-        tell_capabilities(&mut connack, ctx.config.mqtt.max_packet_bytes, shared);
+        tell_capabilities(&mut connack, &ctx.config.mqtt, shared);
     }
     // One live connection per device: a newer one takes over (MQTT 5 clients
     // hear DISCONNECT 0x8E), also when no router session exists to do it.
@@ -317,6 +317,8 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         None => CancellationToken::new(),
     };
     let serial = ctx.sessions.take_over(&role, taken_over.clone());
+    // Back in time: the will of its lost connection is not published.
+    ctx.wills.cancel(&router_client_id);
     tracing::debug!(client_id = ?connect.client_id, role = ?role, "Connected.");
     let rate = match &role {
         Role::Device(_) if ctx.config.limits.device_rate > 0.0 => Some(limits::RateLimit::new(
@@ -347,6 +349,12 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         }
         Role::Device(_) => None,
     };
+    // A will waits for its delay at most until the session ends.
+    let session_secs = match &durable {
+        Some(d) => d.record.expiry_secs,
+        None => u64::from(expiry.unwrap_or(0)).min(ctx.persistent.config().max_expiry_secs),
+    };
+    let will_delay = Duration::from_secs(u64::from(will_delay).min(session_secs));
     let role_for_release = role.clone();
     let sessions = ctx.clone();
     let feed = durable.map(|d| {
@@ -372,6 +380,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         feed,
         max_packet,
         mount,
+        will_delay,
     };
     Session::new(ctx, proto, v5, stream, buf, login)
         .run(connack)
@@ -404,19 +413,19 @@ fn tell_choices(connack: &mut Packet, asked: u16, max: u16, assigned: Option<Str
 /// Tells an MQTT 5 client, in its CONNACK, what the gateway really does
 /// (MQTT 5 section 3.2.2.3): how many QoS 1/2 publishes it takes in flight
 /// (`publish::RECEIVE_MAXIMUM`, enforced), the largest packet it takes
-/// (`mqtt.max_packet_bytes`, enforced on the header), no topic aliases (a
-/// client's alias is refused with DISCONNECT 0x94), retained messages and
-/// wildcard filters, no subscription identifiers (persistent sessions do
-/// not carry them back), and shared subscriptions where the session is
-/// clean (`shared`).
-fn tell_capabilities(connack: &mut Packet, max_packet_bytes: usize, shared: bool) {
+/// (`mqtt.max_packet_bytes`, enforced on the header), the topic aliases it
+/// may set (`mqtt.topic_alias_maximum`; any other alias gets DISCONNECT
+/// 0x94), retained messages and wildcard filters, no subscription
+/// identifiers (persistent sessions do not carry them back), and shared
+/// subscriptions where the session is clean (`shared`).
+fn tell_capabilities(connack: &mut Packet, mqtt: &crate::config::MqttConfig, shared: bool) {
     let Packet::ConnAck(_, props) = connack else {
         return;
     };
     let props = props.get_or_insert_with(Default::default);
     props.receive_max = Some(super::publish::RECEIVE_MAXIMUM);
-    props.max_packet_size = Some(u32::try_from(max_packet_bytes).unwrap_or(u32::MAX));
-    props.topic_alias_max = Some(0);
+    props.max_packet_size = Some(u32::try_from(mqtt.max_packet_bytes).unwrap_or(u32::MAX));
+    props.topic_alias_max = Some(mqtt.topic_alias_max());
     props.retain_available = Some(1);
     props.wildcard_subscription_available = Some(1);
     props.subscription_identifiers_available = Some(0);

@@ -66,7 +66,16 @@ impl<P: Protocol> Session<P> {
             };
             self.last_packet = tokio::time::Instant::now();
             match pkt {
-                Packet::Publish(publish, props) => {
+                Packet::Publish(mut publish, mut props) => {
+                    // Before anything else sees the topic: the rules, the
+                    // verifier (whose MAC covers it) and the router see the
+                    // full name only.
+                    if let Err(why) = self.aliases.resolve(&mut publish, &mut props) {
+                        tracing::debug!(client = ?self.client_name(), reason = ?why, "The PUBLISH topic alias is invalid.");
+                        self.refuse(RejectReason::InvalidTopic).await;
+                        let code = DisconnectReasonCode::TopicAliasInvalid;
+                        return Ok(Some(End::Refused(code)));
+                    }
                     let (qos, pkid) = qos_pkid.unwrap_or((0, 0));
                     let end = self.on_publish(publish, props, qos, pkid).await?;
                     if end.is_some() {

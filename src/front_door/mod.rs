@@ -9,6 +9,7 @@
 // The topic rules and client roles are public for the fuzz targets
 // (fuzz/harness.rs), which judge arbitrary topics with them; framing too.
 pub mod acl;
+mod alias;
 pub mod auth;
 mod connect;
 mod error;
@@ -26,6 +27,7 @@ mod subscriptions;
 #[cfg(test)]
 mod tests;
 pub(crate) mod transport;
+mod wills;
 mod writer;
 
 use std::sync::Arc;
@@ -71,6 +73,8 @@ pub struct Context {
     pub streams: limits::Streams,
     /// Persistent subscriber sessions, served from the outbox.
     pub persistent: Arc<crate::sessions::Sessions>,
+    /// Wills waiting for their delay (MQTT 5).
+    pub wills: wills::Wills,
 }
 
 /// Accepts connections until `ctx.stop`; each one runs on `tracker`.

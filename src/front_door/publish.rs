@@ -38,12 +38,6 @@ impl<P: Protocol> Session<P> {
         qos: u8,
         pkid: u16,
     ) -> Result<Option<End>, ConnError> {
-        // The gateway offers no topic aliases (Topic Alias Maximum 0), so
-        // any alias is a protocol error (MQTT 5 section 3.3.2.3.4).
-        if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
-            self.refuse(RejectReason::InvalidTopic).await;
-            return Ok(Some(End::Refused(DisconnectReasonCode::TopicAliasInvalid)));
-        }
         // A resent QoS 2 publish still waiting for its PUBREL is no new one.
         let resent = qos == 2 && self.own_pubrels.contains(&pkid);
         if self.v5 && qos > 0 && !resent && self.inbound_in_flight() >= RECEIVE_MAXIMUM.into() {
@@ -272,8 +266,8 @@ impl<P: Protocol> Session<P> {
             .await
     }
 
-    /// Hands an account's publish (or will) to the outbox, through the
-    /// verifier's queue so that it is logged in order with everything else;
+    /// Hands an account's publish to the outbox, through the verifier's
+    /// queue so that it is logged in order with everything else;
     /// acknowledged once durable, like a sealed one.
     pub(super) async fn relay(&mut self, publish: Publish, qos: u8, ack: Option<AckTo>) {
         let acked = ack.is_some();

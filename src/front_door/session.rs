@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::protocol::{Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol, Publish};
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, LastWill, Packet, Protocol};
 use rumqttd::Notification;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -84,6 +84,9 @@ pub(super) struct Login {
     /// Its filters are filed under it and what it receives has it stripped,
     /// so it sees its tenant's devices only, whatever filter it uses.
     pub mount: Option<String>,
+    /// How long the will waits after the connection is lost (MQTT 5 Will
+    /// Delay Interval, capped at the session's expiry); zero: at once.
+    pub will_delay: Duration,
 }
 
 pub(super) struct Session<P> {
@@ -120,6 +123,8 @@ pub(super) struct Session<P> {
     /// Streams this device's connection already published on: only a new
     /// one asks the shared `limits::Streams`.
     pub(super) streams_used: HashSet<String>,
+    /// The topic aliases this client set (MQTT 5).
+    pub(super) aliases: super::alias::Aliases,
 }
 
 /// QoS 1 and 2 messages written to the client that it has not acknowledged
@@ -158,6 +163,7 @@ impl<P: Protocol + Clone> Session<P> {
         login: Login,
     ) -> Session<P> {
         let timeout = Duration::from_secs(ctx.config.limits.write_timeout_secs);
+        let alias_max = ctx.config.mqtt.topic_alias_max();
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let mut subs = subscriptions::Subscriptions::new(
             ctx.subscriptions.clone(),
@@ -189,6 +195,7 @@ impl<P: Protocol + Clone> Session<P> {
             pending_subacks: HashMap::new(),
             subs,
             streams_used: HashSet::new(),
+            aliases: super::alias::Aliases::new(alias_max),
         }
     }
 }
@@ -507,15 +514,13 @@ impl<P: Protocol> Session<P> {
             feed.detach();
         }
         if let (End::Lost, Some(will)) = (end, self.login.will.take()) {
-            let publish = Publish::new(will.topic, will.message, will.retain);
-            let qos = will.qos as u8;
-            if self.is_sealed(&publish.topic) {
-                self.hand_to_verifier(publish, None).await;
-            } else {
-                // Logged in the outbox like any account publish, so
-                // persistent sessions get it too.
-                self.relay(publish, qos, None).await;
-            }
+            let will = super::wills::Will {
+                sealed: self.is_sealed(&will.topic),
+                will,
+                delay: self.login.will_delay,
+            };
+            let (id, taken_over) = (&self.login.router_client_id, &self.login.taken_over);
+            super::wills::publish(&self.ctx, id, taken_over, will).await;
         }
         if let Some((tx, _)) = self.login.link.as_mut() {
             let d = Disconnect {

@@ -66,6 +66,7 @@ fn harness() -> Harness {
         ),
         subscriptions: Arc::new(super::SubscriptionCaps::new(&config.limits, metrics)),
         streams: super::limits::Streams::new(config.limits.max_streams_per_device),
+        wills: Default::default(),
         config,
     };
     Harness {
@@ -93,6 +94,7 @@ async fn device_session(h: &Harness, keep_alive: u16) -> (DuplexStream, JoinHand
         feed: None,
         max_packet: None,
         mount: None,
+        will_delay: Duration::ZERO,
     };
     let session = Session::new(
         h.ctx.clone(),
