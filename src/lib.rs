@@ -16,6 +16,8 @@
 //!   and flushed before any PUBACK; persistent sessions read it.
 //! * [`republish`]: `clean/{device}/...` and `sealgate/events/{device}` into
 //!   the router, for clean sessions.
+//! * `routed`: what a publish carries through the router for the front
+//!   door to read back at delivery (its publish QoS).
 //! * [`sessions`]: persistent subscriber sessions (subscriptions, position
 //!   in the outbox, expiry) and the retention that trims the outbox.
 //! * [`topic`]: what MQTT and the router allow of topic names and filters,
@@ -51,6 +53,7 @@ pub mod outbox;
 pub mod registry;
 pub mod replay;
 pub mod republish;
+pub(crate) mod routed;
 pub mod secrets;
 pub mod sessions;
 pub mod shutdown;

@@ -74,14 +74,16 @@ impl Republisher {
         }
     }
 
-    /// Queues a message for the router. Without the origin properties:
-    /// only persistent sessions, fed from the outbox, can get a message
-    /// twice (after a crash), and carrying four properties through the
-    /// router costs a fifth of the gateway's throughput.
+    /// Queues a message for the router, marked with its publish QoS
+    /// (`routed`), which the router would otherwise replace with each
+    /// subscription's. Without the origin properties: only persistent
+    /// sessions, fed from the outbox, can get a message twice (after a
+    /// crash), and carrying four properties through the router costs a
+    /// fifth of the gateway's throughput.
     pub fn queue(&mut self, entry: Entry) {
         self.pending.push((
             Publish::new(Bytes::from(entry.topic), entry.payload, entry.retain),
-            None,
+            crate::routed::mark(entry.qos, None),
         ));
     }
 

@@ -117,22 +117,12 @@ impl<P: Protocol> Session<P> {
                 }
                 p @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
                     self.unacked.acked(self.out.timeout());
-                    let pkid = match &p {
-                        Packet::PubAck(a, _) => a.pkid,
-                        Packet::PubRec(r, _) => r.pkid,
-                        _ => 0,
-                    };
-                    to_router.push(p);
-                    if let Some(s) = self.stand_in.as_mut() {
-                        s.acked(pkid, &mut to_router);
-                    }
+                    self.stand_in.acked(p, &mut to_router);
                 }
-                Packet::PubComp(comp, props) if self.stand_in.is_some() => {
+                Packet::PubComp(comp, props) => {
                     let pkid = comp.pkid;
                     to_router.push(Packet::PubComp(comp, props));
-                    if let Some(s) = self.stand_in.as_mut() {
-                        s.completed(pkid, &mut to_router);
-                    }
+                    self.stand_in.completed(pkid, &mut to_router);
                 }
                 Packet::Unsubscribe(u, _) if self.login.feed.is_some() => {
                     let Some(u) = self.screen_unsubscribe(u)? else {

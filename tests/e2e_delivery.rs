@@ -1,0 +1,388 @@
+//! What subscribers receive, as MQTT 3.1.1 and 5 say: a message arrives at
+//! the lower of its publish QoS and the subscription's (section 3.8.4), on
+//! every path: accounts' publishes, verified messages on `clean/`, retained
+//! messages (after a restart too) and persistent sessions.
+
+mod common;
+
+use common::*;
+use rumqttc::v5::mqttbytes::v5 as m5;
+use tokio::sync::mpsc;
+
+/// A publish as a client received it.
+#[derive(Debug, Clone, PartialEq)]
+struct Got {
+    topic: String,
+    payload: Vec<u8>,
+    qos: u8,
+    retain: bool,
+    /// MQTT 5 only.
+    props: Option<m5::PublishProperties>,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Publish(Got),
+    SubAck,
+    /// PUBACK, or PUBCOMP: the end of a QoS 1 or 2 publish.
+    Done,
+    Closed(String),
+}
+
+enum Handle {
+    V4(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+/// A client of either protocol version whose event loop reports what it saw.
+struct Peer {
+    handle: Handle,
+    rx: mpsc::UnboundedReceiver<Ev>,
+}
+
+fn qos4(q: u8) -> rumqttc::QoS {
+    match q {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
+    use rumqttc::v5::mqttbytes::QoS;
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+impl Peer {
+    /// An MQTT 3.1.1 client (`clean` false: a persistent session).
+    async fn v4(port: u16, id: &str, user: &str, pass: &str, clean: bool) -> Peer {
+        let mut o = options(port, id, user, pass);
+        o.set_clean_session(clean);
+        let (client, mut el) = rumqttc::AsyncClient::new(o, 1000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use rumqttc::{Event, Packet};
+            loop {
+                let ev = match el.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => Ev::Publish(Got {
+                        topic: p.topic,
+                        payload: p.payload.to_vec(),
+                        qos: p.qos as u8,
+                        retain: p.retain,
+                        props: None,
+                    }),
+                    Ok(Event::Incoming(Packet::SubAck(_))) => Ev::SubAck,
+                    Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => Ev::Done,
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => Ev::SubAck,
+                    Ok(_) => continue,
+                    Err(e) => Ev::Closed(e.to_string()),
+                };
+                let closed = matches!(ev, Ev::Closed(_));
+                if tx.send(ev).is_err() || closed {
+                    return;
+                }
+            }
+        });
+        let mut p = Peer {
+            handle: Handle::V4(client),
+            rx,
+        };
+        p.connected().await;
+        p
+    }
+
+    /// An MQTT 5 client (`expiry` above 0: a persistent session).
+    async fn v5(port: u16, id: &str, user: &str, pass: &str, expiry: u32) -> Peer {
+        let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+        o.set_credentials(user, pass);
+        o.set_keep_alive(std::time::Duration::from_secs(30));
+        if expiry > 0 {
+            o.set_clean_start(false);
+            o.set_session_expiry_interval(Some(expiry));
+        }
+        let (client, mut el) = rumqttc::v5::AsyncClient::new(o, 1000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use m5::Packet;
+            use rumqttc::v5::Event;
+            loop {
+                let ev = match el.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => Ev::Publish(Got {
+                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        payload: p.payload.to_vec(),
+                        qos: p.qos as u8,
+                        retain: p.retain,
+                        props: p.properties,
+                    }),
+                    Ok(Event::Incoming(Packet::SubAck(_))) => Ev::SubAck,
+                    Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => Ev::Done,
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => Ev::SubAck,
+                    Ok(_) => continue,
+                    Err(e) => Ev::Closed(e.to_string()),
+                };
+                let closed = matches!(ev, Ev::Closed(_));
+                if tx.send(ev).is_err() || closed {
+                    return;
+                }
+            }
+        });
+        let mut p = Peer {
+            handle: Handle::V5(client),
+            rx,
+        };
+        p.connected().await;
+        p
+    }
+
+    async fn next(&mut self) -> Ev {
+        tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("timed out waiting for MQTT traffic")
+            .unwrap_or(Ev::Closed("event loop ended".into()))
+    }
+
+    async fn connected(&mut self) {
+        match self.next().await {
+            Ev::SubAck => {}
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: u8) {
+        match &self.handle {
+            Handle::V4(c) => c.subscribe(filter, qos4(qos)).await.unwrap(),
+            Handle::V5(c) => c.subscribe(filter, qos5(qos)).await.unwrap(),
+        }
+        loop {
+            match self.next().await {
+                Ev::SubAck => return,
+                Ev::Closed(e) => panic!("closed while subscribing: {e}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Publishes without waiting for anything.
+    async fn send(&mut self, topic: &str, qos: u8, retain: bool, payload: &[u8]) {
+        match &self.handle {
+            Handle::V4(c) => c
+                .publish(topic, qos4(qos), retain, payload.to_vec())
+                .await
+                .unwrap(),
+            Handle::V5(c) => c
+                .publish(topic, qos5(qos), retain, payload.to_vec())
+                .await
+                .unwrap(),
+        }
+    }
+
+    /// Publishes and, for QoS 1 and 2, waits for the end of the exchange
+    /// (the gateway acknowledges once the message is durable).
+    async fn publish(&mut self, topic: &str, qos: u8, retain: bool, payload: &[u8]) {
+        self.send(topic, qos, retain, payload).await;
+        if qos > 0 {
+            self.done(1).await;
+        }
+    }
+
+    /// Waits for `n` PUBACKs or PUBCOMPs.
+    async fn done(&mut self, mut n: usize) {
+        while n > 0 {
+            match self.next().await {
+                Ev::Done => n -= 1,
+                Ev::Closed(e) => panic!("closed while publishing: {e}"),
+                _ => {}
+            }
+        }
+    }
+
+    async fn next_publish(&mut self) -> Got {
+        loop {
+            match self.next().await {
+                Ev::Publish(g) => return g,
+                Ev::Closed(e) => panic!("closed while awaiting a publish: {e}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+const OPS: &str = "ops";
+const OPS_PASS: &str = "ops-password";
+
+fn gateway() -> Gateway {
+    // An empty SEALGATE_USERS leaves the file's [[users]] in force.
+    Gateway::start_with_config(
+        "[[users]]\nname = \"dash\"\npassword = \"dash-password\"\n\
+         [[users]]\nname = \"ops\"\npassword = \"ops-password\"\n\
+         subscribe = [\"status/#\"]\npublish = [\"status/#\"]\n",
+        &[("SEALGATE_USERS", "")],
+    )
+}
+
+/// Subscribers at QoS 1 and 2, one of each protocol version: (QoS, peer).
+async fn subscribers(gw: &Gateway, filter: &str, user: &str, pass: &str) -> Vec<(u8, Peer)> {
+    let port = gw.mqtt_port;
+    let mut subs = vec![
+        (1, Peer::v4(port, "sub-v4-q1", user, pass, true).await),
+        (2, Peer::v4(port, "sub-v4-q2", user, pass, true).await),
+        (1, Peer::v5(port, "sub-v5-q1", user, pass, 0).await),
+        (2, Peer::v5(port, "sub-v5-q2", user, pass, 0).await),
+    ];
+    for (q, s) in subs.iter_mut() {
+        s.subscribe(filter, *q).await;
+    }
+    subs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_publish_arrives_at_the_lower_of_the_two_qos() {
+    let gw = gateway();
+    let mut subs = subscribers(&gw, "status/#", OPS, OPS_PASS).await;
+    let port = gw.mqtt_port;
+    let mut publishers = [
+        Peer::v4(port, "pub-v4", OPS, OPS_PASS, true).await,
+        Peer::v5(port, "pub-v5", OPS, OPS_PASS, 0).await,
+    ];
+    for p in publishers.iter_mut() {
+        for qos in 0..=2u8 {
+            let payload = format!("at {qos}");
+            p.publish("status/x", qos, false, payload.as_bytes()).await;
+            for (sub_qos, s) in subs.iter_mut() {
+                let got = s.next_publish().await;
+                assert_eq!(got.payload, payload.as_bytes());
+                assert_eq!(got.qos, qos.min(*sub_qos), "published at {qos}");
+            }
+        }
+    }
+
+    // More than the router keeps in flight (100), at each QoS below the
+    // subscriptions': the acknowledgements the router awaits and the
+    // client does not give are given for it, in order, or the router would
+    // stop forwarding (or drop the link). Then QoS 2 goes through as such.
+    let [p, _] = &mut publishers;
+    for qos in [0u8, 1] {
+        for i in 0..150 {
+            p.send("status/bulk", qos, false, format!("{i}").as_bytes())
+                .await;
+        }
+        if qos > 0 {
+            p.done(150).await;
+        }
+        for (sub_qos, s) in subs.iter_mut() {
+            for i in 0..150 {
+                let got = s.next_publish().await;
+                assert_eq!(got.payload, format!("{i}").as_bytes());
+                assert_eq!(got.qos, qos.min(*sub_qos));
+            }
+        }
+    }
+    p.publish("status/x", 2, false, b"last").await;
+    for (sub_qos, s) in subs.iter_mut() {
+        let got = s.next_publish().await;
+        assert_eq!((got.payload, got.qos), (b"last".to_vec(), *sub_qos));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_message_arrives_at_the_devices_qos_at_most() {
+    let gw = gateway();
+    let creds = gw.add_device("esp32-q").await;
+    let mut subs = subscribers(&gw, "clean/#", SUB_USER, SUB_PASS).await;
+    let mut dev = Peer::v4(
+        gw.mqtt_port,
+        &creds.device_id,
+        &creds.device_id,
+        &creds.mqtt_password,
+        true,
+    )
+    .await;
+    for (nonce, qos) in [(1, 0u8), (2, 1), (3, 2)] {
+        let body = format!("sealed at {qos}");
+        let sealed = seal(&creds, "t", nonce, body.as_bytes());
+        dev.publish("sealed/esp32-q/t", qos, false, &sealed).await;
+        for (sub_qos, s) in subs.iter_mut() {
+            let got = s.next_publish().await;
+            assert_eq!(got.topic, "clean/esp32-q/t");
+            assert_eq!(got.payload, body.as_bytes());
+            assert_eq!(got.qos, qos.min(*sub_qos), "sealed at {qos}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_message_keeps_its_qos_across_a_restart() {
+    let gw = gateway();
+    let port = gw.mqtt_port;
+    let mut p = Peer::v4(port, "pub-r", OPS, OPS_PASS, true).await;
+    p.publish("status/r0", 0, true, b"kept at 0").await;
+    p.publish("status/r1", 1, true, b"kept at 1").await;
+    // A QoS 0 publish is acknowledged by nothing: a later one in the same
+    // order shows both are in.
+    p.publish("status/r2", 2, true, b"kept at 2").await;
+    drop(p);
+
+    let expect = |got: &mut Vec<Got>| {
+        got.sort_by(|a, b| a.topic.cmp(&b.topic));
+        got.iter()
+            .map(|g| (g.topic.clone(), g.qos, g.retain))
+            .collect::<Vec<_>>()
+    };
+    let check = |gw: &Gateway| {
+        let port = gw.mqtt_port;
+        async move {
+            for v5 in [false, true] {
+                let mut s = match v5 {
+                    false => Peer::v4(port, "late-v4", OPS, OPS_PASS, true).await,
+                    true => Peer::v5(port, "late-v5", OPS, OPS_PASS, 0).await,
+                };
+                s.subscribe("status/#", 2).await;
+                let mut got = Vec::new();
+                for _ in 0..3 {
+                    got.push(s.next_publish().await);
+                }
+                assert_eq!(
+                    expect(&mut got),
+                    [
+                        ("status/r0".to_string(), 0, true),
+                        ("status/r1".to_string(), 1, true),
+                        ("status/r2".to_string(), 2, true),
+                    ],
+                    "MQTT 5: {v5}"
+                );
+            }
+        }
+    };
+    check(&gw).await;
+    let cfg = gw.config_file();
+    let cfg = cfg.to_str().unwrap();
+    let gw = gw.kill9_and_restart_with(&[("SEALGATE_CONFIG", cfg), ("SEALGATE_USERS", "")]);
+    check(&gw).await;
+}
+
+/// Persistent sessions are fed from the outbox, which knows each message's
+/// publish QoS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_gets_the_lower_of_the_two_qos() {
+    let gw = gateway();
+    let port = gw.mqtt_port;
+    let mut subs = [
+        Peer::v4(port, "kept-v4", OPS, OPS_PASS, false).await,
+        Peer::v5(port, "kept-v5", OPS, OPS_PASS, 600).await,
+    ];
+    for s in subs.iter_mut() {
+        s.subscribe("status/#", 2).await;
+    }
+    let mut p = Peer::v5(port, "pub-k", OPS, OPS_PASS, 0).await;
+    for qos in 0..=2u8 {
+        p.publish("status/k", qos, false, &[qos]).await;
+        for s in subs.iter_mut() {
+            let got = s.next_publish().await;
+            assert_eq!((got.payload, got.qos), (vec![qos], qos));
+        }
+    }
+}
