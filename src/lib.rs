@@ -14,6 +14,8 @@
 //!   of a batch is published.
 //! * [`outbox`]: every published message, logged in the windows' transaction
 //!   and flushed before any PUBACK; persistent sessions read it.
+//! * [`properties`]: the MQTT 5 properties of an account's publish that are
+//!   passed on to subscribers, and how the outbox keeps them.
 //! * [`republish`]: `clean/{device}/...` and `sealgate/events/{device}` into
 //!   the router, for clean sessions.
 //! * `routed`: what a publish carries through the router for the front
@@ -50,6 +52,7 @@ pub mod ingest;
 pub(crate) mod lag;
 pub mod metrics;
 pub mod outbox;
+pub mod properties;
 pub mod registry;
 pub mod replay;
 pub mod republish;

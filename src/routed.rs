@@ -1,5 +1,6 @@
 //! What a publish carries through the embedded router for the front door
-//! to read back at delivery: the QoS it was published with.
+//! to read back at delivery: the QoS it was published with, and when it
+//! expires.
 //!
 //! MQTT delivers a message at the lower of its publish QoS and the
 //! subscription's (3.1.1 and 5, section 3.8.4), but rumqttd 0.20's router
@@ -10,12 +11,20 @@
 //! fits in a byte: the payload format indicator. (`topic_alias`, the field
 //! that looks unused, is consumed by the router when a message is appended.)
 //!
+//! A message expiry interval cannot stay in the properties either: the
+//! router rewrites it in retained messages each time it reads one, taking
+//! off all the time since the message arrived again and again. The message's
+//! deadline travels instead, as a user property of the gateway's own name,
+//! and the front door makes the interval that is left out of it.
+//!
 //! Only `republish.rs` hands publishes to the router (a client's PUBLISH
-//! reaches it through the verifier's queue and the outbox), so every marked
-//! value is the gateway's own; the front door unmarks every publish it
-//! delivers, so no client sees one. The mark costs no allocation: a
-//! properties struct with empty strings and lists, where the `sg-*` user
-//! properties measured a fifth of the throughput.
+//! reaches it through the verifier's queue and the outbox), and clients'
+//! user properties with reserved names are dropped on the way in
+//! (`properties::screen`), so every mark is the gateway's own; the front
+//! door unmarks every publish it delivers, so no client sees one. The QoS
+//! mark costs no allocation: a properties struct with empty strings and
+//! lists, where the `sg-*` user properties measured a fifth of the
+//! throughput. Only a message with an expiry pays for its deadline.
 
 use rumqttd::protocol::PublishProperties;
 
@@ -26,16 +35,28 @@ const QOS: u8 = 0x03;
 /// The publisher's own payload format indicator, in bits 2 and 3: 0 none,
 /// 1 for 0 (unspecified bytes), 2 for 1 (UTF-8).
 const FORMAT_SHIFT: u8 = 2;
+/// The user property that carries a message's deadline, in milliseconds
+/// since the Unix epoch; always the last one.
+const EXPIRES_AT: &str = "sg-expires-at";
 
 /// The properties to hand the router for a message published at `qos`,
-/// with the publisher's own properties (if any). A QoS 2 message without
-/// properties needs no mark: the router's delivery QoS is then already the
-/// lower of the two.
-pub fn mark(qos: u8, props: Option<PublishProperties>) -> Option<PublishProperties> {
+/// with the publisher's own properties (if any), received at `received_ms`.
+/// A QoS 2 message without properties needs no mark: the router's delivery
+/// QoS is then already the lower of the two.
+pub fn mark(
+    qos: u8,
+    props: Option<PublishProperties>,
+    received_ms: u64,
+) -> Option<PublishProperties> {
     if qos >= 2 && props.is_none() {
         return None;
     }
     let mut p = props.unwrap_or_default();
+    if let Some(secs) = p.message_expiry_interval.take() {
+        let deadline = received_ms.saturating_add(u64::from(secs) * 1000);
+        p.user_properties
+            .push((EXPIRES_AT.to_owned(), deadline.to_string()));
+    }
     let format = match p.payload_format_indicator {
         None => 0,
         Some(0) => 1,
@@ -45,15 +66,33 @@ pub fn mark(qos: u8, props: Option<PublishProperties>) -> Option<PublishProperti
     Some(p)
 }
 
-/// Takes the mark off the properties of a publish the router forwarded and
-/// returns its publish QoS: the most it may be delivered at. Properties left
-/// empty become `None`. An unmarked publish may go at any QoS.
-pub fn unmark(props: &mut Option<PublishProperties>) -> u8 {
+/// Takes the marks off the properties of a publish the router forwarded
+/// and returns its publish QoS, the most it may be delivered at, or `None`
+/// once it has expired (then it must not be delivered, MQTT-3.3.2-5). What
+/// is left of its expiry interval is put back in place of its deadline.
+/// Properties left empty become `None`. An unmarked publish may go at any
+/// QoS.
+pub fn unmark(props: &mut Option<PublishProperties>) -> Option<u8> {
     let Some(p) = props.as_mut() else {
-        return 2;
+        return Some(2);
     };
+    if p.user_properties
+        .last()
+        .is_some_and(|(k, _)| k == EXPIRES_AT)
+    {
+        let deadline = p
+            .user_properties
+            .pop()
+            .and_then(|(_, v)| v.parse::<u64>().ok());
+        let left = deadline.unwrap_or(0).checked_sub(crate::now_ms());
+        match left.filter(|ms| *ms > 0) {
+            // Whole seconds waited are taken off (`properties::expiry_left`).
+            Some(ms) => p.message_expiry_interval = Some(ms.div_ceil(1000) as u32),
+            None => return None,
+        }
+    }
     let Some(v) = p.payload_format_indicator.filter(|v| v & MARK != 0) else {
-        return 2;
+        return Some(2);
     };
     p.payload_format_indicator = match (v >> FORMAT_SHIFT) & 0x03 {
         0 => None,
@@ -63,7 +102,7 @@ pub fn unmark(props: &mut Option<PublishProperties>) -> u8 {
     if *p == PublishProperties::default() {
         *props = None;
     }
-    v & QOS
+    Some(v & QOS)
 }
 
 #[cfg(test)]
@@ -73,8 +112,8 @@ mod tests {
     #[test]
     fn the_publish_qos_and_the_publishers_format_come_back() {
         for qos in 0..=2u8 {
-            let mut m = mark(qos, None);
-            assert_eq!(unmark(&mut m), qos);
+            let mut m = mark(qos, None, 0);
+            assert_eq!(unmark(&mut m), Some(qos));
             assert_eq!(m, None, "nothing of the mark is left");
             for format in [None, Some(0), Some(1)] {
                 let own = PublishProperties {
@@ -82,18 +121,38 @@ mod tests {
                     content_type: Some("text/plain".into()),
                     ..Default::default()
                 };
-                let mut m = mark(qos, Some(own.clone()));
-                assert_eq!(unmark(&mut m), qos);
+                let mut m = mark(qos, Some(own.clone()), 0);
+                assert_eq!(unmark(&mut m), Some(qos));
                 assert_eq!(m, Some(own));
             }
         }
         // Unmarked: whatever the router chose stands.
-        assert_eq!(unmark(&mut None), 2);
+        assert_eq!(unmark(&mut None), Some(2));
         let mut own = Some(PublishProperties {
             payload_format_indicator: Some(1),
             ..Default::default()
         });
-        assert_eq!(unmark(&mut own), 2);
+        assert_eq!(unmark(&mut own), Some(2));
         assert_eq!(own.and_then(|p| p.payload_format_indicator), Some(1));
+    }
+
+    #[test]
+    fn the_expiry_interval_left_replaces_the_deadline() {
+        let own = |expiry| PublishProperties {
+            message_expiry_interval: expiry,
+            user_properties: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
+        let now = crate::now_ms();
+        // Received 2.5 s ago with 60 s to live: 58 left.
+        let mut m = mark(1, Some(own(Some(60))), now - 2_500);
+        assert_eq!(m.as_ref().and_then(|p| p.message_expiry_interval), None);
+        assert_eq!(unmark(&mut m), Some(1));
+        let left = m.as_ref().and_then(|p| p.message_expiry_interval);
+        assert!(matches!(left, Some(57..=58)), "{left:?}");
+        assert_eq!(m.map(|p| p.user_properties.len()), Some(1));
+        // Past its deadline: not delivered.
+        let mut m = mark(2, Some(own(Some(1))), now - 1_000);
+        assert_eq!(unmark(&mut m), None);
     }
 }

@@ -1,7 +1,9 @@
 //! What subscribers receive, as MQTT 3.1.1 and 5 say: a message arrives at
 //! the lower of its publish QoS and the subscription's (section 3.8.4), on
 //! every path: accounts' publishes, verified messages on `clean/`, retained
-//! messages (after a restart too) and persistent sessions.
+//! messages (after a restart too) and persistent sessions. An account's
+//! MQTT 5 properties reach MQTT 5 subscribers, and an expired message
+//! nobody; a device's never reach `clean/`.
 
 mod common;
 
@@ -177,6 +179,36 @@ impl Peer {
                 .publish(topic, qos5(qos), retain, payload.to_vec())
                 .await
                 .unwrap(),
+        }
+    }
+
+    /// Publishes with MQTT 5 properties and waits for the PUBACK.
+    async fn publish_with(
+        &mut self,
+        topic: &str,
+        retain: bool,
+        payload: &[u8],
+        props: m5::PublishProperties,
+    ) {
+        let Handle::V5(c) = &self.handle else {
+            panic!("MQTT 3.1.1 has no properties")
+        };
+        let qos = qos5(1);
+        c.publish_with_properties(topic, qos, retain, payload.to_vec(), props)
+            .await
+            .unwrap();
+        self.done(1).await;
+    }
+
+    async fn disconnect(&mut self) {
+        match &self.handle {
+            Handle::V4(c) => c.disconnect().await.unwrap(),
+            Handle::V5(c) => c.disconnect().await.unwrap(),
+        }
+        loop {
+            if let Ev::Closed(_) = self.next().await {
+                return;
+            }
         }
     }
 
@@ -385,4 +417,173 @@ async fn a_persistent_session_gets_the_lower_of_the_two_qos() {
             assert_eq!((got.payload, got.qos), (vec![qos], qos));
         }
     }
+}
+
+/// Everything an account may attach, and two user properties it may not.
+fn attached() -> m5::PublishProperties {
+    m5::PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(600),
+        topic_alias: None,
+        response_topic: Some("status/reply".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"\x00\x01id")),
+        user_properties: vec![
+            ("unit".into(), "kWh".into()),
+            ("sg-device".into(), "esp32-forged".into()),
+            ("SG-Nonce".into(), "1".into()),
+            ("unit".into(), "Wh".into()),
+        ],
+        subscription_identifiers: Vec::new(),
+        content_type: Some("application/json".into()),
+    }
+}
+
+/// What an MQTT 5 subscriber gets of `attached()`: everything but the
+/// reserved names, with the expiry interval less the whole seconds waited.
+fn assert_passed_on(got: &Got) {
+    let p = got.props.clone().expect("properties");
+    let expiry = p.message_expiry_interval;
+    assert!(matches!(expiry, Some(590..=600)), "{expiry:?}");
+    let expected = m5::PublishProperties {
+        message_expiry_interval: expiry,
+        user_properties: vec![("unit".into(), "kWh".into()), ("unit".into(), "Wh".into())],
+        ..attached()
+    };
+    assert_eq!(p, expected, "{}", got.topic);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_properties_reach_mqtt5_subscribers_and_survive_a_restart() {
+    let gw = gateway();
+    let port = gw.mqtt_port;
+    let mut v5 = Peer::v5(port, "props-v5", OPS, OPS_PASS, 0).await;
+    let mut kept = Peer::v5(port, "props-kept", OPS, OPS_PASS, 600).await;
+    let mut v4 = Peer::v4(port, "props-v4", OPS, OPS_PASS, true).await;
+    for s in [&mut v5, &mut kept, &mut v4] {
+        s.subscribe("status/#", 1).await;
+    }
+    let mut p = Peer::v5(port, "props-pub", OPS, OPS_PASS, 0).await;
+    p.publish_with("status/p", false, b"{}", attached()).await;
+    assert_passed_on(&v5.next_publish().await);
+    assert_passed_on(&kept.next_publish().await);
+    let got = v4.next_publish().await;
+    assert_eq!((got.topic.as_str(), got.props), ("status/p", None));
+
+    // Retained, for clean and persistent sessions that subscribe later.
+    p.publish_with("status/r", true, b"{}", attached()).await;
+    for s in [&mut v5, &mut kept] {
+        assert_passed_on(&s.next_publish().await);
+    }
+    let mut late = Peer::v5(port, "props-late", OPS, OPS_PASS, 0).await;
+    let mut late_kept = Peer::v5(port, "props-late-kept", OPS, OPS_PASS, 600).await;
+    for s in [&mut late, &mut late_kept] {
+        s.subscribe("status/#", 1).await;
+        let got = s.next_publish().await;
+        assert!(got.retain);
+        assert_passed_on(&got);
+    }
+
+    // From the outbox, across a kill -9: what a persistent session missed
+    // while away, and the retained message given back to the router.
+    kept.disconnect().await;
+    p.publish_with("status/away", false, b"{}", attached())
+        .await;
+    let cfg = gw.config_file();
+    let cfg = cfg.to_str().unwrap();
+    let gw = gw.kill9_and_restart_with(&[("SEALGATE_CONFIG", cfg), ("SEALGATE_USERS", "")]);
+    let mut kept = Peer::v5(gw.mqtt_port, "props-kept", OPS, OPS_PASS, 600).await;
+    let got = kept.next_publish().await;
+    assert_eq!(got.topic, "status/away");
+    assert_passed_on(&got);
+    let mut late = Peer::v5(gw.mqtt_port, "props-after", OPS, OPS_PASS, 0).await;
+    late.subscribe("status/#", 1).await;
+    assert_passed_on(&late.next_publish().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_message_is_not_delivered() {
+    let gw = gateway();
+    let port = gw.mqtt_port;
+    let mut kept = Peer::v5(port, "exp-kept", OPS, OPS_PASS, 600).await;
+    kept.subscribe("status/#", 1).await;
+    kept.disconnect().await;
+    let mut p = Peer::v5(port, "exp-pub", OPS, OPS_PASS, 0).await;
+    let expiring = |secs| m5::PublishProperties {
+        message_expiry_interval: Some(secs),
+        ..Default::default()
+    };
+    for retain in [true, false] {
+        let r = if retain { "r" } else { "m" };
+        p.publish_with(&format!("status/{r}/short"), retain, b"1", expiring(1))
+            .await;
+        p.publish_with(&format!("status/{r}/long"), retain, b"100", expiring(100))
+            .await;
+    }
+    // What is tested is time passing: nothing happens that could be awaited.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+
+    let mut late = Peer::v5(port, "exp-late", OPS, OPS_PASS, 0).await;
+    late.subscribe("status/#", 1).await;
+    let mut kept = Peer::v5(port, "exp-kept", OPS, OPS_PASS, 600).await;
+    // Something after them all: once it arrives, nothing expired came first.
+    p.publish("status/fence", 1, false, b"fence").await;
+    // The late subscriber gets the retained messages; the persistent
+    // session what was published while it was away, retained or not.
+    let late_expected = &["status/r/long", "status/fence"][..];
+    let kept_expected = &["status/r/long", "status/m/long", "status/fence"][..];
+    for (s, expected) in [(&mut late, late_expected), (&mut kept, kept_expected)] {
+        let mut topics = Vec::new();
+        loop {
+            let got = s.next_publish().await;
+            if got.topic.ends_with("long") {
+                let left = got.props.and_then(|p| p.message_expiry_interval);
+                assert!(matches!(left, Some(90..=98)), "{left:?}");
+            }
+            let fence = got.topic == "status/fence";
+            topics.push(got.topic);
+            if fence {
+                break;
+            }
+        }
+        assert_eq!(topics, expected);
+    }
+    let expired = "sealgate_dropped_total{reason=\"message_expired\"}";
+    assert_eq!(gw.metric(expired).await, 3.0);
+}
+
+/// Properties are outside the envelope's MAC: nothing a device attaches
+/// reaches `clean/`, for clean sessions or persistent ones (which get the
+/// gateway's `sg-*` origin only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_devices_properties_never_reach_clean() {
+    let gw = gateway();
+    let creds = gw.add_device("esp32-p").await;
+    let port = gw.mqtt_port;
+    let mut clean = Peer::v5(port, "dash-clean", SUB_USER, SUB_PASS, 0).await;
+    let mut kept = Peer::v5(port, "dash-kept", SUB_USER, SUB_PASS, 600).await;
+    for s in [&mut clean, &mut kept] {
+        s.subscribe("clean/#", 1).await;
+    }
+    let mut dev = Peer::v5(
+        port,
+        &creds.device_id,
+        &creds.device_id,
+        &creds.mqtt_password,
+        0,
+    )
+    .await;
+    let sealed = seal(&creds, "t", 1, b"body");
+    dev.publish_with("sealed/esp32-p/t", false, &sealed, attached())
+        .await;
+    let got = clean.next_publish().await;
+    assert_eq!((got.payload.as_slice(), got.props), (&b"body"[..], None));
+    let got = kept.next_publish().await;
+    let names: Vec<String> = got
+        .props
+        .expect("the origin")
+        .user_properties
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(names, ["sg-device", "sg-kid", "sg-nonce", "sg-received"]);
 }

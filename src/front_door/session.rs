@@ -310,6 +310,7 @@ impl<P: Protocol> Session<P> {
                             self.unacked.sent(self.out.timeout());
                         }
                         self.too_large(filled.too_large);
+                        self.expired(filled.expired);
                     }
                 }
                 n = next_notification(&mut self.login.link) => {
@@ -461,6 +462,12 @@ impl<P: Protocol> Session<P> {
                                 self.stand_in.discarded(pkid, qos, &mut to_router);
                             }
                         }
+                        Encoded::Expired { qos, pkid } => {
+                            self.expired(1);
+                            if qos > 0 {
+                                self.stand_in.discarded(pkid, qos, &mut to_router);
+                            }
+                        }
                         _ => {}
                     }
                     self.send_to_router(to_router).await?;
@@ -482,6 +489,15 @@ impl<P: Protocol> Session<P> {
         let reason = crate::events::dropped::TOO_LARGE_FOR_CLIENT;
         self.ctx.metrics.dropped(reason, messages as u64);
         tracing::debug!(client = ?self.client_name(), messages, "Discarded messages larger than the client's maximum packet size.");
+    }
+
+    /// Counts messages not sent because their message expiry interval ran
+    /// out while they waited.
+    fn expired(&self, messages: usize) {
+        if messages > 0 {
+            let reason = crate::events::dropped::MESSAGE_EXPIRED;
+            self.ctx.metrics.dropped(reason, messages as u64);
+        }
     }
 
     /// Hands packets to the router with one wake-up.
@@ -513,7 +529,7 @@ impl<P: Protocol> Session<P> {
             } else {
                 // Logged in the outbox like any account publish, so
                 // persistent sessions get it too.
-                self.relay(publish, qos, None).await;
+                self.relay(publish, qos, None, None).await;
             }
         }
         if let Some((tx, _)) = self.login.link.as_mut() {

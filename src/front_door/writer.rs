@@ -40,6 +40,9 @@ pub(super) enum Encoded {
     /// the server behave as if it had been delivered. `qos` as the router
     /// sent it.
     TooLarge { qos: u8, pkid: u16 },
+    /// A PUBLISH whose message expiry interval ran out while it waited: not
+    /// sent (MQTT-3.3.2-5). `qos` as the router sent it.
+    Expired { qos: u8, pkid: u16 },
 }
 
 impl<P: Protocol> Writer<P> {
@@ -69,11 +72,20 @@ impl<P: Protocol> Writer<P> {
 
     /// Encodes a packet the router sent. A publish goes at the lower of its
     /// publish QoS, which `routed` carried through the router, and the QoS
-    /// the router sent it at (the subscription's): MQTT's delivery QoS.
+    /// the router sent it at (the subscription's): MQTT's delivery QoS. An
+    /// expired one is not written.
     pub fn encode_forward(&mut self, mut packet: Packet) -> Result<Encoded, ConnError> {
         let cap = match &mut packet {
             Packet::Publish(_, props) => crate::routed::unmark(props),
-            _ => 2,
+            _ => Some(2),
+        };
+        let Some(cap) = cap else {
+            // Encoded only for the QoS and packet id the router awaits acks for.
+            let start = self.buf.len();
+            self.put(packet)?;
+            let (qos, pkid) = packet::publish_qos_pkid(&self.buf[start..]).unwrap_or((0, 0));
+            self.buf.truncate(start);
+            return Ok(Encoded::Expired { qos, pkid });
         };
         self.encode_at_most(packet, cap)
     }
