@@ -18,6 +18,12 @@ use rumqttd::protocol::PublishProperties;
 /// A client's are dropped, so none can pass for the gateway's.
 pub const RESERVED_PREFIX: &str = "sg-";
 
+/// The user property that names the session an account's message came
+/// from (its router client id), added as the last of its properties when
+/// that session's No Local subscriptions must not get it back
+/// (`front_door::options`). Never sent to a client.
+pub const FROM: &str = "sg-from";
+
 /// MQTT 5 property identifiers (section 2.2.2.2).
 const FORMAT: u8 = 0x01;
 const EXPIRY: u8 = 0x02;
@@ -42,6 +48,22 @@ pub fn screen(props: Option<PublishProperties>) -> Option<Box<PublishProperties>
     (p != PublishProperties::default()).then(|| Box::new(p))
 }
 
+/// Names the session a message came from (`FROM`).
+pub fn tag_from(props: &mut Option<Box<PublishProperties>>, session: &str) {
+    props
+        .get_or_insert_with(Default::default)
+        .user_properties
+        .push((FROM.to_owned(), session.to_owned()));
+}
+
+/// The session a message came from, if it was named (`tag_from`).
+pub fn from(p: &PublishProperties) -> Option<&str> {
+    match p.user_properties.last() {
+        Some((k, v)) if k == FROM => Some(v),
+        _ => None,
+    }
+}
+
 /// Whether a user property's name is reserved for the gateway.
 pub fn reserved(name: &str) -> bool {
     name.as_bytes()
@@ -59,8 +81,19 @@ pub fn expiry_left(interval_secs: u32, received_ms: u64, now_ms: u64) -> Option<
 }
 
 /// Writes `p` as MQTT 5 PUBLISH properties (without their length), with
-/// `expiry` as the message expiry interval.
+/// `expiry` as the message expiry interval, for a client: without the
+/// gateway's reserved user properties.
+pub fn write_for_client(p: &PublishProperties, expiry: Option<u32>, out: &mut impl BufMut) {
+    write_some(p, expiry, false, out);
+}
+
+/// Writes `p` as MQTT 5 PUBLISH properties (without their length), with
+/// `expiry` as the message expiry interval, all of them (to be stored).
 pub fn write(p: &PublishProperties, expiry: Option<u32>, out: &mut impl BufMut) {
+    write_some(p, expiry, true, out);
+}
+
+fn write_some(p: &PublishProperties, expiry: Option<u32>, all: bool, out: &mut impl BufMut) {
     if let Some(f) = p.payload_format_indicator {
         out.put_u8(FORMAT);
         out.put_u8(f);
@@ -82,6 +115,9 @@ pub fn write(p: &PublishProperties, expiry: Option<u32>, out: &mut impl BufMut) 
         put_bytes(out, c);
     }
     for (k, v) in &p.user_properties {
+        if !all && reserved(k) {
+            continue;
+        }
         out.put_u8(USER);
         put_bytes(out, k.as_bytes());
         put_bytes(out, v.as_bytes());

@@ -84,7 +84,12 @@ impl Republisher {
     pub fn queue(&mut self, entry: Entry) {
         self.pending.push((
             Publish::new(Bytes::from(entry.topic), entry.payload, entry.retain),
-            crate::routed::mark(entry.qos, entry.props.map(|p| *p), entry.at_ms),
+            crate::routed::mark(
+                entry.qos,
+                entry.retain,
+                entry.props.map(|p| *p),
+                entry.at_ms,
+            ),
         ));
     }
 

@@ -1,12 +1,13 @@
 //! What a publish carries through the embedded router for the front door
-//! to read back at delivery: the QoS it was published with, and when it
-//! expires.
+//! to read back at delivery: the QoS and RETAIN flag it was published with,
+//! when it expires, and (for No Local) which session published it.
 //!
 //! MQTT delivers a message at the lower of its publish QoS and the
 //! subscription's (3.1.1 and 5, section 3.8.4), but rumqttd 0.20's router
 //! overwrites a forwarded publish's QoS with the subscription's
 //! (`router/routing.rs`), so the publish QoS is gone before the front door
-//! sees the message. It is therefore written into the properties handed to
+//! sees the message. So is its RETAIN flag, which Retain As Published
+//! subscriptions must get. It is therefore written into the properties handed to
 //! the router, in the one field the router passes on untouched whose value
 //! fits in a byte: the payload format indicator. (`topic_alias`, the field
 //! that looks unused, is consumed by the router when a message is appended.)
@@ -35,20 +36,23 @@ const QOS: u8 = 0x03;
 /// The publisher's own payload format indicator, in bits 2 and 3: 0 none,
 /// 1 for 0 (unspecified bytes), 2 for 1 (UTF-8).
 const FORMAT_SHIFT: u8 = 2;
+/// Published with RETAIN set.
+const RETAINED: u8 = 0x10;
 /// The user property that carries a message's deadline, in milliseconds
 /// since the Unix epoch; always the last one.
 const EXPIRES_AT: &str = "sg-expires-at";
 
-/// The properties to hand the router for a message published at `qos`,
-/// with the publisher's own properties (if any), received at `received_ms`.
-/// A QoS 2 message without properties needs no mark: the router's delivery
-/// QoS is then already the lower of the two.
+/// The properties to hand the router for a message published at `qos` and
+/// `retain`, with the publisher's own properties (if any), received at
+/// `received_ms`. A QoS 2 message without RETAIN or properties needs no
+/// mark: the router's delivery QoS is then already the lower of the two.
 pub fn mark(
     qos: u8,
+    retain: bool,
     props: Option<PublishProperties>,
     received_ms: u64,
 ) -> Option<PublishProperties> {
-    if qos >= 2 && props.is_none() {
+    if qos >= 2 && !retain && props.is_none() {
         return None;
     }
     let mut p = props.unwrap_or_default();
@@ -62,19 +66,35 @@ pub fn mark(
         Some(0) => 1,
         Some(_) => 2,
     };
-    p.payload_format_indicator = Some(MARK | (format << FORMAT_SHIFT) | qos.min(2));
+    let retained = if retain { RETAINED } else { 0 };
+    p.payload_format_indicator = Some(MARK | retained | (format << FORMAT_SHIFT) | qos.min(2));
     Some(p)
 }
 
+/// What the marks said of a publish the router forwarded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Routed {
+    /// Its publish QoS: the most it may be delivered at.
+    pub qos: u8,
+    /// Its RETAIN flag as published.
+    pub retain: bool,
+    /// The session that published it, if it was named (`properties::FROM`).
+    pub from: Option<String>,
+}
+
 /// Takes the marks off the properties of a publish the router forwarded
-/// and returns its publish QoS, the most it may be delivered at, or `None`
-/// once it has expired (then it must not be delivered, MQTT-3.3.2-5). What
-/// is left of its expiry interval is put back in place of its deadline.
-/// Properties left empty become `None`. An unmarked publish may go at any
-/// QoS.
-pub fn unmark(props: &mut Option<PublishProperties>) -> Option<u8> {
+/// and says what they held, or `None` once it has expired (then it must not
+/// be delivered, MQTT-3.3.2-5). What is left of its expiry interval is put
+/// back in place of its deadline. Properties left empty become `None`. An
+/// unmarked publish was published at QoS 2 without RETAIN.
+pub fn unmark(props: &mut Option<PublishProperties>) -> Option<Routed> {
+    let unmarked = Routed {
+        qos: 2,
+        retain: false,
+        from: None,
+    };
     let Some(p) = props.as_mut() else {
-        return Some(2);
+        return Some(unmarked);
     };
     if p.user_properties
         .last()
@@ -91,8 +111,12 @@ pub fn unmark(props: &mut Option<PublishProperties>) -> Option<u8> {
             None => return None,
         }
     }
+    let from = match crate::properties::from(p) {
+        Some(_) => p.user_properties.pop().map(|(_, v)| v),
+        None => None,
+    };
     let Some(v) = p.payload_format_indicator.filter(|v| v & MARK != 0) else {
-        return Some(2);
+        return Some(Routed { from, ..unmarked });
     };
     p.payload_format_indicator = match (v >> FORMAT_SHIFT) & 0x03 {
         0 => None,
@@ -102,37 +126,51 @@ pub fn unmark(props: &mut Option<PublishProperties>) -> Option<u8> {
     if *p == PublishProperties::default() {
         *props = None;
     }
-    Some(v & QOS)
+    Some(Routed {
+        qos: v & QOS,
+        retain: v & RETAINED != 0,
+        from,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn routed(qos: u8, retain: bool) -> Option<Routed> {
+        Some(Routed {
+            qos,
+            retain,
+            from: None,
+        })
+    }
+
     #[test]
-    fn the_publish_qos_and_the_publishers_format_come_back() {
+    fn the_publish_qos_retain_and_the_publishers_format_come_back() {
         for qos in 0..=2u8 {
-            let mut m = mark(qos, None, 0);
-            assert_eq!(unmark(&mut m), Some(qos));
-            assert_eq!(m, None, "nothing of the mark is left");
+            for retain in [false, true] {
+                let mut m = mark(qos, retain, None, 0);
+                assert_eq!(unmark(&mut m), routed(qos, retain));
+                assert_eq!(m, None, "nothing of the mark is left");
+            }
             for format in [None, Some(0), Some(1)] {
                 let own = PublishProperties {
                     payload_format_indicator: format,
                     content_type: Some("text/plain".into()),
                     ..Default::default()
                 };
-                let mut m = mark(qos, Some(own.clone()), 0);
-                assert_eq!(unmark(&mut m), Some(qos));
+                let mut m = mark(qos, false, Some(own.clone()), 0);
+                assert_eq!(unmark(&mut m), routed(qos, false));
                 assert_eq!(m, Some(own));
             }
         }
         // Unmarked: whatever the router chose stands.
-        assert_eq!(unmark(&mut None), Some(2));
+        assert_eq!(unmark(&mut None), routed(2, false));
         let mut own = Some(PublishProperties {
             payload_format_indicator: Some(1),
             ..Default::default()
         });
-        assert_eq!(unmark(&mut own), Some(2));
+        assert_eq!(unmark(&mut own), routed(2, false));
         assert_eq!(own.and_then(|p| p.payload_format_indicator), Some(1));
     }
 
@@ -145,14 +183,31 @@ mod tests {
         };
         let now = crate::now_ms();
         // Received 2.5 s ago with 60 s to live: 58 left.
-        let mut m = mark(1, Some(own(Some(60))), now - 2_500);
+        let mut m = mark(1, false, Some(own(Some(60))), now - 2_500);
         assert_eq!(m.as_ref().and_then(|p| p.message_expiry_interval), None);
-        assert_eq!(unmark(&mut m), Some(1));
+        assert_eq!(unmark(&mut m), routed(1, false));
         let left = m.as_ref().and_then(|p| p.message_expiry_interval);
         assert!(matches!(left, Some(57..=58)), "{left:?}");
         assert_eq!(m.map(|p| p.user_properties.len()), Some(1));
         // Past its deadline: not delivered.
-        let mut m = mark(2, Some(own(Some(1))), now - 1_000);
+        let mut m = mark(2, false, Some(own(Some(1))), now - 1_000);
         assert_eq!(unmark(&mut m), None);
+    }
+
+    #[test]
+    fn the_publishing_session_comes_back_and_is_taken_off() {
+        let mut props = None;
+        crate::properties::tag_from(&mut props, "u.3.ops.x");
+        let props = props.map(|p| PublishProperties {
+            message_expiry_interval: Some(60),
+            ..*p
+        });
+        let mut m = mark(1, true, props, crate::now_ms());
+        let r = unmark(&mut m).unwrap();
+        assert_eq!(r.from.as_deref(), Some("u.3.ops.x"));
+        assert!(r.retain);
+        let p = m.unwrap();
+        assert!(p.user_properties.is_empty());
+        assert!(p.message_expiry_interval.is_some());
     }
 }

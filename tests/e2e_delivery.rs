@@ -3,7 +3,8 @@
 //! every path: accounts' publishes, verified messages on `clean/`, retained
 //! messages (after a restart too) and persistent sessions. An account's
 //! MQTT 5 properties reach MQTT 5 subscribers, and an expired message
-//! nobody; a device's never reach `clean/`.
+//! nobody; a device's never reach `clean/`. MQTT 5 subscription options
+//! (No Local, Retain As Published, Retain Handling) are kept.
 
 mod common;
 
@@ -26,6 +27,7 @@ struct Got {
 enum Ev {
     Publish(Got),
     SubAck,
+    UnsubAck,
     /// PUBACK, or PUBCOMP: the end of a QoS 1 or 2 publish.
     Done,
     Closed(String),
@@ -40,6 +42,8 @@ enum Handle {
 struct Peer {
     handle: Handle,
     rx: mpsc::UnboundedReceiver<Ev>,
+    /// Publishes that arrived while an acknowledgement was awaited.
+    held: std::collections::VecDeque<Got>,
 }
 
 fn qos4(q: u8) -> rumqttc::QoS {
@@ -92,6 +96,7 @@ impl Peer {
         let mut p = Peer {
             handle: Handle::V4(client),
             rx,
+            held: Default::default(),
         };
         p.connected().await;
         p
@@ -121,6 +126,7 @@ impl Peer {
                         props: p.properties,
                     }),
                     Ok(Event::Incoming(Packet::SubAck(_))) => Ev::SubAck,
+                    Ok(Event::Incoming(Packet::UnsubAck(_))) => Ev::UnsubAck,
                     Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => Ev::Done,
                     Ok(Event::Incoming(Packet::ConnAck(_))) => Ev::SubAck,
                     Ok(_) => continue,
@@ -135,6 +141,7 @@ impl Peer {
         let mut p = Peer {
             handle: Handle::V5(client),
             rx,
+            held: Default::default(),
         };
         p.connected().await;
         p
@@ -159,6 +166,35 @@ impl Peer {
             Handle::V4(c) => c.subscribe(filter, qos4(qos)).await.unwrap(),
             Handle::V5(c) => c.subscribe(filter, qos5(qos)).await.unwrap(),
         }
+        loop {
+            match self.next().await {
+                Ev::SubAck => return,
+                Ev::Closed(e) => panic!("closed while subscribing: {e}"),
+                _ => {}
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, filter: &str) {
+        let Handle::V5(c) = &self.handle else {
+            panic!("MQTT 5 only here")
+        };
+        c.unsubscribe(filter).await.unwrap();
+        loop {
+            match self.next().await {
+                Ev::UnsubAck => return,
+                Ev::Closed(e) => panic!("closed while unsubscribing: {e}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// An MQTT 5 SUBSCRIBE with options.
+    async fn subscribe_with(&mut self, filter: m5::Filter) {
+        let Handle::V5(c) = &self.handle else {
+            panic!("MQTT 3.1.1 has no subscription options")
+        };
+        c.subscribe_many([filter]).await.unwrap();
         loop {
             match self.next().await {
                 Ev::SubAck => return,
@@ -226,6 +262,7 @@ impl Peer {
         while n > 0 {
             match self.next().await {
                 Ev::Done => n -= 1,
+                Ev::Publish(g) => self.held.push_back(g),
                 Ev::Closed(e) => panic!("closed while publishing: {e}"),
                 _ => {}
             }
@@ -233,6 +270,9 @@ impl Peer {
     }
 
     async fn next_publish(&mut self) -> Got {
+        if let Some(g) = self.held.pop_front() {
+            return g;
+        }
         loop {
             match self.next().await {
                 Ev::Publish(g) => return g,
@@ -586,4 +626,117 @@ async fn a_devices_properties_never_reach_clean() {
         .map(|(k, _)| k)
         .collect();
     assert_eq!(names, ["sg-device", "sg-kid", "sg-nonce", "sg-received"]);
+}
+
+/// `status/#` at QoS 1 with options.
+fn status(nolocal: bool, preserve_retain: bool, rh: m5::RetainForwardRule) -> m5::Filter {
+    m5::Filter {
+        path: "status/#".into(),
+        qos: qos5(1),
+        nolocal,
+        preserve_retain,
+        retain_forward_rule: rh,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_local_keeps_a_clients_own_messages_from_it() {
+    use m5::RetainForwardRule::OnEverySubscribe as Every;
+    let gw = gateway();
+    let port = gw.mqtt_port;
+    let mut other = Peer::v5(port, "nl-other", OPS, OPS_PASS, 0).await;
+    let mut other_kept = Peer::v5(port, "nl-other-kept", OPS, OPS_PASS, 600).await;
+    other.subscribe("status/#", 1).await;
+    other_kept.subscribe("status/#", 1).await;
+    for expiry in [0, 600] {
+        let mut me = Peer::v5(port, "nl-me", OPS, OPS_PASS, expiry).await;
+        me.subscribe_with(status(true, false, Every)).await;
+        me.publish("status/mine", 1, false, b"mine").await;
+        // Others get it, without the name of the session it came from.
+        for o in [&mut other, &mut other_kept] {
+            let got = o.next_publish().await;
+            assert_eq!((got.topic.as_str(), got.props), ("status/mine", None));
+        }
+        // In order after it: once this arrives, the first did not.
+        other.publish("status/theirs", 1, false, b"theirs").await;
+        assert_eq!(
+            me.next_publish().await.topic,
+            "status/theirs",
+            "expiry {expiry}"
+        );
+        assert_eq!(other.next_publish().await.topic, "status/theirs");
+        assert_eq!(other_kept.next_publish().await.topic, "status/theirs");
+        me.disconnect().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_as_published_keeps_the_retain_flag() {
+    use m5::RetainForwardRule::Never;
+    let gw = gateway();
+    let port = gw.mqtt_port;
+    let mut rap = Peer::v5(port, "rap", OPS, OPS_PASS, 0).await;
+    let mut kept = Peer::v5(port, "rap-kept", OPS, OPS_PASS, 600).await;
+    let mut plain = Peer::v5(port, "rap-plain", OPS, OPS_PASS, 0).await;
+    for s in [&mut rap, &mut kept] {
+        s.subscribe_with(status(false, true, Never)).await;
+    }
+    plain.subscribe("status/#", 1).await;
+    let mut p = Peer::v5(port, "rap-pub", OPS, OPS_PASS, 0).await;
+    p.publish("status/r", 1, true, b"r").await;
+    p.publish("status/n", 1, false, b"n").await;
+    for (s, retained) in [(&mut rap, true), (&mut kept, true), (&mut plain, false)] {
+        let r = s.next_publish().await;
+        assert_eq!((r.topic.as_str(), r.retain), ("status/r", retained));
+        let n = s.next_publish().await;
+        assert_eq!((n.topic.as_str(), n.retain), ("status/n", false));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_handling_decides_what_a_subscription_gets_as_it_is_made() {
+    use m5::RetainForwardRule::{Never, OnEverySubscribe, OnNewSubscribe};
+    let gw = gateway();
+    let port = gw.mqtt_port;
+    let mut p = Peer::v5(port, "rh-pub", OPS, OPS_PASS, 0).await;
+    p.publish("status/r", 1, true, b"r").await;
+    let mut fences = 0;
+    for expiry in [0, 600] {
+        let mut s = Peer::v5(port, "rh", OPS, OPS_PASS, expiry).await;
+        // (unsubscribe first, Retain Handling, whether the retained message
+        // comes before the fence published after the SUBACK).
+        let mut steps = vec![
+            (false, OnNewSubscribe, true),
+            (false, Never, false),
+            (false, OnNewSubscribe, false),
+        ];
+        // The router sends retained messages for new subscriptions only,
+        // so a clean session's re-subscription with Retain Handling 0 gets
+        // none (documented); a persistent session's gets them.
+        if expiry > 0 {
+            steps.push((false, OnEverySubscribe, true));
+        }
+        steps.extend([(true, Never, false), (true, OnEverySubscribe, true)]);
+        for (unsubscribe, rh, retained) in steps {
+            if unsubscribe {
+                s.unsubscribe("status/#").await;
+            }
+            s.subscribe_with(status(false, false, rh.clone())).await;
+            fences += 1;
+            let fence = format!("status/fence-{fences}");
+            p.publish(&fence, 1, false, b"f").await;
+            let step = format!("{rh:?} after unsubscribing: {unsubscribe}, expiry {expiry}");
+            let mut got = s.next_publish().await;
+            if retained {
+                assert_eq!(
+                    (got.topic.as_str(), got.retain),
+                    ("status/r", true),
+                    "{step}"
+                );
+                got = s.next_publish().await;
+            }
+            assert_eq!(got.topic, fence, "{step}");
+        }
+        s.disconnect().await;
+    }
 }

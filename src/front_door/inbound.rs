@@ -207,10 +207,11 @@ impl<P: Protocol> Session<P> {
             Packet::SubAck(ack, _) => return Ok(Packet::SubAck(ack, None)),
             Packet::Subscribe(sub, _) => {
                 let codes = self.pending_subacks.remove(&sub.pkid);
+                // With their options (`options::byte`), which the feed applies.
                 let granted: Vec<(String, u8)> = sub
                     .filters
                     .iter()
-                    .map(|f| (f.path.clone(), (f.qos as u8).min(2)))
+                    .map(|f| (f.path.clone(), super::options::byte(f)))
                     .collect();
                 (sub.pkid, granted, codes)
             }
@@ -234,7 +235,9 @@ impl<P: Protocol> Session<P> {
     }
 }
 
-fn success(qos: u8) -> SubscribeReasonCode {
+/// The SUBACK code granting a filter with these options.
+fn success(options: u8) -> SubscribeReasonCode {
+    let qos = super::options::qos(options);
     SubscribeReasonCode::Success(rumqttd::protocol::qos(qos).unwrap_or_default())
 }
 

@@ -143,12 +143,23 @@ impl Feed {
     }
 
     /// The highest QoS a filter of this session grants `topic`.
-    fn granted(&self, topic: &str) -> Option<u8> {
-        self.filters
-            .iter()
-            .filter(|(f, _)| crate::topic::matches(f, topic))
-            .map(|(_, q)| *q)
-            .max()
+    /// The filters with their options (`options::byte`).
+    fn options(&self) -> impl Iterator<Item = (&str, u8)> + Clone {
+        self.filters.iter().map(|(f, o)| (f.as_str(), *o))
+    }
+
+    /// Whether this session's subscriptions that match `topic` all have No
+    /// Local: its own message there must be named as its own.
+    pub fn no_local(&self, topic: &str) -> bool {
+        super::options::no_local(self.options(), topic)
+    }
+
+    /// Whether this session published `e` (named by `properties::tag_from`).
+    fn own(&self, e: &Entry) -> bool {
+        e.props
+            .as_deref()
+            .and_then(crate::properties::from)
+            .is_some_and(|from| from == self.id)
     }
 
     /// Encodes what is ready into `out`: matching entries at the lower of
@@ -222,7 +233,8 @@ impl Feed {
             if self.acked.contains(&s.seq) {
                 continue;
             }
-            let Some(granted) = self.granted(&s.entry.topic) else {
+            let own = self.own(&s.entry);
+            let Some(verdict) = super::options::judge(self.options(), &s.entry.topic, own) else {
                 continue;
             };
             let Some(expiry) = expiry_left(&s.entry, now) else {
@@ -230,18 +242,20 @@ impl Feed {
                 self.acked.insert(s.seq);
                 continue;
             };
-            let qos = granted.min(s.entry.qos);
+            let qos = verdict.qos.min(s.entry.qos);
             let dup = qos > 0 && s.seq < self.sent_to;
             let pkid = if qos > 0 { self.take_pkid() } else { 0 };
-            // Retain As Published is not offered: a message that matches an
-            // established subscription goes out with RETAIN 0.
+            // A message that matches an established subscription goes out
+            // with RETAIN 0, unless the subscription asked for Retain As
+            // Published.
+            let retain = verdict.retain_as_published && s.entry.retain;
             let start = out.len();
             let e = shown(self.mount.as_deref(), &s.entry);
             let m = Message {
                 qos,
                 pkid,
                 dup,
-                retain: false,
+                retain,
                 expiry,
             };
             let encoded = encode_publish(v5, &e, m, &mut self.received, out);
@@ -362,16 +376,31 @@ impl Feed {
             .then(|| tokio::time::Instant::from_std(self.saved_at + SAVE_EVERY))
     }
 
-    /// Adds or replaces filters (granted at `qos`) and makes them durable
-    /// before the SUBACK; the retained messages they match are sent next.
+    /// Adds or replaces filters (granted with `options`, `options::byte`)
+    /// and makes them durable before the SUBACK; the retained messages they
+    /// match are sent next, as their Retain Handling says.
     pub async fn subscribe(&mut self, granted: &[(String, u8)]) -> Result<(), sled::Error> {
-        for (f, q) in granted {
-            match self.filters.iter_mut().find(|(g, _)| g == f) {
-                Some(slot) => slot.1 = *q,
-                None => self.filters.push((f.clone(), *q)),
+        use super::options;
+        for (f, o) in granted {
+            let existed = match self.filters.iter_mut().find(|(g, _)| g == f) {
+                Some(slot) => {
+                    slot.1 = *o;
+                    true
+                }
+                None => {
+                    self.filters.push((f.clone(), *o));
+                    false
+                }
+            };
+            if !options::sends_retained(*o, existed) {
+                continue;
             }
             for e in self.sessions.outbox().retained(f)? {
-                let qos = e.qos.min(*q);
+                let own = self.own(&e);
+                if options::judge([(f.as_str(), *o)], &e.topic, own).is_none() {
+                    continue;
+                }
+                let qos = e.qos.min(options::qos(*o));
                 self.retained.push_back((e, qos));
             }
         }
@@ -465,7 +494,7 @@ fn encode_publish(
             put_user_property(&mut list, property::RECEIVED, &received.1);
         }
         if let Some(p) = &e.props {
-            crate::properties::write(p, expiry, &mut list);
+            crate::properties::write_for_client(p, expiry, &mut list);
         }
         write_remaining_length(&mut props, list.len())?;
         props.extend_from_slice(&list);

@@ -111,7 +111,12 @@ impl<P: Protocol> Session<P> {
             // Passed on to subscribers, but none that could pass for the
             // gateway's own. (They count against nothing: the packet they
             // came in was within `mqtt.max_packet_bytes`.)
-            let props = crate::properties::screen(props);
+            let mut props = crate::properties::screen(props);
+            // Its own No Local subscriptions must not get it back: named,
+            // so delivery can tell (`options`).
+            if self.no_local(&publish.topic) {
+                crate::properties::tag_from(&mut props, &self.login.router_client_id);
+            }
             // A QoS 2 resend before our PUBREC's PUBREL: already taken.
             if qos == 2 && self.own_pubrels.contains(&pkid) {
                 return Ok(self.swallow(qos, pkid));
@@ -139,6 +144,16 @@ impl<P: Protocol> Session<P> {
             self.owed += 1;
         }
         Ok(None)
+    }
+
+    /// Whether this session's subscriptions that match `topic` all have No
+    /// Local.
+    fn no_local(&self, topic: &[u8]) -> bool {
+        let topic = std::str::from_utf8(topic).unwrap_or_default();
+        match &self.login.feed {
+            Some(feed) => feed.no_local(topic),
+            None => self.options.no_local(topic),
+        }
     }
 
     /// The client's QoS 1/2 publishes not yet acknowledged, as the client

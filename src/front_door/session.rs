@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Role;
 use super::error::ConnError;
+use super::options::Options;
 use super::stand_in::StandIn;
 use super::subscriptions;
 use super::transport::Stream;
@@ -114,6 +115,8 @@ pub(super) struct Session<P> {
     pub(super) pending_subacks: subscriptions::Pending,
     /// The filters this connection holds, counted against the caps.
     pub(super) subs: subscriptions::Subscriptions,
+    /// The subscription options the router ignores, for a clean session.
+    pub(super) options: Options,
     /// Acks owed to the router that the client does not give: for
     /// publishes too large for it, or delivered below the router's QoS.
     pub(super) stand_in: StandIn,
@@ -173,6 +176,7 @@ impl<P: Protocol + Clone> Session<P> {
         Session {
             out,
             stand_in: StandIn::default(),
+            options: Options::default(),
             proto,
             v5,
             stream,
@@ -449,7 +453,8 @@ impl<P: Protocol> Session<P> {
                             return self.send_to_router(to_router).await.map(|()| None);
                         }
                     }
-                    match self.out.encode_forward(p)? {
+                    let me = &self.login.router_client_id;
+                    match self.out.encode_forward(p, &self.options, me)? {
                         Encoded::Publish { qos, pkid, routed } if routed > 0 => {
                             if qos > 0 {
                                 self.unacked.sent(self.out.timeout());
@@ -467,6 +472,9 @@ impl<P: Protocol> Session<P> {
                             if qos > 0 {
                                 self.stand_in.discarded(pkid, qos, &mut to_router);
                             }
+                        }
+                        Encoded::Withheld { qos, pkid } if qos > 0 => {
+                            self.stand_in.discarded(pkid, qos, &mut to_router);
                         }
                         _ => {}
                     }

@@ -14,6 +14,7 @@ use rumqttd::protocol::{Disconnect, DisconnectProperties, DisconnectReasonCode, 
 use tokio::io::AsyncWriteExt;
 
 use super::error::ConnError;
+use super::options::{Forward, Options};
 use super::packet;
 use super::transport::Stream;
 
@@ -43,6 +44,10 @@ pub(super) enum Encoded {
     /// A PUBLISH whose message expiry interval ran out while it waited: not
     /// sent (MQTT-3.3.2-5). `qos` as the router sent it.
     Expired { qos: u8, pkid: u16 },
+    /// A PUBLISH the client's subscription options decline (its own message
+    /// on No Local filters, a retained one its Retain Handling declines):
+    /// not sent. `qos` as the router sent it.
+    Withheld { qos: u8, pkid: u16 },
 }
 
 impl<P: Protocol> Writer<P> {
@@ -72,22 +77,46 @@ impl<P: Protocol> Writer<P> {
 
     /// Encodes a packet the router sent. A publish goes at the lower of its
     /// publish QoS, which `routed` carried through the router, and the QoS
-    /// the router sent it at (the subscription's): MQTT's delivery QoS. An
+    /// the router sent it at (the subscription's): MQTT's delivery QoS; with
+    /// the RETAIN flag and only if the session's subscription `options`
+    /// say so (`me`: the session's router client id, for No Local). An
     /// expired one is not written.
-    pub fn encode_forward(&mut self, mut packet: Packet) -> Result<Encoded, ConnError> {
+    pub fn encode_forward(
+        &mut self,
+        mut packet: Packet,
+        options: &Options,
+        me: &str,
+    ) -> Result<Encoded, ConnError> {
         let cap = match &mut packet {
-            Packet::Publish(_, props) => crate::routed::unmark(props),
-            _ => Some(2),
+            Packet::Publish(publish, props) => match crate::routed::unmark(props) {
+                Some(routed) => {
+                    let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
+                    let own = routed.from.as_deref() == Some(me);
+                    match options.forward(topic, publish.retain, routed.retain, own) {
+                        Forward::Send { retain } => {
+                            publish.retain = retain;
+                            Ok(routed.qos)
+                        }
+                        Forward::Withhold => Err(true),
+                    }
+                }
+                None => Err(false),
+            },
+            _ => Ok(2),
         };
-        let Some(cap) = cap else {
-            // Encoded only for the QoS and packet id the router awaits acks for.
-            let start = self.buf.len();
-            self.put(packet)?;
-            let (qos, pkid) = packet::publish_qos_pkid(&self.buf[start..]).unwrap_or((0, 0));
-            self.buf.truncate(start);
-            return Ok(Encoded::Expired { qos, pkid });
+        let withheld = match cap {
+            Ok(cap) => return self.encode_at_most(packet, cap),
+            Err(withheld) => withheld,
         };
-        self.encode_at_most(packet, cap)
+        // Encoded only for the QoS and packet id the router awaits acks for.
+        let start = self.buf.len();
+        self.put(packet)?;
+        let (qos, pkid) = packet::publish_qos_pkid(&self.buf[start..]).unwrap_or((0, 0));
+        self.buf.truncate(start);
+        Ok(match withheld {
+            true => Encoded::Withheld { qos, pkid },
+            false => Encoded::Expired { qos, pkid },
+        })
     }
 
     /// `encode`, with a PUBLISH written at `cap` at most.
