@@ -52,6 +52,7 @@ fn main() {
                 kid: 1,
                 nonce: i / 100 + 1,
             }),
+            props: None,
         });
         writer.append(entries).expect("write");
         n += batch;

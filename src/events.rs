@@ -380,12 +380,17 @@ pub mod dropped {
     /// (MQTT5-3.1.2-25), so its in-flight window and its persistent
     /// session's position move on.
     pub const TOO_LARGE_FOR_CLIENT: &str = "too_large_for_client";
-    pub const ALL: [&str; 5] = [
+    /// A message whose MQTT 5 message expiry interval ran out before it
+    /// could be sent to a subscriber: not sent (MQTT-3.3.2-5), counted once
+    /// per subscriber that missed it.
+    pub const MESSAGE_EXPIRED: &str = "message_expired";
+    pub const ALL: [&str; 6] = [
         SUBSCRIBER_LAGGED,
         SUBSCRIBER_STALLED,
         HOLD_EXCEEDED,
         SESSION_RETENTION,
         TOO_LARGE_FOR_CLIENT,
+        MESSAGE_EXPIRED,
     ];
 }
 

@@ -295,6 +295,7 @@ impl Ingest {
                 qos2: false,
             }),
             events,
+            props: None,
         };
         self.verifier.send(Input::Message(m)).await.ok()?;
         rx.recv().await.map(|a| a.outcome)

@@ -14,8 +14,12 @@
 //!   of a batch is published.
 //! * [`outbox`]: every published message, logged in the windows' transaction
 //!   and flushed before any PUBACK; persistent sessions read it.
+//! * [`properties`]: the MQTT 5 properties of an account's publish that are
+//!   passed on to subscribers, and how the outbox keeps them.
 //! * [`republish`]: `clean/{device}/...` and `sealgate/events/{device}` into
 //!   the router, for clean sessions.
+//! * `routed`: what a publish carries through the router for the front
+//!   door to read back at delivery (its publish QoS).
 //! * [`sessions`]: persistent subscriber sessions (subscriptions, position
 //!   in the outbox, expiry) and the retention that trims the outbox.
 //! * [`topic`]: what MQTT and the router allow of topic names and filters,
@@ -48,9 +52,11 @@ pub mod ingest;
 pub(crate) mod lag;
 pub mod metrics;
 pub mod outbox;
+pub mod properties;
 pub mod registry;
 pub mod replay;
 pub mod republish;
+pub(crate) mod routed;
 pub mod secrets;
 pub mod sessions;
 pub mod shutdown;

@@ -38,6 +38,9 @@ pub struct Entry {
     /// Set for verified messages: who sealed it, so a consumer can drop a
     /// crash's repeat by (device, nonce).
     pub origin: Option<Origin>,
+    /// An account's publish: the MQTT 5 properties passed on to
+    /// subscribers (`properties::screen`). Boxed: most messages have none.
+    pub props: Option<Box<rumqttd::protocol::PublishProperties>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +51,9 @@ pub struct Origin {
 }
 
 const VERSION: u8 = 1;
+/// Entry flags: retain, the QoS, and whether properties follow the origin.
+const RETAIN: u8 = 0x01;
+const PROPS: u8 = 0x08;
 const META_KEY: &[u8] = b"";
 /// Fixed part of an encoded entry: version, flags, time.
 const HEADER: usize = 1 + 1 + 8;
@@ -62,7 +68,8 @@ pub const RECORD_BYTES: usize = 4096;
 impl Entry {
     fn encode_into(&self, v: &mut Vec<u8>) {
         v.push(VERSION);
-        v.push(u8::from(self.retain) | (self.qos.min(2) << 1));
+        let props = if self.props.is_some() { PROPS } else { 0 };
+        v.push(u8::from(self.retain) | (self.qos.min(2) << 1) | props);
         v.extend_from_slice(&self.at_ms.to_be_bytes());
         v.extend_from_slice(&(self.topic.len() as u16).to_be_bytes());
         v.extend_from_slice(self.topic.as_bytes());
@@ -76,6 +83,11 @@ impl Entry {
                 v.extend_from_slice(&o.nonce.to_be_bytes());
             }
         }
+        if let Some(p) = &self.props {
+            let len = crate::properties::written_len(p, p.message_expiry_interval);
+            v.extend_from_slice(&(len as u32).to_be_bytes());
+            crate::properties::write(p, p.message_expiry_interval, v);
+        }
         v.extend_from_slice(&self.payload);
     }
 
@@ -88,7 +100,10 @@ impl Entry {
     /// The length of its encoding.
     fn size(&self) -> usize {
         let origin = self.origin.as_ref().map_or(0, |o| 1 + o.device.len() + 12);
-        HEADER + 2 + self.topic.len() + 1 + origin + self.payload.len()
+        let props = self.props.as_ref().map_or(0, |p| {
+            4 + crate::properties::written_len(p, p.message_expiry_interval)
+        });
+        HEADER + 2 + self.topic.len() + 1 + origin + props + self.payload.len()
     }
 }
 
@@ -139,14 +154,22 @@ fn decode_entry(v: &[u8], payload: impl FnOnce(usize) -> Bytes) -> Option<Entry>
             Some(Origin { device, kid, nonce })
         }
     };
+    let props = match flags & PROPS {
+        0 => None,
+        _ => {
+            let n = u32::from_be_bytes(r.take(4)?.try_into().ok()?) as usize;
+            Some(Box::new(crate::properties::read(r.take(n)?)?))
+        }
+    };
     let at = v.len() - r.0.len();
     Some(Entry {
         topic,
         payload: payload(at),
         qos: (flags >> 1) & 3,
-        retain: flags & 1 == 1,
+        retain: flags & RETAIN == RETAIN,
         at_ms,
         origin,
+        props,
     })
 }
 
@@ -596,6 +619,13 @@ mod tests {
                 device: "d1".into(),
                 kid: 2,
                 nonce: n,
+            }),
+            props: (n % 3 == 1).then(|| {
+                Box::new(rumqttd::protocol::PublishProperties {
+                    message_expiry_interval: Some(60),
+                    user_properties: vec![("k".into(), format!("{n}"))],
+                    ..Default::default()
+                })
             }),
         }
     }

@@ -53,6 +53,7 @@ pub fn event_entry(topics: &Topics, event: &SecurityEvent, at_ms: u64) -> Entry 
         retain: false,
         at_ms,
         origin: None,
+        props: None,
     }
 }
 
@@ -74,14 +75,21 @@ impl Republisher {
         }
     }
 
-    /// Queues a message for the router. Without the origin properties:
-    /// only persistent sessions, fed from the outbox, can get a message
-    /// twice (after a crash), and carrying four properties through the
-    /// router costs a fifth of the gateway's throughput.
+    /// Queues a message for the router, with an account's own properties,
+    /// marked with its publish QoS and expiry deadline (`routed`), which the
+    /// router would otherwise lose. Without the origin properties: only persistent
+    /// sessions, fed from the outbox, can get a message twice (after a
+    /// crash), and carrying four properties through the router costs a
+    /// fifth of the gateway's throughput.
     pub fn queue(&mut self, entry: Entry) {
         self.pending.push((
             Publish::new(Bytes::from(entry.topic), entry.payload, entry.retain),
-            None,
+            crate::routed::mark(
+                entry.qos,
+                entry.retain,
+                entry.props.map(|p| *p),
+                entry.at_ms,
+            ),
         ));
     }
 

@@ -22,7 +22,10 @@ use crate::outbox::{Batch, Outbox};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
     pub account: String,
-    /// Filters and their granted QoS.
+    /// Filters and their subscription options as MQTT 5 encodes them: the
+    /// granted QoS in bits 0-1, then No Local, Retain As Published and
+    /// Retain Handling (`front_door::options`; an older record has the QoS
+    /// alone, which reads the same).
     pub filters: Vec<(String, u8)>,
     /// Every outbox entry below this was delivered and acknowledged (or
     /// did not match).

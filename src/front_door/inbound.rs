@@ -126,22 +126,12 @@ impl<P: Protocol> Session<P> {
                 }
                 p @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
                     self.unacked.acked(self.out.timeout());
-                    let pkid = match &p {
-                        Packet::PubAck(a, _) => a.pkid,
-                        Packet::PubRec(r, _) => r.pkid,
-                        _ => 0,
-                    };
-                    to_router.push(p);
-                    if let Some(s) = self.stand_in.as_mut() {
-                        s.acked(pkid, &mut to_router);
-                    }
+                    self.stand_in.acked(p, &mut to_router);
                 }
-                Packet::PubComp(comp, props) if self.stand_in.is_some() => {
+                Packet::PubComp(comp, props) => {
                     let pkid = comp.pkid;
                     to_router.push(Packet::PubComp(comp, props));
-                    if let Some(s) = self.stand_in.as_mut() {
-                        s.completed(pkid, &mut to_router);
-                    }
+                    self.stand_in.completed(pkid, &mut to_router);
                 }
                 Packet::Unsubscribe(u, _) if self.login.feed.is_some() => {
                     let Some(u) = self.screen_unsubscribe(u)? else {
@@ -226,10 +216,11 @@ impl<P: Protocol> Session<P> {
             Packet::SubAck(ack, _) => return Ok(Packet::SubAck(ack, None)),
             Packet::Subscribe(sub, _) => {
                 let codes = self.pending_subacks.remove(&sub.pkid);
+                // With their options (`options::byte`), which the feed applies.
                 let granted: Vec<(String, u8)> = sub
                     .filters
                     .iter()
-                    .map(|f| (f.path.clone(), (f.qos as u8).min(2)))
+                    .map(|f| (f.path.clone(), super::options::byte(f)))
                     .collect();
                 (sub.pkid, granted, codes)
             }
@@ -253,7 +244,9 @@ impl<P: Protocol> Session<P> {
     }
 }
 
-fn success(qos: u8) -> SubscribeReasonCode {
+/// The SUBACK code granting a filter with these options.
+fn success(options: u8) -> SubscribeReasonCode {
+    let qos = super::options::qos(options);
     SubscribeReasonCode::Success(rumqttd::protocol::qos(qos).unwrap_or_default())
 }
 

@@ -16,6 +16,7 @@ mod error;
 mod inbound;
 pub(crate) mod limits;
 mod mount;
+mod options;
 #[doc(hidden)]
 pub mod packet;
 mod persistent;

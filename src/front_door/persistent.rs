@@ -42,6 +42,8 @@ pub(super) struct Filled {
     /// Messages not written because they exceed the client's Maximum
     /// Packet Size.
     pub too_large: usize,
+    /// Messages not written because their message expiry interval ran out.
+    pub expired: usize,
 }
 
 pub(super) struct Feed {
@@ -141,18 +143,30 @@ impl Feed {
     }
 
     /// The highest QoS a filter of this session grants `topic`.
-    fn granted(&self, topic: &str) -> Option<u8> {
-        self.filters
-            .iter()
-            .filter(|(f, _)| crate::topic::matches(f, topic))
-            .map(|(_, q)| *q)
-            .max()
+    /// The filters with their options (`options::byte`).
+    fn options(&self) -> impl Iterator<Item = (&str, u8)> + Clone {
+        self.filters.iter().map(|(f, o)| (f.as_str(), *o))
+    }
+
+    /// Whether this session's subscriptions that match `topic` all have No
+    /// Local: its own message there must be named as its own.
+    pub fn no_local(&self, topic: &str) -> bool {
+        super::options::no_local(self.options(), topic)
+    }
+
+    /// Whether this session published `e` (named by `properties::tag_from`).
+    fn own(&self, e: &Entry) -> bool {
+        e.props
+            .as_deref()
+            .and_then(crate::properties::from)
+            .is_some_and(|from| from == self.id)
     }
 
     /// Encodes what is ready into `out`: matching entries at the lower of
     /// their QoS and the subscription's. A message larger than `max_packet`
     /// (the client's MQTT 5 Maximum Packet Size) is not sent and counts as
-    /// delivered (MQTT5-3.1.2-25): the position moves past it.
+    /// delivered (MQTT5-3.1.2-25): the position moves past it. So does one
+    /// whose message expiry interval ran out (MQTT-3.3.2-5).
     pub fn fill(
         &mut self,
         v5: bool,
@@ -164,15 +178,27 @@ impl Feed {
         if room == 0 {
             return Ok(filled);
         }
+        let now = crate::now_ms();
         // MQTT: retained messages follow the SUBACK, before new ones.
         while filled.sent < room {
             let Some((e, qos)) = self.retained.pop_front() else {
                 break;
             };
+            let Some(expiry) = expiry_left(&e, now) else {
+                filled.expired += 1;
+                continue;
+            };
             let pkid = if qos > 0 { self.take_pkid() } else { 0 };
             let start = out.len();
             let e = shown(self.mount.as_deref(), &e);
-            let encoded = encode_publish(v5, &e, qos, pkid, false, true, &mut self.received, out);
+            let m = Message {
+                qos,
+                pkid,
+                dup: false,
+                retain: true,
+                expiry,
+            };
+            let encoded = encode_publish(v5, &e, m, &mut self.received, out);
             if unframable(encoded) {
                 continue;
             }
@@ -207,17 +233,32 @@ impl Feed {
             if self.acked.contains(&s.seq) {
                 continue;
             }
-            let Some(granted) = self.granted(&s.entry.topic) else {
+            let own = self.own(&s.entry);
+            let Some(verdict) = super::options::judge(self.options(), &s.entry.topic, own) else {
                 continue;
             };
-            let qos = granted.min(s.entry.qos);
+            let Some(expiry) = expiry_left(&s.entry, now) else {
+                filled.expired += 1;
+                self.acked.insert(s.seq);
+                continue;
+            };
+            let qos = verdict.qos.min(s.entry.qos);
             let dup = qos > 0 && s.seq < self.sent_to;
             let pkid = if qos > 0 { self.take_pkid() } else { 0 };
-            // Retain As Published is not offered: a message that matches an
-            // established subscription goes out with RETAIN 0.
+            // A message that matches an established subscription goes out
+            // with RETAIN 0, unless the subscription asked for Retain As
+            // Published.
+            let retain = verdict.retain_as_published && s.entry.retain;
             let start = out.len();
             let e = shown(self.mount.as_deref(), &s.entry);
-            let encoded = encode_publish(v5, &e, qos, pkid, dup, false, &mut self.received, out);
+            let m = Message {
+                qos,
+                pkid,
+                dup,
+                retain,
+                expiry,
+            };
+            let encoded = encode_publish(v5, &e, m, &mut self.received, out);
             if unframable(encoded) {
                 self.acked.insert(s.seq);
                 continue;
@@ -335,16 +376,31 @@ impl Feed {
             .then(|| tokio::time::Instant::from_std(self.saved_at + SAVE_EVERY))
     }
 
-    /// Adds or replaces filters (granted at `qos`) and makes them durable
-    /// before the SUBACK; the retained messages they match are sent next.
+    /// Adds or replaces filters (granted with `options`, `options::byte`)
+    /// and makes them durable before the SUBACK; the retained messages they
+    /// match are sent next, as their Retain Handling says.
     pub async fn subscribe(&mut self, granted: &[(String, u8)]) -> Result<(), sled::Error> {
-        for (f, q) in granted {
-            match self.filters.iter_mut().find(|(g, _)| g == f) {
-                Some(slot) => slot.1 = *q,
-                None => self.filters.push((f.clone(), *q)),
+        use super::options;
+        for (f, o) in granted {
+            let existed = match self.filters.iter_mut().find(|(g, _)| g == f) {
+                Some(slot) => {
+                    slot.1 = *o;
+                    true
+                }
+                None => {
+                    self.filters.push((f.clone(), *o));
+                    false
+                }
+            };
+            if !options::sends_retained(*o, existed) {
+                continue;
             }
             for e in self.sessions.outbox().retained(f)? {
-                let qos = e.qos.min(*q);
+                let own = self.own(&e);
+                if options::judge([(f.as_str(), *o)], &e.topic, own).is_none() {
+                    continue;
+                }
+                let qos = e.qos.min(options::qos(*o));
                 self.retained.push_back((e, qos));
             }
         }
@@ -383,22 +439,44 @@ impl Feed {
     }
 }
 
+/// How one entry is sent to this session.
+struct Message {
+    qos: u8,
+    pkid: u16,
+    dup: bool,
+    retain: bool,
+    /// What is left of the entry's message expiry interval, if it has one.
+    expiry: Option<u32>,
+}
+
+/// What is left of an entry's message expiry interval: `Some(None)` when it
+/// has none, `None` when it ran out.
+fn expiry_left(e: &Entry, now_ms: u64) -> Option<Option<u32>> {
+    match e.props.as_ref().and_then(|p| p.message_expiry_interval) {
+        None => Some(None),
+        Some(secs) => crate::properties::expiry_left(secs, e.at_ms, now_ms).map(Some),
+    }
+}
+
 /// Writes an MQTT PUBLISH. rumqttd keeps a publish's QoS and packet id
 /// private to its crate, so packets it did not decode itself cannot carry
 /// them: this is the one encoder of our own (lengths are written by
 /// rumqttd's `write_remaining_length`), checked against rumqttd's decoder in
 /// the tests below. Fails only for a packet MQTT cannot frame (over 256 MiB).
-#[allow(clippy::too_many_arguments)]
 fn encode_publish(
     v5: bool,
     e: &Entry,
-    qos: u8,
-    pkid: u16,
-    dup: bool,
-    retain: bool,
+    m: Message,
     received: &mut (u64, String),
     out: &mut BytesMut,
 ) -> Result<(), rumqttd::protocol::Error> {
+    let Message {
+        qos,
+        pkid,
+        dup,
+        retain,
+        expiry,
+    } = m;
     use crate::republish::property;
     use rumqttd::protocol::v4::write_remaining_length;
     // MQTT 5: the properties, after their length.
@@ -414,6 +492,9 @@ fn encode_publish(
             put_user_property(&mut list, property::KID, number.format(o.kid));
             put_user_property(&mut list, property::NONCE, number.format(o.nonce));
             put_user_property(&mut list, property::RECEIVED, &received.1);
+        }
+        if let Some(p) = &e.props {
+            crate::properties::write_for_client(p, expiry, &mut list);
         }
         write_remaining_length(&mut props, list.len())?;
         props.extend_from_slice(&list);
@@ -496,6 +577,7 @@ mod tests {
                 kid: 3,
                 nonce: 42,
             }),
+            props: None,
         }
     }
 
@@ -535,7 +617,14 @@ mod tests {
                 let e = entry(payload);
                 let mut b = BytesMut::new();
                 let mut r = (0, String::new());
-                encode_publish(false, &e, qos, 513, true, true, &mut r, &mut b).unwrap();
+                let m = |dup| Message {
+                    qos,
+                    pkid: 513,
+                    dup,
+                    retain: true,
+                    expiry: None,
+                };
+                encode_publish(false, &e, m(true), &mut r, &mut b).unwrap();
                 assert_eq!((b[0] >> 1) & 3, qos);
                 let Packet::Publish(p, None) = V4.read_mut(&mut b, 1 << 20).unwrap() else {
                     panic!("not a publish")
@@ -548,7 +637,7 @@ mod tests {
                 assert!(b.is_empty());
 
                 let mut b = BytesMut::new();
-                encode_publish(true, &e, qos, 513, false, true, &mut r, &mut b).unwrap();
+                encode_publish(true, &e, m(false), &mut r, &mut b).unwrap();
                 let Packet::Publish(p, Some(props)) = V5.read_mut(&mut b, 1 << 20).unwrap() else {
                     panic!("not a v5 publish with properties")
                 };
@@ -561,6 +650,34 @@ mod tests {
                 assert_eq!(names, ["sg-device", "sg-kid", "sg-nonce", "sg-received"]);
                 assert_eq!(props.user_properties[2].1, "42");
                 assert!(b.is_empty());
+
+                // An account's publish: its own properties, with the
+                // expiry left.
+                let own = rumqttd::protocol::PublishProperties {
+                    content_type: Some("text/plain".into()),
+                    message_expiry_interval: Some(60),
+                    user_properties: vec![("k".into(), "v".into())],
+                    ..Default::default()
+                };
+                let e = Entry {
+                    origin: None,
+                    props: Some(Box::new(own.clone())),
+                    ..e
+                };
+                let mut b = BytesMut::new();
+                let m = Message {
+                    expiry: Some(7),
+                    ..m(false)
+                };
+                encode_publish(true, &e, m, &mut r, &mut b).unwrap();
+                let Packet::Publish(_, Some(props)) = V5.read_mut(&mut b, 1 << 20).unwrap() else {
+                    panic!("not a v5 publish with properties")
+                };
+                let expected = rumqttd::protocol::PublishProperties {
+                    message_expiry_interval: Some(7),
+                    ..own
+                };
+                assert_eq!(props, expected);
             }
         }
     }

@@ -102,11 +102,15 @@ impl<P: Protocol> Session<P> {
             return Ok(None);
         }
         if !self.is_sealed(&publish.topic) {
-            // Client properties stay here: the router keeps them with the
-            // message without counting them (user properties can hold far more
-            // than the payload) and 3.1.1 subscribers cannot take them.
-            // Carrying chosen properties end to end is MQTT 5 work to come.
-            drop(props);
+            // Passed on to subscribers, but none that could pass for the
+            // gateway's own. (They count against nothing: the packet they
+            // came in was within `mqtt.max_packet_bytes`.)
+            let mut props = crate::properties::screen(props);
+            // Its own No Local subscriptions must not get it back: named,
+            // so delivery can tell (`options`).
+            if self.no_local(&publish.topic) {
+                crate::properties::tag_from(&mut props, &self.login.router_client_id);
+            }
             // A QoS 2 resend before our PUBREC's PUBREL: already taken.
             if qos == 2 && self.own_pubrels.contains(&pkid) {
                 return Ok(self.swallow(qos, pkid));
@@ -116,13 +120,15 @@ impl<P: Protocol> Session<P> {
                 pkid,
                 qos2: qos == 2,
             });
-            self.relay(publish, qos, ack).await;
+            self.relay(publish, qos, ack, props).await;
             return Ok(None);
         }
         if !self.stream_admitted(&publish.topic) {
             self.refuse(RejectReason::TooManyStreams).await;
             return Ok(Some(End::Refused(DisconnectReasonCode::QuotaExceeded)));
         }
+        // A device's properties are outside its envelope's MAC: dropped.
+        drop(props);
         let ack = (qos > 0).then(|| AckTo {
             tx: self.ack_tx.clone(),
             pkid,
@@ -132,6 +138,16 @@ impl<P: Protocol> Session<P> {
             self.owed += 1;
         }
         Ok(None)
+    }
+
+    /// Whether this session's subscriptions that match `topic` all have No
+    /// Local.
+    fn no_local(&self, topic: &[u8]) -> bool {
+        let topic = std::str::from_utf8(topic).unwrap_or_default();
+        match &self.login.feed {
+            Some(feed) => feed.no_local(topic),
+            None => self.options.no_local(topic),
+        }
     }
 
     /// The client's QoS 1/2 publishes not yet acknowledged, as the client
@@ -262,17 +278,24 @@ impl<P: Protocol> Session<P> {
             Some(_) => 1,
             None => 0,
         };
-        self.queue_for_verifier(publish, qos, ack, Input::Message)
+        self.queue_for_verifier(publish, qos, ack, None, Input::Message)
             .await
     }
 
-    /// Hands an account's publish to the outbox, through the verifier's
-    /// queue so that it is logged in order with everything else;
-    /// acknowledged once durable, like a sealed one.
-    pub(super) async fn relay(&mut self, publish: Publish, qos: u8, ack: Option<AckTo>) {
+    /// Hands an account's publish to the outbox, with the
+    /// properties passed on, through the verifier's queue so that it is
+    /// logged in order with everything else; acknowledged once durable,
+    /// like a sealed one.
+    pub(super) async fn relay(
+        &mut self,
+        publish: Publish,
+        qos: u8,
+        ack: Option<AckTo>,
+        props: Option<Box<PublishProperties>>,
+    ) {
         let acked = ack.is_some();
         if self
-            .queue_for_verifier(publish, qos, ack, Input::Relay)
+            .queue_for_verifier(publish, qos, ack, props, Input::Relay)
             .await
             && acked
         {
@@ -287,6 +310,7 @@ impl<P: Protocol> Session<P> {
         publish: Publish,
         qos: u8,
         ack: Option<AckTo>,
+        props: Option<Box<PublishProperties>>,
         kind: fn(Inbound) -> Input,
     ) -> bool {
         // Held here while a `block` subscriber catches up: this socket is
@@ -299,6 +323,7 @@ impl<P: Protocol> Session<P> {
             qos,
             ack,
             events: true,
+            props,
         };
         self.ctx.verifier.send(kind(m)).await.is_ok()
     }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Role;
 use super::error::ConnError;
+use super::options::Options;
 use super::stand_in::StandIn;
 use super::subscriptions;
 use super::transport::Stream;
@@ -117,9 +118,11 @@ pub(super) struct Session<P> {
     pub(super) pending_subacks: subscriptions::Pending,
     /// The filters this connection holds, counted against the caps.
     pub(super) subs: subscriptions::Subscriptions,
-    /// Acks owed to the router for publishes too large for the client;
-    /// only for a client that announced a Maximum Packet Size.
-    pub(super) stand_in: Option<StandIn>,
+    /// The subscription options the router ignores, for a clean session.
+    pub(super) options: Options,
+    /// Acks owed to the router that the client does not give: for
+    /// publishes too large for it, or delivered below the router's QoS.
+    pub(super) stand_in: StandIn,
     /// Streams this device's connection already published on: only a new
     /// one asks the shared `limits::Streams`.
     pub(super) streams_used: HashSet<String>,
@@ -176,10 +179,10 @@ impl<P: Protocol + Clone> Session<P> {
             subs.restore(feed.filters());
         }
         let out = Writer::new(proto.clone(), v5, timeout, login.max_packet);
-        let stand_in = out.max_packet().map(|_| StandIn::default());
         Session {
             out,
-            stand_in,
+            stand_in: StandIn::default(),
+            options: Options::default(),
             proto,
             v5,
             stream,
@@ -318,6 +321,7 @@ impl<P: Protocol> Session<P> {
                             self.unacked.sent(self.out.timeout());
                         }
                         self.too_large(filled.too_large);
+                        self.expired(filled.expired);
                     }
                 }
                 n = next_notification(&mut self.login.link) => {
@@ -451,23 +455,33 @@ impl<P: Protocol> Session<P> {
                         }
                     }
                     let mut to_router = Vec::new();
-                    if let (Packet::PubRel(rel, _), Some(s)) = (&p, self.stand_in.as_mut()) {
-                        if !s.released(rel.pkid, &mut to_router) {
+                    if let Packet::PubRel(rel, _) = &p {
+                        if !self.stand_in.released(rel.pkid, &mut to_router) {
                             return self.send_to_router(to_router).await.map(|()| None);
                         }
                     }
-                    match self.out.encode(p)? {
-                        Encoded::Publish { qos, pkid } if qos > 0 => {
-                            self.unacked.sent(self.out.timeout());
-                            if let Some(s) = self.stand_in.as_mut() {
-                                s.sent(pkid, qos);
+                    let me = &self.login.router_client_id;
+                    match self.out.encode_forward(p, &self.options, me)? {
+                        Encoded::Publish { qos, pkid, routed } if routed > 0 => {
+                            if qos > 0 {
+                                self.unacked.sent(self.out.timeout());
                             }
+                            self.stand_in.sent(pkid, routed, qos, &mut to_router);
                         }
                         Encoded::TooLarge { qos, pkid } => {
                             self.too_large(1);
-                            if let (Some(s), true) = (self.stand_in.as_mut(), qos > 0) {
-                                s.discarded(pkid, qos, &mut to_router);
+                            if qos > 0 {
+                                self.stand_in.discarded(pkid, qos, &mut to_router);
                             }
+                        }
+                        Encoded::Expired { qos, pkid } => {
+                            self.expired(1);
+                            if qos > 0 {
+                                self.stand_in.discarded(pkid, qos, &mut to_router);
+                            }
+                        }
+                        Encoded::Withheld { qos, pkid } if qos > 0 => {
+                            self.stand_in.discarded(pkid, qos, &mut to_router);
                         }
                         _ => {}
                     }
@@ -490,6 +504,15 @@ impl<P: Protocol> Session<P> {
         let reason = crate::events::dropped::TOO_LARGE_FOR_CLIENT;
         self.ctx.metrics.dropped(reason, messages as u64);
         tracing::debug!(client = ?self.client_name(), messages, "Discarded messages larger than the client's maximum packet size.");
+    }
+
+    /// Counts messages not sent because their message expiry interval ran
+    /// out while they waited.
+    fn expired(&self, messages: usize) {
+        if messages > 0 {
+            let reason = crate::events::dropped::MESSAGE_EXPIRED;
+            self.ctx.metrics.dropped(reason, messages as u64);
+        }
     }
 
     /// Hands packets to the router with one wake-up.

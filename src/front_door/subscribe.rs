@@ -61,6 +61,15 @@ impl<P: Protocol> Session<P> {
     ) -> Packet {
         let verdicts: Vec<Result<bool, &'static str>> =
             sub.filters.iter().map(|f| self.judge(&f.path)).collect();
+        if self.login.feed.is_none() {
+            // As the client named them: forwards are judged on the topics it
+            // is shown (its mount stripped).
+            for (f, v) in sub.filters.iter().zip(&verdicts) {
+                if v.is_ok() {
+                    self.options.subscribed(&f.path, super::options::byte(f));
+                }
+            }
+        }
         for f in &mut sub.filters {
             let mounted = super::mount::filter(self.login.mount.as_deref(), &f.path).into_owned();
             f.path = router_filter(&self.login.role, &mounted).into_owned();
@@ -118,6 +127,7 @@ impl<P: Protocol> Session<P> {
             .retain(|f| topic::filter(f).and_then(topic::router_takes).is_ok());
         for f in &mut unsub.filters {
             self.subs.release(f);
+            self.options.unsubscribed(f);
             let mounted = super::mount::filter(self.login.mount.as_deref(), f).into_owned();
             *f = router_filter(&self.login.role, &mounted).into_owned();
         }

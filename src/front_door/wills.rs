@@ -126,6 +126,8 @@ async fn send(ctx: &Context, will: LastWill, sealed: bool) {
         qos: if sealed { 0 } else { will.qos as u8 },
         ack: None,
         events: true,
+        // Will properties are not carried (docs/protocol.md).
+        props: None,
     };
     let input = if sealed {
         Input::Message(m)

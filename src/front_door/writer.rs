@@ -14,6 +14,7 @@ use rumqttd::protocol::{Disconnect, DisconnectProperties, DisconnectReasonCode, 
 use tokio::io::AsyncWriteExt;
 
 use super::error::ConnError;
+use super::options::{Forward, Options};
 use super::packet;
 use super::transport::Stream;
 
@@ -32,11 +33,21 @@ pub(super) struct Writer<P> {
 pub(super) enum Encoded {
     /// A packet other than PUBLISH, encoded.
     Packet,
-    /// A PUBLISH, encoded, with the QoS and packet id rumqttd keeps private.
-    Publish { qos: u8, pkid: u16 },
+    /// A PUBLISH, encoded: `qos` as the client gets it; `routed` and
+    /// `pkid`, which rumqttd keeps private, as the router sent it (what the
+    /// router awaits acknowledgements for).
+    Publish { qos: u8, pkid: u16, routed: u8 },
     /// A PUBLISH larger than the client takes: not sent. MQTT5-3.1.2-25 has
-    /// the server behave as if it had been delivered.
+    /// the server behave as if it had been delivered. `qos` as the router
+    /// sent it.
     TooLarge { qos: u8, pkid: u16 },
+    /// A PUBLISH whose message expiry interval ran out while it waited: not
+    /// sent (MQTT-3.3.2-5). `qos` as the router sent it.
+    Expired { qos: u8, pkid: u16 },
+    /// A PUBLISH the client's subscription options decline (its own message
+    /// on No Local filters, a retained one its Retain Handling declines):
+    /// not sent. `qos` as the router sent it.
+    Withheld { qos: u8, pkid: u16 },
 }
 
 impl<P: Protocol> Writer<P> {
@@ -61,6 +72,55 @@ impl<P: Protocol> Writer<P> {
     /// Size. Fails for a packet other than PUBLISH that does not fit even
     /// without its optional properties.
     pub fn encode(&mut self, packet: Packet) -> Result<Encoded, ConnError> {
+        self.encode_at_most(packet, 2)
+    }
+
+    /// Encodes a packet the router sent. A publish goes at the lower of its
+    /// publish QoS, which `routed` carried through the router, and the QoS
+    /// the router sent it at (the subscription's): MQTT's delivery QoS; with
+    /// the RETAIN flag and only if the session's subscription `options`
+    /// say so (`me`: the session's router client id, for No Local). An
+    /// expired one is not written.
+    pub fn encode_forward(
+        &mut self,
+        mut packet: Packet,
+        options: &Options,
+        me: &str,
+    ) -> Result<Encoded, ConnError> {
+        let cap = match &mut packet {
+            Packet::Publish(publish, props) => match crate::routed::unmark(props) {
+                Some(routed) => {
+                    let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
+                    let own = routed.from.as_deref() == Some(me);
+                    match options.forward(topic, publish.retain, routed.retain, own) {
+                        Forward::Send { retain } => {
+                            publish.retain = retain;
+                            Ok(routed.qos)
+                        }
+                        Forward::Withhold => Err(true),
+                    }
+                }
+                None => Err(false),
+            },
+            _ => Ok(2),
+        };
+        let withheld = match cap {
+            Ok(cap) => return self.encode_at_most(packet, cap),
+            Err(withheld) => withheld,
+        };
+        // Encoded only for the QoS and packet id the router awaits acks for.
+        let start = self.buf.len();
+        self.put(packet)?;
+        let (qos, pkid) = packet::publish_qos_pkid(&self.buf[start..]).unwrap_or((0, 0));
+        self.buf.truncate(start);
+        Ok(match withheld {
+            true => Encoded::Withheld { qos, pkid },
+            false => Encoded::Expired { qos, pkid },
+        })
+    }
+
+    /// `encode`, with a PUBLISH written at `cap` at most.
+    fn encode_at_most(&mut self, packet: Packet, cap: u8) -> Result<Encoded, ConnError> {
         let packet = match packet {
             Packet::Disconnect(d, None) if self.v5 => {
                 let props = disconnect_reason(d.reason_code);
@@ -77,17 +137,25 @@ impl<P: Protocol> Writer<P> {
         };
         let start = self.buf.len();
         self.put(packet)?;
+        if publish {
+            let (routed, pkid) = packet::publish_qos_pkid(&self.buf[start..]).unwrap_or((0, 0));
+            let qos = routed.min(cap);
+            if qos < routed {
+                let len = packet::lower_publish_qos(&mut self.buf[start..], qos);
+                self.buf.truncate(start + len);
+            }
+            if self
+                .max_packet
+                .is_none_or(|max| self.buf.len() - start <= max)
+            {
+                return Ok(Encoded::Publish { qos, pkid, routed });
+            }
+            self.buf.truncate(start);
+            return Ok(Encoded::TooLarge { qos: routed, pkid });
+        }
         let fits = self
             .max_packet
             .is_none_or(|max| self.buf.len() - start <= max);
-        if publish {
-            let (qos, pkid) = packet::publish_qos_pkid(&self.buf[start..]).unwrap_or((0, 0));
-            if fits {
-                return Ok(Encoded::Publish { qos, pkid });
-            }
-            self.buf.truncate(start);
-            return Ok(Encoded::TooLarge { qos, pkid });
-        }
         if fits {
             return Ok(Encoded::Packet);
         }
@@ -309,7 +377,11 @@ mod tests {
         let small = Publish::new("t".to_string(), "s".repeat(16), false);
         assert_eq!(
             w.encode(Packet::Publish(small, None)).unwrap(),
-            Encoded::Publish { qos: 0, pkid: 0 }
+            Encoded::Publish {
+                qos: 0,
+                pkid: 0,
+                routed: 0
+            }
         );
         let written = w.raw().len();
         let large = Publish::new("t".to_string(), "l".repeat(64), false);

@@ -34,6 +34,10 @@ pub struct Inbound {
     pub qos: u8,
     /// Where to acknowledge once the outcome is final (QoS 1 and 2 only).
     pub ack: Option<AckTo>,
+    /// An account's publish: its MQTT 5 properties, as passed on
+    /// (`properties::screen`). Always `None` for a sealed one: nothing
+    /// outside the envelope's MAC may reach `clean/`.
+    pub props: Option<Box<rumqttd::protocol::PublishProperties>>,
     /// Whether a refusal publishes its security event. The HTTP ingest
     /// clears it past a device's budget of refusals: anyone can post forged
     /// envelopes in a device's name, and they must not flood its events.
@@ -172,6 +176,7 @@ fn plain(topic: String, m: &Inbound, now: u64) -> Entry {
         retain: m.retain,
         at_ms: now,
         origin: None,
+        props: None,
     }
 }
 
@@ -303,6 +308,7 @@ impl Stage {
                         retain: m.retain,
                         at_ms: now,
                         origin: None,
+                        props: m.props,
                     };
                     job.outputs.push(Output::AfterCommit {
                         idx,
@@ -403,6 +409,7 @@ impl Stage {
                         kid,
                         nonce,
                     }),
+                    props: None,
                 };
                 outputs.push(Output::AfterCommit {
                     idx,
