@@ -44,7 +44,8 @@ import tempfile
 import time
 import urllib.request
 
-from compare_report import (add_ratios, compare_plots, curve_plots, median_of, print_table,
+sys.dont_write_bytecode = True  # no __pycache__ in the work tree
+from compare_report import (  # noqa: E402add_ratios, compare_plots, curve_plots, median_of, print_table,
                             summarise)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
