@@ -45,8 +45,8 @@ import time
 import urllib.request
 
 sys.dont_write_bytecode = True  # no __pycache__ in the work tree
-from compare_report import (  # noqa: E402add_ratios, compare_plots, curve_plots, median_of, print_table,
-                            summarise)
+from compare_report import (  # noqa: E402
+    add_ratios, compare_plots, curve_plots, median_of, print_table, summarise)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "bench-token-0123456789"
@@ -180,6 +180,7 @@ class Bench:
         self.fleets = {}
         self.registry_creds = {}
         self.live = []
+        self.failures = []
         os.makedirs(self.cache, exist_ok=True)
         self.sealgate = os.path.join(args.bin, "sealgate")
         self.sim = os.path.join(args.bin, "firmware-sim")
@@ -195,10 +196,28 @@ class Bench:
                 h.update(chunk)
         return h.hexdigest()[:12]
 
+    def stop_all(self):
+        for s in list(self.live):
+            self.stop(s)
+
+    def attempt(self, what, fn, *args, **kw):
+        """One run; a failure is logged and recorded, and the session goes
+        on (an hour's measurements are not lost to one bad run)."""
+        try:
+            return fn(*args, **kw)
+        except (RuntimeError, OSError, ValueError, KeyError,
+                subprocess.CalledProcessError) as e:
+            log(f"  FAILED: {what}: {e}")
+            self.failures.append({"run": what, "error": str(e)})
+            self.stop_all()
+            return None
+
     def close(self):
-        for s in self.live:
-            s.stop()
-        shutil.rmtree(self.work, ignore_errors=True)
+        self.stop_all()
+        if self.failures:
+            log(f"logs of the failed runs kept in {self.work}")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
 
     # ------------------------------------------------------------ sealgate
     def sealgate_env(self, data, passthrough):
@@ -414,8 +433,11 @@ def run_compare(b, a):
     for rep in range(1, a.reps + 1):
         for rate in rates:
             for system in systems:
-                log(f"run {len(runs) + 1}/{total}: {system} rate={rate} rep={rep}")
-                r = b.measure(system, rate)
+                what = f"{system} rate={rate} rep={rep}"
+                log(f"run {len(runs) + len(b.failures) + 1}/{total}: {what}")
+                r = b.attempt(what, b.measure, system, rate)
+                if r is None:
+                    continue
                 r.update(system=system, rate=rate, rep=rep)
                 log(f"  delivered {r['delivered_per_sec']:,.0f}/s p50 {r['p50_ms']} "
                     f"p99 {r['p99_ms']} cpu {r['cpu_us_per_msg']} us/msg lost {r['lost']}")
@@ -498,25 +520,37 @@ def run_curves(b, a):
     for rep in range(1, a.reps + 1):
         for n in a.devices:
             for system in a.systems:
-                log(f"devices={n} {system} rep={rep}")
-                r = b.measure(system, a.curve_rate, n=n)
+                what = f"devices={n} {system} rep={rep}"
+                log(what)
+                r = b.attempt(what, b.measure, system, a.curve_rate, n=n)
+                if r is None:
+                    continue
                 r.update(system=system, devices=n, rep=rep)
                 runs["devices"].append(r)
         for p in a.payloads:
             for system in a.systems:
-                log(f"payload={p} {system} rep={rep}")
-                r = b.measure(system, a.curve_rate, payload=p)
+                what = f"payload={p} {system} rep={rep}"
+                log(what)
+                r = b.attempt(what, b.measure, system, a.curve_rate, payload=p)
+                if r is None:
+                    continue
                 r.update(system=system, payload_bytes=p, rep=rep)
                 runs["payload"].append(r)
         if a.idle:
             for system in a.systems:
-                log(f"idle={a.idle} {system} rep={rep}")
-                r = idle_run(b, system, a.idle)
+                what = f"idle={a.idle} {system} rep={rep}"
+                log(what)
+                r = b.attempt(what, idle_run, b, system, a.idle)
+                if r is None:
+                    continue
                 r["rep"] = rep
                 runs["idle"].append(r)
         for n in a.registry:
-            log(f"registry={n} rep={rep}")
-            r = registry_run(b, n, a.registry_rate, 100)
+            what = f"registry={n} rep={rep}"
+            log(what)
+            r = b.attempt(what, registry_run, b, n, a.registry_rate, 100)
+            if r is None:
+                continue
             r["rep"] = rep
             runs["registry"].append(r)
     curves = {
@@ -663,7 +697,7 @@ def main():
     finally:
         b.close()
     results.update(
-        version=1, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        failures=b.failures, version=1, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         wall_secs=round(time.time() - started, 1), host=dict(host_info(), loadavg_start=load_start,
                                                               loadavg_end=os.getloadavg()),
         baseline_self_test=baseline_check,
@@ -682,6 +716,11 @@ def main():
         print(f"charts: {a.plots_dir}/ ({len(plot.stdout.split())} PNG files)")
     else:
         print(f"charts not drawn: {plot.stderr.strip()}", file=sys.stderr)
+    if b.failures:
+        print(f"\n{len(b.failures)} runs FAILED (left out of the medians):", file=sys.stderr)
+        for f in b.failures:
+            print(f"  {f['run']}: {f['error']}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def print_table(results):
         print_rows(["devices", "startup ms", "RSS at ready MiB", "API lookup p50 ms",
                     "MQTT p50 ms", "MQTT p99 ms", "CPU us/msg"],
                    [[fmt(s["registry_devices"]), fmt(s["startup_ms"]),
-                     fmt(s["rss_ready_kb"] / 1024, 1), fmt(s["lookup_p50_ms"], 2),
+                     fmt(s["rss_ready_kb"] and s["rss_ready_kb"] / 1024, 1), fmt(s["lookup_p50_ms"], 2),
                      fmt(s["p50_ms"], 2), fmt(s["p99_ms"], 2), fmt(s["cpu_us_per_msg"], 1)]
                     for s in sorted(c["registry"], key=lambda s: s["registry_devices"])])
 
