@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -489,7 +490,7 @@ def lookup_ms(ids, count):
 
 
 def registry_run(b, n, rate, sample):
-    data, files = b.fleet(n)
+    _, files = b.fleet(n)
     # Devices drawn from the whole registry, so lookups are not all hot.
     if n not in b.registry_creds:
         creds = []
@@ -502,7 +503,8 @@ def registry_run(b, n, rate, sample):
     sub = os.path.join(b.work, "sample.json")
     with open(sub, "w") as f:
         json.dump({"devices": picked}, f)
-    server, startup = b.start_sealgate(data)  # the cached registry as it is
+    data = b.fresh_data(n)
+    server, startup = b.start_sealgate(data)
     try:
         rss_ready = server.kb("VmRSS")
         p50, p99 = lookup_ms(ids, 100)
@@ -575,6 +577,18 @@ def run_curves(b, a):
 
 
 # ---------------------------------------------------------------- setup
+
+def raise_fd_limit(a):
+    """firmware-sim holds a socket per device and the server one per client;
+    children inherit this process's limit."""
+    need = 2 * max([100] + a.devices * bool(a.curves) + [a.idle * bool(a.curves)]) + 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < need:
+            log(f"warning: open files limited to {hard}; {need} wanted (ulimit -Hn)")
+
 
 def ensure_packages(systems):
     need = []
@@ -684,6 +698,7 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
 
     ensure_packages(a.systems)
+    raise_fd_limit(a)
     baseline_check = None
     if "mosquitto-python" in a.systems:
         baseline_check = self_test_baseline()
