@@ -14,6 +14,7 @@ use crate::device::{self, Link, PublishPlan};
 use crate::fleet::{self, SimDevice};
 use crate::ledger::{Ledger, Tally};
 use crate::message;
+use crate::procstat;
 use crate::report::{LoadCounts, LoadReport, LoadSettings};
 use crate::Common;
 
@@ -60,6 +61,7 @@ pub async fn run(common: &Common, plan: LoadPlan) -> Result<LoadReport, String> 
     let bar = progress_bar(plan.progress, plan.duration);
     let ticker = tokio::spawn(tick_progress(bar.clone(), tally.clone(), start));
 
+    let cpu = procstat::Window::open(&common.cpu_pids);
     let (stop_tx, stop_rx) = watch::channel(false);
     let publish_plan = Arc::new(PublishPlan {
         sealed_prefix: common.topics.sealed.clone(),
@@ -115,6 +117,16 @@ pub async fn run(common: &Common, plan: LoadPlan) -> Result<LoadReport, String> 
     let drain_start = Instant::now();
     let drained = drain(&tally, drain_start).await;
     let drain_secs = drain_start.elapsed().as_secs_f64();
+    let watched_cpu = cpu.close();
+    let last_activity = epoch
+        + Duration::from_micros(
+            tally
+                .last_activity_us
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+    let active_secs = last_activity
+        .saturating_duration_since(start.into_std())
+        .as_secs_f64();
 
     ticker.abort();
     bar.finish_and_clear();
@@ -137,6 +149,7 @@ pub async fn run(common: &Common, plan: LoadPlan) -> Result<LoadReport, String> 
         reconnects: Tally::get(&tally.reconnects),
         publish_secs,
         drain_secs,
+        active_secs,
         drained,
     };
     let settings = LoadSettings {
@@ -153,7 +166,9 @@ pub async fn run(common: &Common, plan: LoadPlan) -> Result<LoadReport, String> 
         stream: common.stream.clone(),
         sealer: common.sealer.name(),
     };
-    Ok(LoadReport::new(settings, counts, &tally.latency()))
+    let mut report = LoadReport::new(settings, counts, &tally.latency());
+    report.watched_cpu = watched_cpu;
+    Ok(report)
 }
 
 /// Connects every device, a bounded number at a time. The first failure ends

@@ -12,6 +12,8 @@ mod fleet;
 mod ledger;
 mod load;
 mod message;
+mod plot;
+mod procstat;
 mod report;
 
 use std::path::PathBuf;
@@ -136,6 +138,13 @@ struct Cli {
     #[arg(long)]
     json: bool,
 
+    /// A process whose CPU time (all threads) to report for the window
+    /// from the start of publishing to the end of the drain, in clock
+    /// ticks (`watched_cpu` in the report). Repeatable: the gateway, a
+    /// broker and its helpers. Linux only.
+    #[arg(long, value_name = "PID")]
+    cpu_pid: Vec<u32>,
+
     /// No progress bar on stderr.
     #[arg(long)]
     no_progress: bool,
@@ -170,6 +179,18 @@ enum Command {
         /// Plaintext size in bytes.
         #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
         body_bytes: u32,
+    },
+    /// Draws the PNG charts a benchmark results file describes
+    /// (benches/compare.py writes it), one file per chart.
+    Plot {
+        /// The results file (JSON with a "plots" list).
+        results: PathBuf,
+        /// Directory the PNG files go to (created if missing).
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        /// A TrueType font for the labels.
+        #[arg(long, default_value = plot::DEFAULT_FONT)]
+        font: PathBuf,
     },
     /// Claims a device for a tenant as the device would (spec section 10):
     /// POST /api/v1/claim with the claim MAC under the device's key, no
@@ -227,6 +248,8 @@ pub struct Common {
     pub style: SealStyle,
     pub payload_bytes: usize,
     pub sealer: SealImpl,
+    /// `--cpu-pid`: processes whose CPU time a load run reports.
+    pub cpu_pids: Vec<u32>,
 }
 
 fn parse_target(s: &str) -> Result<MqttTarget, String> {
@@ -348,6 +371,7 @@ impl Cli {
             },
             payload_bytes,
             sealer: self.sealer,
+            cpu_pids: self.cpu_pid.clone(),
         })
     }
 }
@@ -415,6 +439,25 @@ fn main() -> ExitCode {
         return match claim(&cli.admin_url, device_id, secret, pairing_code, *nonce) {
             Ok(answer) => {
                 println!("{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("firmware-sim: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::Plot {
+        results,
+        out_dir,
+        font,
+    }) = &cli.command
+    {
+        return match plot::run(results, out_dir, font) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -591,5 +634,19 @@ mod tests {
             Some(Command::SealBench { runs: 3, .. })
         ));
         assert!(Cli::try_parse_from(["firmware-sim"]).is_err());
+        let p = Cli::try_parse_from(["firmware-sim", "plot", "r.json", "--out-dir", "d"])
+            .expect("parses");
+        assert!(matches!(p.command, Some(Command::Plot { .. })));
+        let w = Cli::try_parse_from([
+            "firmware-sim",
+            "--subscriber",
+            "d:p",
+            "--cpu-pid",
+            "10",
+            "--cpu-pid",
+            "11",
+        ])
+        .expect("parses");
+        assert_eq!(w.common().expect("common").cpu_pids, [10, 11]);
     }
 }

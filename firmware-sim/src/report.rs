@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::procstat::WatchedCpu;
+
 /// How the load was shaped, echoed so a saved report explains itself.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadSettings {
@@ -36,6 +38,8 @@ pub struct LoadCounts {
     pub reconnects: u64,
     pub publish_secs: f64,
     pub drain_secs: f64,
+    /// From the start of publishing to the last delivery or event.
+    pub active_secs: f64,
     /// False when the drain gave up before every message was accounted for.
     pub drained: bool,
 }
@@ -62,12 +66,20 @@ pub struct LoadReport {
     pub rejected: BTreeMap<String, u64>,
     pub publish_secs: f64,
     pub drain_secs: f64,
+    /// Seconds from the start of publishing to the last delivery or event:
+    /// `delivered / max(active_secs, publish_secs)` is the rate a server
+    /// that drains a backlog after publishing stopped really delivered at.
+    pub active_secs: f64,
     pub drained: bool,
     pub delivered_per_sec: f64,
     /// Milliseconds, end to end (device send to subscriber receive); absent
     /// when nothing was delivered.
     pub latency_ms: Option<Latency>,
     pub reconnects: u64,
+    /// `--cpu-pid`: CPU time of the watched processes over the window from
+    /// the start of publishing to the end of the drain.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub watched_cpu: Vec<WatchedCpu>,
 }
 
 /// Acknowledged messages neither delivered nor rejected: the ones the gateway
@@ -115,10 +127,12 @@ impl LoadReport {
             rejected: c.rejected,
             publish_secs: c.publish_secs,
             drain_secs: c.drain_secs,
+            active_secs: c.active_secs,
             drained: c.drained,
             delivered_per_sec: per_sec(c.delivered, c.publish_secs),
             latency_ms: latency(hist),
             reconnects: c.reconnects,
+            watched_cpu: Vec::new(),
             settings,
         }
     }

@@ -75,6 +75,9 @@ fn attacks_are_caught_when_the_gateway_does_not_verify() {
 #[test]
 fn a_short_load_run_delivers_everything() {
     let gw = Gateway::start(&[]);
+    // Any live process will do for the CPU window; benches/compare.py
+    // passes the gateway's.
+    let pid = std::process::id().to_string();
     let (ok, r) = sim(
         &gw,
         &[
@@ -87,6 +90,8 @@ fn a_short_load_run_delivers_everything() {
             "--encrypt",
             "--format",
             "binary",
+            "--cpu-pid",
+            &pid,
         ],
     );
     assert!(ok, "{r}");
@@ -95,6 +100,14 @@ fn a_short_load_run_delivers_everything() {
     assert_eq!(r["lost"], 0, "{r}");
     assert_eq!(r["rejected_total"], 0, "{r}");
     assert_eq!(r["settings"]["impl"], "rust", "{r}");
+    let watched = &r["watched_cpu"][0];
+    assert_eq!(watched["pid"].to_string(), pid, "{r}");
+    assert!(watched["cpu_ticks"].is_u64(), "{r}");
+    assert!(watched["cpu_ns"].is_u64(), "{r}");
+    // The last delivery comes after the first send and before the run ends.
+    let active = r["active_secs"].as_f64().unwrap();
+    let whole = r["publish_secs"].as_f64().unwrap() + r["drain_secs"].as_f64().unwrap();
+    assert!(active > 0.0 && active <= whole + 0.1, "{r}");
 }
 
 /// Whether firmware-sim was built with the C sealer (build.rs sets the cfg
