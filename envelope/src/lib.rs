@@ -40,7 +40,7 @@ pub use open::{open_body, Parsed};
 pub use open::{parse_binary, Envelope};
 #[cfg(feature = "alloc")]
 pub use seal::seal;
-pub use seal::{seal_into, sealed_len, Enc, SealError, SealInput, IV_LEN, MAC_LEN};
+pub use seal::{seal_into, sealed_len, Enc, MacKey, SealError, SealInput, IV_LEN, MAC_LEN};
 
 /// Why a payload could not even be read as an envelope. Every variant maps to
 /// the spec's `malformed` verdict; the variant says which rule was broken so

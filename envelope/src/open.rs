@@ -4,7 +4,7 @@
 
 use hmac::Mac;
 
-use crate::seal::{mac_head, Enc, BINARY_MAGIC, BINARY_MIN, IV_LEN, MAC_LEN};
+use crate::seal::{mac_head_keyed, Enc, MacKey, BINARY_MAGIC, BINARY_MIN, IV_LEN, MAC_LEN};
 use crate::Malformed;
 
 /// An envelope read off the wire. `body` is the plaintext when `enc` is
@@ -23,7 +23,19 @@ impl<B: AsRef<[u8]>> Envelope<B> {
     /// Constant-time check of the MAC under `k_mac`, binding the normalised
     /// device id and the stream taken from the topic.
     pub fn mac_matches(&self, k_mac: &[u8; 32], device_id: &str, stream: &str) -> bool {
-        let mut m = mac_head(k_mac, device_id, stream, self.kid, self.nonce, &self.enc);
+        self.mac_matches_key(&MacKey::new(k_mac), device_id, stream)
+    }
+
+    /// [`Envelope::mac_matches`] under a key whose schedule is already run.
+    pub fn mac_matches_key(&self, key: &MacKey, device_id: &str, stream: &str) -> bool {
+        let mut m = mac_head_keyed(
+            key.0.clone(),
+            device_id,
+            stream,
+            self.kid,
+            self.nonce,
+            &self.enc,
+        );
         m.update(self.body.as_ref());
         // `verify_slice` compares in constant time.
         m.verify_slice(&self.mac).is_ok()
@@ -104,8 +116,10 @@ mod json {
     use alloc::string::String;
     use alloc::vec::Vec;
 
+    use alloc::borrow::Cow;
     use base64::engine::general_purpose::STANDARD as B64;
     use base64::Engine;
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
     use serde::Deserialize;
     use serde_json::Value;
 
@@ -150,29 +164,121 @@ mod json {
         }
     }
 
-    /// Known fields of the JSON form. Each is a raw value so that every rule
-    /// can be checked and named; serde refuses duplicate keys, which would
-    /// otherwise let two readers of one payload disagree.
+    /// One field of the JSON form, as the rules need it: a non-negative
+    /// integer, a string (borrowed from the payload unless it had escapes),
+    /// or any other value (present, of the wrong type). Read instead of a
+    /// `serde_json::Value`, so the fields of a message cost no allocation;
+    /// `null` reads as absent, as it did through `Option<Value>`.
+    enum Field<'a> {
+        Num(u64),
+        Str(Cow<'a, str>),
+        Other,
+    }
+
+    impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(FieldVisitor)
+        }
+    }
+
+    struct FieldVisitor;
+
+    impl<'de> Visitor<'de> for FieldVisitor {
+        type Value = Field<'de>;
+
+        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("a JSON value")
+        }
+
+        fn visit_u64<E>(self, v: u64) -> Result<Field<'de>, E> {
+            Ok(Field::Num(v))
+        }
+
+        fn visit_i64<E>(self, v: i64) -> Result<Field<'de>, E> {
+            Ok(u64::try_from(v).map_or(Field::Other, Field::Num))
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<Field<'de>, E> {
+            Ok(Field::Other)
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<Field<'de>, E> {
+            Ok(Field::Other)
+        }
+
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Field<'de>, E> {
+            Ok(Field::Str(Cow::Borrowed(v)))
+        }
+
+        fn visit_str<E>(self, v: &str) -> Result<Field<'de>, E> {
+            Ok(Field::Str(Cow::Owned(v.into())))
+        }
+
+        fn visit_string<E>(self, v: String) -> Result<Field<'de>, E> {
+            Ok(Field::Str(Cow::Owned(v)))
+        }
+
+        fn visit_unit<E>(self) -> Result<Field<'de>, E> {
+            Ok(Field::Other)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<'de>, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Field::Other)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<'de>, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Field::Other)
+        }
+    }
+
+    impl Field<'_> {
+        fn num(&self) -> Option<u64> {
+            match self {
+                Field::Num(n) => Some(*n),
+                _ => None,
+            }
+        }
+
+        fn str(&self) -> Option<&str> {
+            match self {
+                Field::Str(s) => Some(s),
+                _ => None,
+            }
+        }
+    }
+
+    /// Known fields of the JSON form. Each is read as a [`Field`] so that
+    /// every rule can be checked and named; serde refuses duplicate keys,
+    /// which would otherwise let two readers of one payload disagree.
     #[derive(Deserialize)]
-    struct JsonFields {
-        v: Option<Value>,
-        kid: Option<Value>,
-        nonce: Option<Value>,
-        enc: Option<Value>,
-        iv: Option<Value>,
-        payload: Option<Value>,
-        mac: Option<Value>,
+    struct JsonFields<'a> {
+        #[serde(borrow)]
+        v: Option<Field<'a>>,
+        #[serde(borrow)]
+        kid: Option<Field<'a>>,
+        #[serde(borrow)]
+        nonce: Option<Field<'a>>,
+        #[serde(borrow)]
+        enc: Option<Field<'a>>,
+        #[serde(borrow)]
+        iv: Option<Field<'a>>,
+        #[serde(borrow)]
+        payload: Option<Field<'a>>,
+        #[serde(borrow)]
+        mac: Option<Field<'a>>,
     }
 
     fn parse_json(payload: &[u8]) -> Result<Parsed, Malformed> {
-        let f: JsonFields = serde_json::from_slice(payload).map_err(|_| Malformed::Json)?;
-        if f.v.as_ref().and_then(Value::as_u64) != Some(1) {
+        let f: JsonFields<'_> = serde_json::from_slice(payload).map_err(|_| Malformed::Json)?;
+        if f.v.as_ref().and_then(Field::num) != Some(1) {
             return Err(Malformed::Version);
         }
         let kid = match &f.kid {
             None => 1,
             Some(v) => v
-                .as_u64()
+                .num()
                 .and_then(|k| u32::try_from(k).ok())
                 .filter(|k| *k >= 1)
                 .ok_or(Malformed::Kid)?,
@@ -180,28 +286,31 @@ mod json {
         let nonce = f
             .nonce
             .as_ref()
-            .and_then(Value::as_u64)
+            .and_then(Field::num)
             .filter(|n| *n >= 1)
             .ok_or(Malformed::Nonce)?;
-        let aes = match f.enc.as_ref().map(|v| v.as_str()) {
+        let aes = match f.enc.as_ref().map(Field::str) {
             None | Some(Some("none")) => false,
             Some(Some("aes-128-cbc")) => true,
             Some(_) => return Err(Malformed::Enc),
         };
-        let enc = match (aes, &f.iv) {
+        let enc = match (aes, f.iv.as_ref().map(Field::str)) {
             (false, None) => Enc::None,
-            (true, Some(Value::String(s))) => {
-                let iv = B64.decode(s).map_err(|_| Malformed::Iv)?;
-                Enc::Aes128Cbc(iv.try_into().map_err(|_| Malformed::Iv)?)
+            (true, Some(Some(s))) => {
+                // Room for any base64 string a 16-byte IV could be, so a
+                // longer one is told by its length, not by the buffer.
+                let mut iv = [0u8; 24];
+                let n = B64.decode_slice(s, &mut iv).map_err(|_| Malformed::Iv)?;
+                Enc::Aes128Cbc(iv[..n].try_into().map_err(|_| Malformed::Iv)?)
             }
             _ => return Err(Malformed::Iv),
         };
-        let body: Vec<u8> = match &f.payload {
-            Some(Value::String(s)) => B64.decode(s).map_err(|_| Malformed::Payload)?,
-            _ => return Err(Malformed::Payload),
+        let body: Vec<u8> = match f.payload.as_ref().and_then(Field::str) {
+            Some(s) => B64.decode(s).map_err(|_| Malformed::Payload)?,
+            None => return Err(Malformed::Payload),
         };
-        let mac = match &f.mac {
-            Some(Value::String(s)) if s.len() == 2 * MAC_LEN => {
+        let mac = match f.mac.as_ref().and_then(Field::str) {
+            Some(s) if s.len() == 2 * MAC_LEN => {
                 let mut mac = [0u8; MAC_LEN];
                 hex::decode_to_slice(s, &mut mac).map_err(|_| Malformed::Mac)?;
                 mac
@@ -220,6 +329,60 @@ mod json {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        /// The field reader keeps every rule `serde_json::Value` gave:
+        /// `null` is absent, escapes are read, anything but a non-negative
+        /// integer or a string is the wrong type, duplicates are refused.
+        #[test]
+        fn reads_fields_as_the_value_reader_did() {
+            let mac = "00".repeat(MAC_LEN);
+            let env = |extra: &str| {
+                alloc::format!(r#"{{"v":1,"nonce":5,"payload":"aGk=","mac":"{mac}"{extra}}}"#)
+            };
+            let ok = parse(env("").as_bytes()).unwrap();
+            assert_eq!((ok.kid, ok.nonce, ok.body.as_slice()), (1, 5, &b"hi"[..]));
+            assert_eq!(parse(env(r#","kid":null"#).as_bytes()).unwrap().kid, 1);
+            assert_eq!(parse(env(r#","kid":7"#).as_bytes()).unwrap().kid, 7);
+            let escaped = alloc::format!(
+                r#"{{"v":1,"nonce":5,"payload":"aGs=","mac":"{mac}","enc":"none"}}"#
+            );
+            assert_eq!(parse(escaped.as_bytes()).unwrap().body, b"hk");
+            for (extra, want) in [
+                (r#","kid":-1"#, Malformed::Kid),
+                (r#","kid":1.0"#, Malformed::Kid),
+                (r#","kid":[1]"#, Malformed::Kid),
+                (r#","kid":{"a":1}"#, Malformed::Kid),
+                (r#","kid":"1""#, Malformed::Kid),
+                (r#","kid":0"#, Malformed::Kid),
+                (r#","kid":4294967296"#, Malformed::Kid),
+                (r#","enc":true"#, Malformed::Enc),
+                (r#","enc":"aes-128-cbc""#, Malformed::Iv),
+                (r#","iv":"AAAAAAAAAAAAAAAAAAAAAA==""#, Malformed::Iv),
+                (r#","nonce":6"#, Malformed::Json),
+            ] {
+                assert_eq!(parse(env(extra).as_bytes()).err(), Some(want), "{extra}");
+            }
+            let aes = |iv: &str| {
+                alloc::format!(
+                    r#"{{"v":1,"nonce":5,"enc":"aes-128-cbc","iv":"{iv}","payload":"aGk=","mac":"{mac}"}}"#
+                )
+            };
+            assert!(parse(aes("AAAAAAAAAAAAAAAAAAAAAA==").as_bytes()).is_ok());
+            assert_eq!(
+                parse(aes("AAAAAAAAAAAAAAAAAAAA").as_bytes()).err(),
+                Some(Malformed::Iv)
+            );
+            assert_eq!(
+                parse(aes("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").as_bytes()).err(),
+                Some(Malformed::Iv)
+            );
+            assert_eq!(parse(br#"{"v":1.0}"#).err(), Some(Malformed::Version));
+            assert_eq!(parse(br#"{"v":null}"#).err(), Some(Malformed::Version));
+            assert_eq!(
+                parse(br#"{"v":1,"nonce":1.5}"#).err(),
+                Some(Malformed::Nonce)
+            );
+        }
 
         #[test]
         fn tells_broken_envelopes_from_plain_payloads() {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::envelope::legacy::{self, LegacyKeys};
-use crate::envelope::{self, DeviceKeys, Malformed, MasterKey, SealedTopic};
+use crate::envelope::{self, DeviceKeys, MacKey, Malformed, MasterKey, SealedTopic};
 use crate::events::RejectReason;
 use crate::metrics::Metrics;
 use crate::registry::vault::Vault;
@@ -58,7 +58,7 @@ pub struct Checker {
     /// the cache never goes stale.
     /// Keyed by device, then by kid (a device has one or two live kids), so
     /// a hit costs no allocation.
-    keys: HashMap<String, Vec<(u32, DeviceKeys)>>,
+    keys: HashMap<String, Vec<(u32, DeviceKeys, MacKey)>>,
     /// Opens the stored keys of legacy devices.
     vault: Vault,
     /// Opened legacy keys by device, with the sealed record they came from:
@@ -110,22 +110,25 @@ impl Checker {
         }
     }
 
-    fn keys(&mut self, device_id: &str, kid: u32) -> DeviceKeys {
-        if let Some(k) = self
+    /// The device's keys for `kid`, and its MAC key with HMAC's key
+    /// schedule already run.
+    fn keys(&mut self, device_id: &str, kid: u32) -> (DeviceKeys, MacKey) {
+        if let Some((_, keys, mac)) = self
             .keys
             .get(device_id)
-            .and_then(|v| v.iter().find(|(k, _)| *k == kid))
+            .and_then(|v| v.iter().find(|(k, _, _)| *k == kid))
         {
-            return k.1.clone();
+            return (keys.clone(), mac.clone());
         }
         let derived = self.master.device_keys(device_id, kid);
+        let mac = MacKey::new(&derived.mac);
         let per_device = self.keys.entry(device_id.to_owned()).or_default();
         // Keep the newest few kids: rotation leaves at most two in use.
         if per_device.len() >= 4 {
             per_device.remove(0);
         }
-        per_device.push((kid, derived.clone()));
-        derived
+        per_device.push((kid, derived.clone(), mac.clone()));
+        (derived, mac)
     }
 
     /// Checks one message against the registry and `store`'s windows,
@@ -179,8 +182,8 @@ impl Checker {
             None if self.auto_register => {}
             None => return Ok(reject(RejectReason::UnknownDevice, &t, nonce)),
         }
-        let keys = self.keys(&t.device_id, parsed.kid);
-        if !parsed.mac_matches(&keys.mac, &t.device_id, &t.stream) {
+        let (keys, mac_key) = self.keys(&t.device_id, parsed.kid);
+        if !parsed.mac_matches_key(&mac_key, &t.device_id, &t.stream) {
             // An unknown device with a bad MAC stays `unknown_device`: auto-
             // register must not turn the registry into a MAC oracle.
             let reason = if key_check.is_none() {
