@@ -740,3 +740,48 @@ async fn retain_handling_decides_what_a_subscription_gets_as_it_is_made() {
         s.disconnect().await;
     }
 }
+
+/// A will's MQTT 5 properties go out with it, screened like a PUBLISH's
+/// (the reserved `sg-` names dropped), when its client vanishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wills_properties_reach_mqtt5_subscribers() {
+    let gw = gateway();
+    let port = gw.mqtt_port;
+    let mut v5 = Peer::v5(port, "will-watch", OPS, OPS_PASS, 0).await;
+    v5.subscribe("status/#", 1).await;
+    let a = attached();
+    let props = m5::LastWillProperties {
+        delay_interval: None,
+        payload_format_indicator: a.payload_format_indicator,
+        message_expiry_interval: a.message_expiry_interval,
+        content_type: a.content_type,
+        response_topic: a.response_topic,
+        correlation_data: a.correlation_data,
+        user_properties: a.user_properties,
+    };
+    let mut o = rumqttc::v5::MqttOptions::new("will-owner", "127.0.0.1", port);
+    o.set_credentials(OPS, OPS_PASS);
+    o.set_last_will(m5::LastWill::new(
+        "status/will",
+        b"{}".to_vec(),
+        qos5(1),
+        false,
+        Some(props),
+    ));
+    let (_client, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
+    loop {
+        match tokio::time::timeout(WAIT, el.poll())
+            .await
+            .expect("CONNACK")
+        {
+            Ok(rumqttc::v5::Event::Incoming(m5::Packet::ConnAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    // Gone without DISCONNECT: the event loop, and its socket, dropped.
+    drop(el);
+    let got = v5.next_publish().await;
+    assert_eq!(got.topic, "status/will");
+    assert_passed_on(&got);
+}

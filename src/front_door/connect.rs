@@ -220,7 +220,23 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         .filter(|m| *m > 0)
         .map(|m| usize::try_from(m).unwrap_or(usize::MAX));
     drop(props);
-    let will_delay = will_props.and_then(|p| p.delay_interval).unwrap_or(0);
+    let will_delay = will_props
+        .as_ref()
+        .and_then(|p| p.delay_interval)
+        .unwrap_or(0);
+    // Passed on with the will as an account's PUBLISH properties are
+    // (screened the same way); a sealed will drops them at the verifier.
+    let will_props = will_props.and_then(|p| {
+        crate::properties::screen(Some(rumqttd::protocol::PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            ..Default::default()
+        }))
+    });
     let username = login.as_ref().map(|l| l.username.as_str()).unwrap_or("");
     let admitted = admit(&ctx, &connect, will.as_ref(), login.as_ref());
     let (role, router_client_id, assigned) = match admitted {
@@ -381,6 +397,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         max_packet,
         mount,
         will_delay,
+        will_props,
     };
     Session::new(ctx, proto, v5, stream, buf, login)
         .run(connack)

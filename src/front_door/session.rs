@@ -88,6 +88,8 @@ pub(super) struct Login {
     /// How long the will waits after the connection is lost (MQTT 5 Will
     /// Delay Interval, capped at the session's expiry); zero: at once.
     pub will_delay: Duration,
+    /// The will's MQTT 5 properties, screened like a PUBLISH's.
+    pub will_props: Option<Box<rumqttd::protocol::PublishProperties>>,
 }
 
 pub(super) struct Session<P> {
@@ -541,6 +543,7 @@ impl<P: Protocol> Session<P> {
                 sealed: self.is_sealed(&will.topic),
                 will,
                 delay: self.login.will_delay,
+                props: self.login.will_props.take(),
             };
             let (id, taken_over) = (&self.login.router_client_id, &self.login.taken_over);
             super::wills::publish(&self.ctx, id, taken_over, will).await;

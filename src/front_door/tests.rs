@@ -95,6 +95,7 @@ async fn device_session(h: &Harness, keep_alive: u16) -> (DuplexStream, JoinHand
         max_packet: None,
         mount: None,
         will_delay: Duration::ZERO,
+        will_props: None,
     };
     let session = Session::new(
         h.ctx.clone(),

@@ -75,6 +75,8 @@ pub(super) struct Will {
     pub sealed: bool,
     /// How long it waits (already capped at the session's expiry).
     pub delay: Duration,
+    /// Its MQTT 5 properties, as screened at CONNECT.
+    pub props: Option<Box<rumqttd::protocol::PublishProperties>>,
 }
 
 /// Publishes `will` of the session of router client id `id`: after its
@@ -91,9 +93,10 @@ pub(super) async fn publish(
         will,
         sealed,
         delay,
+        props,
     } = will;
     if delay.is_zero() {
-        send(ctx, will, sealed).await;
+        send(ctx, will, sealed, props).await;
         return;
     }
     let Some((serial, reconnected)) = ctx.wills.wait(id, taken_over) else {
@@ -105,7 +108,7 @@ pub(super) async fn publish(
         tokio::select! {
             _ = tokio::time::sleep(delay) => {
                 ctx.wills.forget(&id, serial);
-                send(&ctx, will, sealed).await;
+                send(&ctx, will, sealed, props).await;
             }
             _ = reconnected.cancelled() => {}
             _ = ctx.stop.cancelled() => ctx.wills.forget(&id, serial),
@@ -116,7 +119,12 @@ pub(super) async fn publish(
 /// Queues the will for the verifier, as the client's publish: a sealed one
 /// is verified (and, unacknowledged, taken at QoS 0), any other is logged
 /// in the outbox at its own QoS.
-async fn send(ctx: &Context, will: LastWill, sealed: bool) {
+async fn send(
+    ctx: &Context,
+    will: LastWill,
+    sealed: bool,
+    props: Option<Box<rumqttd::protocol::PublishProperties>>,
+) {
     // Held here while a `block` subscriber catches up, as any publish is.
     ctx.lag.admitted().await;
     let m = Inbound {
@@ -126,8 +134,8 @@ async fn send(ctx: &Context, will: LastWill, sealed: bool) {
         qos: if sealed { 0 } else { will.qos as u8 },
         ack: None,
         events: true,
-        // Will properties are not carried (docs/protocol.md).
-        props: None,
+        // Nothing outside the envelope's MAC may reach `clean/`.
+        props: if sealed { None } else { props },
     };
     let input = if sealed {
         Input::Message(m)
