@@ -120,18 +120,30 @@ fn received(topic: &str, payload: &str) -> (String, Vec<u8>) {
     (topic.to_owned(), payload.as_bytes().to_vec())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_will_waits_for_its_delay() {
+/// A client of session expiry `expiry` vanishes with a will on `topic`
+/// delayed `delay` seconds: a marker published once the gateway has ended
+/// the session arrives first, then the will.
+async fn marker_then_will(id: &str, expiry: u32, topic: &str, delay: u32) {
     let gw = gateway();
     let (mut watcher, mut marker) = watcher_and_marker(&gw).await;
-    let port = gw.mqtt_port;
-    vanish(options(port, "w", 60, Some(("status/w", b"gone", 1)))).await;
+    vanish(options(
+        gw.mqtt_port,
+        id,
+        expiry,
+        Some((topic, b"gone", delay)),
+    ))
+    .await;
     // The gateway has ended the session: a will published at once would
     // already be on its way.
     connections(&gw, 2).await;
-    marker.publish_acked("status/w", b"marker".to_vec()).await;
-    assert_eq!(watcher.next_publish().await, received("status/w", "marker"));
-    assert_eq!(watcher.next_publish().await, received("status/w", "gone"));
+    marker.publish_acked(topic, b"marker".to_vec()).await;
+    assert_eq!(watcher.next_publish().await, received(topic, "marker"));
+    assert_eq!(watcher.next_publish().await, received(topic, "gone"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_waits_for_its_delay() {
+    marker_then_will("w", 60, "status/w", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,16 +167,10 @@ async fn a_client_back_in_time_has_no_will_published() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_will_waits_at_most_until_its_session_expires() {
-    let gw = gateway();
-    let (mut watcher, mut marker) = watcher_and_marker(&gw).await;
-    let port = gw.mqtt_port;
     // A delay of an hour, a session of one second: the will comes with the
-    // session's end (the await below would time out long before the hour).
-    vanish(options(port, "s", 1, Some(("status/s", b"gone", 3600)))).await;
-    connections(&gw, 2).await;
-    marker.publish_acked("status/s", b"marker".to_vec()).await;
-    assert_eq!(watcher.next_publish().await, received("status/s", "marker"));
-    assert_eq!(watcher.next_publish().await, received("status/s", "gone"));
+    // session's end (the await in the helper would time out long before the
+    // hour).
+    marker_then_will("s", 1, "status/s", 3600).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

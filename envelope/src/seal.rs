@@ -78,17 +78,6 @@ impl core::error::Error for SealError {}
 /// The MAC state after everything but the body: callers feed the body
 /// (plaintext, or ciphertext when encrypted) and finalise. Shared by sealing
 /// and checking, so both hash the same bytes.
-pub(crate) fn mac_head(
-    k_mac: &[u8; 32],
-    device_id: &str,
-    stream: &str,
-    kid: u32,
-    nonce: u64,
-    enc: &Enc,
-) -> HmacSha256 {
-    mac_head_keyed(MacKey::new(k_mac).0, device_id, stream, kid, nonce, enc)
-}
-
 /// `K_mac` with HMAC's key schedule already run (the inner and outer pads
 /// hashed): a verifier that keeps one per device saves two of the five or so
 /// SHA-256 blocks a short message's MAC costs.
@@ -224,7 +213,14 @@ pub fn seal_into(keys: &DeviceKeys, m: &SealInput<'_>, out: &mut [u8]) -> Result
         None => Enc::None,
         Some(iv) => Enc::Aes128Cbc(iv),
     };
-    let mut mac = mac_head(&keys.mac, m.device_id, m.stream, m.kid, m.nonce, &enc);
+    let mut mac = mac_head_keyed(
+        MacKey::new(&keys.mac).0,
+        m.device_id,
+        m.stream,
+        m.kid,
+        m.nonce,
+        &enc,
+    );
     let mut w = Out { buf: out, pos: 0 };
     let body = body_len(m);
     if m.binary {
