@@ -520,24 +520,20 @@ def registry_run(b, n, rate, sample):
 def run_curves(b, a):
     runs = {"devices": [], "payload": [], "idle": [], "registry": []}
     for rep in range(1, a.reps + 1):
-        for n in a.devices:
-            for system in a.systems:
-                what = f"devices={n} {system} rep={rep}"
-                log(what)
-                r = b.attempt(what, b.measure, system, a.curve_rate, n=n)
-                if r is None:
-                    continue
-                r.update(system=system, devices=n, rep=rep)
-                runs["devices"].append(r)
-        for p in a.payloads:
-            for system in a.systems:
-                what = f"payload={p} {system} rep={rep}"
-                log(what)
-                r = b.attempt(what, b.measure, system, a.curve_rate, payload=p)
-                if r is None:
-                    continue
-                r.update(system=system, payload_bytes=p, rep=rep)
-                runs["payload"].append(r)
+        # (curve, its values, the label, the measure() argument, the field
+        # the value is recorded as)
+        for curve, values, label, arg, field in (
+                ("devices", a.devices, "devices", "n", "devices"),
+                ("payload", a.payloads, "payload", "payload", "payload_bytes")):
+            for v in values:
+                for system in a.systems:
+                    what = f"{label}={v} {system} rep={rep}"
+                    log(what)
+                    r = b.attempt(what, b.measure, system, a.curve_rate, **{arg: v})
+                    if r is None:
+                        continue
+                    r.update(system=system, rep=rep, **{field: v})
+                    runs[curve].append(r)
         if a.idle:
             for system in a.systems:
                 what = f"idle={a.idle} {system} rep={rep}"

@@ -287,13 +287,7 @@ const OPS: &str = "ops";
 const OPS_PASS: &str = "ops-password";
 
 fn gateway() -> Gateway {
-    // An empty SEALGATE_USERS leaves the file's [[users]] in force.
-    Gateway::start_with_config(
-        "[[users]]\nname = \"dash\"\npassword = \"dash-password\"\n\
-         [[users]]\nname = \"ops\"\npassword = \"ops-password\"\n\
-         subscribe = [\"status/#\"]\npublish = [\"status/#\"]\n",
-        &[("SEALGATE_USERS", "")],
-    )
+    Gateway::start_with_dash_and_ops()
 }
 
 /// Subscribers at QoS 1 and 2, one of each protocol version: (QoS, peer).

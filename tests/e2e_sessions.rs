@@ -8,13 +8,7 @@ use common::*;
 use rumqttc::{LastWill, QoS};
 
 fn gateway() -> Gateway {
-    // An empty SEALGATE_USERS leaves the file's [[users]] in force.
-    Gateway::start_with_config(
-        "[[users]]\nname = \"dash\"\npassword = \"dash-password\"\n\
-         [[users]]\nname = \"ops\"\npassword = \"ops-password\"\n\
-         subscribe = [\"status/#\"]\npublish = [\"status/#\"]\n",
-        &[("SEALGATE_USERS", "")],
-    )
+    Gateway::start_with_dash_and_ops()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,6 +103,20 @@ async fn vanish(o: MqttOptions) {
     let _ = task.await;
 }
 
+/// A device connects with a sealed will on `sealed/{id}/status` (nonce
+/// `nonce`, delay 1 s, session 60 s) and vanishes.
+async fn vanish_sealed(port: u16, device: &Credentials, nonce: u64, text: &[u8]) {
+    let will = common::seal(device, "status", nonce, text);
+    let topic = format!("sealed/{}/status", device.device_id);
+    vanish(with_login(
+        port,
+        login(device),
+        60,
+        Some((&topic, &will, 1)),
+    ))
+    .await;
+}
+
 /// The watcher on `status/#` and a connection that publishes markers.
 async fn watcher_and_marker(gw: &Gateway) -> (Client, Client) {
     let watcher = Client::account_to(gw.mqtt_port, "watch", OPS, OPS_PASS, &["status/#"]).await;
@@ -184,14 +198,7 @@ async fn a_devices_sealed_will_waits_and_is_verified_or_dropped() {
     r.unwrap();
     let port = gw.mqtt_port;
     // dev-a's will waits for its delay, then is verified onto clean/.
-    let will = common::seal(&a, "status", 1, b"a gone");
-    vanish(with_login(
-        port,
-        login(&a),
-        60,
-        Some(("sealed/dev-a/status", &will, 1)),
-    ))
-    .await;
+    vanish_sealed(port, &a, 1, b"a gone").await;
     connections(&gw, 2).await;
     marker.publish_acked("status/m", b"1".to_vec()).await;
     assert_eq!(watcher.next_publish().await, received("status/m", "1"));
@@ -201,25 +208,11 @@ async fn a_devices_sealed_will_waits_and_is_verified_or_dropped() {
     );
     // dev-b is back in time: its will is dropped; dev-a's next one, filed
     // after it with the same delay, comes alone.
-    let will = common::seal(&b, "status", 1, b"b gone");
-    vanish(with_login(
-        port,
-        login(&b),
-        60,
-        Some(("sealed/dev-b/status", &will, 1)),
-    ))
-    .await;
+    vanish_sealed(port, &b, 1, b"b gone").await;
     connections(&gw, 2).await;
     let (_back, _task) = connect(with_login(port, login(&b), 60, None)).await;
     connections(&gw, 3).await;
-    let will = common::seal(&a, "status", 2, b"a gone again");
-    vanish(with_login(
-        port,
-        login(&a),
-        60,
-        Some(("sealed/dev-a/status", &will, 1)),
-    ))
-    .await;
+    vanish_sealed(port, &a, 2, b"a gone again").await;
     connections(&gw, 3).await;
     assert_eq!(
         watcher.next_publish().await,

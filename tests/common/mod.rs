@@ -67,6 +67,18 @@ impl Gateway {
         g
     }
 
+    /// A gateway with two accounts: `dash` with the default grants, and
+    /// `ops` (password `ops-password`) publishing and reading `status/#`.
+    pub fn start_with_dash_and_ops() -> Gateway {
+        // An empty SEALGATE_USERS leaves the file's [[users]] in force.
+        Gateway::start_with_config(
+            "[[users]]\nname = \"dash\"\npassword = \"dash-password\"\n\
+             [[users]]\nname = \"ops\"\npassword = \"ops-password\"\n\
+             subscribe = [\"status/#\"]\npublish = [\"status/#\"]\n",
+            &[("SEALGATE_USERS", "")],
+        )
+    }
+
     /// Starts a gateway with a configuration file holding `toml` (merged
     /// over the embedded defaults, key by key).
     pub fn start_with_config(toml: &str, extra_env: &[(&str, &str)]) -> Gateway {
