@@ -75,9 +75,16 @@ pub fn reserved(name: &str) -> bool {
 /// expired. The interval loses the whole seconds the message has waited
 /// (MQTT-3.3.2-6), counted from `received_ms`.
 pub fn expiry_left(interval_secs: u32, received_ms: u64, now_ms: u64) -> Option<u32> {
-    let waited = now_ms.saturating_sub(received_ms) / 1000;
-    let left = u64::from(interval_secs).checked_sub(waited)?;
-    (left > 0).then_some(left as u32)
+    let deadline = received_ms.saturating_add(u64::from(interval_secs) * 1000);
+    expiry_left_until(deadline, now_ms.max(received_ms))
+}
+
+/// The same rule for a message due to expire at `deadline_ms`: the interval
+/// left, in seconds rounded up (so whole seconds waited are taken off);
+/// `None` once it has run out.
+pub fn expiry_left_until(deadline_ms: u64, now_ms: u64) -> Option<u32> {
+    let left = deadline_ms.checked_sub(now_ms).filter(|ms| *ms > 0)?;
+    Some(u32::try_from(left.div_ceil(1000)).unwrap_or(u32::MAX))
 }
 
 /// Writes `p` as MQTT 5 PUBLISH properties (without their length), with

@@ -104,10 +104,8 @@ pub fn unmark(props: &mut Option<PublishProperties>) -> Option<Routed> {
             .user_properties
             .pop()
             .and_then(|(_, v)| v.parse::<u64>().ok());
-        let left = deadline.unwrap_or(0).checked_sub(crate::now_ms());
-        match left.filter(|ms| *ms > 0) {
-            // Whole seconds waited are taken off (`properties::expiry_left`).
-            Some(ms) => p.message_expiry_interval = Some(ms.div_ceil(1000) as u32),
+        match crate::properties::expiry_left_until(deadline.unwrap_or(0), crate::now_ms()) {
+            Some(secs) => p.message_expiry_interval = Some(secs),
             None => return None,
         }
     }

@@ -58,7 +58,11 @@ impl Aliases {
         }
         // `Bytes` shares the packet's buffer; a copy keeps the alias from
         // holding the whole packet (payload included) for the connection.
-        self.topics[slot] = Some(bytes::Bytes::copy_from_slice(&publish.topic));
+        // Many clients send the topic with its alias every time: copy only
+        // what changed.
+        if self.topics[slot].as_deref() != Some(&publish.topic[..]) {
+            self.topics[slot] = Some(bytes::Bytes::copy_from_slice(&publish.topic));
+        }
         Ok(())
     }
 }

@@ -15,7 +15,7 @@
 use rumqttd::protocol::{Filter, RetainForwardRule};
 
 const QOS: u8 = 0x03;
-const NO_LOCAL: u8 = 0x04;
+pub(super) const NO_LOCAL: u8 = 0x04;
 const RETAIN_AS_PUBLISHED: u8 = 0x08;
 /// Retain Handling 2: no retained messages when subscribing.
 const RETAINED_NEVER: u8 = 0x20;
@@ -100,11 +100,15 @@ pub(super) fn no_local<'a>(
 }
 
 /// The filters of a clean session with their options: what the router is
-/// not told. Router-side filter names (mounted, namespaced, `$share/`
-/// kept), as the router's forwards are matched against them.
+/// not told. The filters as the client named them (`$share/` kept), which
+/// is what the router's forwards, mount stripped, are matched against.
 #[derive(Default)]
 pub(super) struct Options {
     filters: Vec<(String, u8)>,
+    /// Whether any filter asks for more than its QoS (and Retain Handling
+    /// 1, which the router does itself): kept with the filters, so the
+    /// common case costs one test per forwarded message.
+    asks_more: bool,
 }
 
 /// What to do with one publish the router forwarded.
@@ -123,10 +127,25 @@ impl Options {
             Some(slot) => slot.1 = options,
             None => self.filters.push((filter.to_owned(), options)),
         }
+        self.update_asks_more();
     }
 
     pub fn unsubscribed(&mut self, filter: &str) {
         self.filters.retain(|(f, _)| f != filter);
+        self.update_asks_more();
+    }
+
+    fn update_asks_more(&mut self) {
+        self.asks_more = self
+            .filters
+            .iter()
+            .any(|(_, o)| o & !QOS != 0 && o & !QOS != RETAINED_IF_NEW);
+    }
+
+    /// Whether forwards are sent as the router made them: no filter asks
+    /// for more than its QoS.
+    pub fn plain(&self) -> bool {
+        !self.asks_more
     }
 
     /// Whether the session's own message on `topic` comes back to it on no
@@ -152,18 +171,11 @@ impl Options {
         own: bool,
     ) -> Forward {
         // Nothing beyond the QoS asked for: the router's flags stand.
-        if self
-            .filters
-            .iter()
-            .all(|(_, o)| o & !QOS == 0 || o & !QOS == RETAINED_IF_NEW)
-        {
+        if self.plain() {
             return Forward::Send { retain: retained };
         }
         if retained {
-            let wanted = self
-                .iter()
-                .filter(|(_, o)| o & RETAINED_NEVER == 0)
-                .collect::<Vec<_>>();
+            let wanted = self.iter().filter(|(_, o)| o & RETAINED_NEVER == 0);
             return match judge(wanted, topic, own) {
                 Some(_) => Forward::Send { retain: true },
                 None => Forward::Withhold,

@@ -396,8 +396,9 @@ impl Feed {
                 continue;
             }
             for e in self.sessions.outbox().retained(f)? {
-                let own = self.own(&e);
-                if options::judge([(f.as_str(), *o)], &e.topic, own).is_none() {
+                // `retained(f)` matched the topic already: only No Local is
+                // left to judge.
+                if *o & options::NO_LOCAL != 0 && self.own(&e) {
                     continue;
                 }
                 let qos = e.qos.min(options::qos(*o));

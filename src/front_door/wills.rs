@@ -96,7 +96,7 @@ pub(super) async fn publish(
         props,
     } = will;
     if delay.is_zero() {
-        send(ctx, will, sealed, props).await;
+        send(ctx, will, sealed, props, None).await;
         return;
     }
     let Some((serial, reconnected)) = ctx.wills.wait(id, taken_over) else {
@@ -107,8 +107,10 @@ pub(super) async fn publish(
     tokio::spawn(async move {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {
+                // Still filed while it waits to be admitted, so a client
+                // back meanwhile cancels it.
+                send(&ctx, will, sealed, props, Some(&reconnected)).await;
                 ctx.wills.forget(&id, serial);
-                send(&ctx, will, sealed, props).await;
             }
             _ = reconnected.cancelled() => {}
             _ = ctx.stop.cancelled() => ctx.wills.forget(&id, serial),
@@ -124,9 +126,13 @@ async fn send(
     will: LastWill,
     sealed: bool,
     props: Option<Box<rumqttd::protocol::PublishProperties>>,
+    unless: Option<&CancellationToken>,
 ) {
     // Held here while a `block` subscriber catches up, as any publish is.
     ctx.lag.admitted().await;
+    if unless.is_some_and(CancellationToken::is_cancelled) {
+        return;
+    }
     let m = Inbound {
         topic: will.topic,
         payload: will.message,
