@@ -25,7 +25,7 @@ const TOPIC: &str = "sealed/bench-1/telemetry";
 
 fn verify(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = sealgate::app::open_database(&dir.path().join("db")).expect("sled");
+    let db = sealgate::database::Database::open_default(&dir.path().join("db")).expect("sled");
     let registry = Registry::open(&db).expect("registry");
     registry.add(DEVICE, None, 1).expect("device");
     let mut store = ReplayStore::open(&db, 64).expect("replay store");

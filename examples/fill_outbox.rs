@@ -16,10 +16,7 @@ fn main() {
         std::process::exit(2);
     };
     let count: u64 = count.parse().expect("COUNT is a number");
-    let db = sled::Config::new()
-        .path(std::path::Path::new(&dir).join("db"))
-        .mode(sled::Mode::HighThroughput)
-        .open()
+    let db = sealgate::database::Database::open_default(&std::path::Path::new(&dir).join("db"))
         .expect("open the database");
     let config = sealgate::config::Config::load(None, &[]).expect("default config");
     let (outbox, mut writer) = Outbox::open(&db, u64::MAX).expect("open the outbox");

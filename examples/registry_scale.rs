@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let active: u64 = args.next().map_or(Ok(10_000), |a| a.parse())?;
     let db_path = dir.join("db");
     if !db_path.exists() {
-        let db = sealgate::app::open_database(&db_path)?;
+        let db = sealgate::database::Database::open_default(&db_path)?;
         let registry = Registry::open(&db)?;
         let mut next = 0;
         while next < devices {
@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::process::exit(status.code().unwrap_or(1));
     }
     let started = Instant::now();
-    let db = sealgate::app::open_database(&db_path)?;
+    let db = sealgate::database::Database::open_default(&db_path)?;
     let registry = Registry::open(&db)?;
     let open_ms = started.elapsed().as_secs_f64() * 1e3;
     let rss_open = rss_kb("VmRSS:");

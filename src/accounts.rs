@@ -59,6 +59,7 @@ pub struct Accounts {
 
 struct Inner {
     tree: sled::Tree,
+    database: crate::database::Database,
     registry: Registry,
     /// Configured accounts: password digests, fixed at startup.
     configured: HashMap<String, ([u8; 32], Option<String>)>,
@@ -91,7 +92,7 @@ impl Accounts {
     pub const TREE: &'static str = "accounts";
 
     pub fn open(
-        db: &sled::Db,
+        db: &crate::database::Database,
         registry: Registry,
         users: &[User],
     ) -> Result<Accounts, AccountError> {
@@ -114,6 +115,7 @@ impl Accounts {
         Ok(Accounts {
             inner: Arc::new(Inner {
                 tree,
+                database: db.clone(),
                 registry,
                 configured,
                 stored: RwLock::new(stored),
@@ -224,7 +226,7 @@ impl Accounts {
                 return Err(e.into());
             }
         }
-        self.inner.tree.flush()?;
+        self.inner.database.flush()?;
         self.inner
             .stored
             .write()
@@ -242,7 +244,7 @@ impl Accounts {
             .cloned()
             .ok_or(AccountError::NotFound)?;
         self.inner.tree.remove(name.as_bytes())?;
-        self.inner.tree.flush()?;
+        self.inner.database.flush()?;
         self.inner
             .stored
             .write()
@@ -268,7 +270,7 @@ mod tests {
     #[test]
     fn accounts_and_devices_share_one_namespace() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::database::Database::for_tests(dir.path());
         let registry = Registry::open_reserving(&db, ["dash"], 10).unwrap();
         let accounts = Accounts::open(
             &db,

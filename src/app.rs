@@ -63,7 +63,10 @@ pub async fn run(
         path: db_path.display().to_string(),
         reason: e.to_string(),
     };
-    let db = open_database(&db_path).map_err(db_err)?;
+    let metrics = Arc::new(Metrics::new());
+    let db = crate::database::Database::open(&db_path, config.database.durability)
+        .map_err(|e| db_err(sled::Error::Io(e)))?
+        .count_syncs(metrics.database_syncs.clone());
     let registry = Registry::open_reserving(
         &db,
         config.users.iter().map(|u| u.name.as_str()),
@@ -94,7 +97,6 @@ pub async fn run(
             tracing::warn!(user = %u.name, "A subscriber account has the name of a registered device; that device can no longer log in.");
         }
     }
-    let metrics = Arc::new(Metrics::new());
     let persistent =
         crate::sessions::Sessions::open(&db, outbox, config.sessions.clone(), metrics.clone())
             .map_err(db_err)?;
@@ -408,21 +410,3 @@ fn poison_router(broker: &Broker) {
         }
     });
 }
-
-/// The one way the gateway opens its sled database (also used by the
-/// registry scale example, so it measures what the gateway runs). sled's
-/// own periodic flush is off: the commit stage flushes once per batch.
-/// sled's page cache would grow to 1 GiB by default: opening a registry of
-/// a million devices reads every page once, and they would all stay
-/// resident. The hot pages (windows of active devices, the outbox's head,
-/// cached device records aside) fit in far less.
-pub fn open_database(path: &std::path::Path) -> sled::Result<sled::Db> {
-    sled::Config::new()
-        .path(path)
-        .cache_capacity(SLED_CACHE_BYTES)
-        .flush_every_ms(None)
-        .mode(sled::Mode::HighThroughput)
-        .open()
-}
-
-const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;

@@ -90,6 +90,7 @@ pub struct Claims {
     settings: ClaimSettings,
     codes: sled::Tree,
     replays: sled::Tree,
+    database: crate::database::Database,
     /// Wrong claim codes per tenant.
     guesses: Mutex<HashMap<String, RateLimit>>,
     last_purge: Mutex<Option<Instant>>,
@@ -148,7 +149,7 @@ fn claimed(d: &Device) -> String {
 
 impl Claims {
     pub fn open(
-        db: &sled::Db,
+        db: &crate::database::Database,
         registry: Registry,
         master: MasterKey,
         metrics: Arc<Metrics>,
@@ -157,6 +158,7 @@ impl Claims {
         Ok(Claims {
             codes: db.open_tree("pairing_codes")?,
             replays: db.open_tree("claim_replays")?,
+            database: db.clone(),
             registry,
             master,
             metrics,
@@ -220,7 +222,7 @@ impl Claims {
         if stored.is_err() {
             return Err(PairingError::Taken);
         }
-        self.codes.flush()?;
+        self.database.flush()?;
         Ok((code, expires_at_ms))
     }
 
@@ -353,7 +355,7 @@ impl Claims {
                 return Err(ClaimError::Unavailable);
             }
         };
-        self.replays.flush()?;
+        self.database.flush()?;
         self.registry
             .refreshed(id, outcome == claim_outcome::AUTO_REGISTERED)
             .map_err(|_| ClaimError::Unavailable)?;
@@ -564,7 +566,7 @@ mod tests {
     use super::*;
 
     fn setup(dir: &std::path::Path) -> (Registry, Claims) {
-        let db = sled::open(dir).unwrap();
+        let db = crate::database::Database::for_tests(dir);
         let registry = Registry::open(&db).unwrap();
         let settings = ClaimSettings {
             pairing_code_ttl_ms: 1_000,

@@ -25,6 +25,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub claims: ClaimsConfig,
     pub registry: RegistryConfig,
+    pub database: DatabaseConfig,
     #[serde(default)]
     pub users: Vec<User>,
     /// Only from `SEALGATE_MASTER_KEY`; never read from a file here. Its
@@ -125,6 +126,14 @@ pub struct ClaimsConfig {
 pub struct RegistryConfig {
     /// Device records kept in memory; the others are read from disk.
     pub cache_devices: usize,
+}
+
+/// The sled database (`crate::database`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// What an acknowledged message survives.
+    pub durability: crate::database::Durability,
 }
 
 /// How an ingest request names its device. The name is a claim until the
@@ -407,13 +416,13 @@ impl Config {
             })?;
             merge(&mut table, parse_table(&text, &origin)?);
         }
-        let mut config: Config =
-            toml::Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    origin: "merged configuration".into(),
-                    reason: e.message().to_owned(),
-                })?;
+        // The path makes a bad value's error name its key
+        // (`database.durability: unknown variant ...`).
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Parse {
+                origin: "merged configuration".into(),
+                reason: format!("{}: {}", e.path(), e.inner().message()),
+            })?;
         config.apply_env(env)?;
         config.validate()?;
         Ok(config)
@@ -939,6 +948,18 @@ mod tests {
                 "claims.bad_codes_per_minute",
             ),
             ("[registry]\ncache_devices = 0\n", "registry.cache_devices"),
+            (
+                "[database]\ndurability = \"fsync\"\n",
+                "database.durability",
+            ),
+            (
+                "[limits]\nslow_subscriber = \"x\"\n",
+                "limits.slow_subscriber",
+            ),
+            (
+                "[limits]\nmax_keep_alive_secs = 70000\n",
+                "limits.max_keep_alive_secs",
+            ),
         ] {
             let err = load(text).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

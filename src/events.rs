@@ -258,6 +258,7 @@ pub mod metric {
     pub const PERSISTENT_SESSIONS: &str = "sealgate_persistent_sessions";
     pub const OUTBOX_BYTES: &str = "sealgate_outbox_bytes";
     pub const OUTBOX_FULL: &str = "sealgate_outbox_full";
+    pub const DATABASE_SYNCS: &str = "sealgate_database_syncs";
     pub const INGEST_REQUESTS: &str = "sealgate_ingest_requests";
     pub const CLAIMS: &str = "sealgate_claims";
 }

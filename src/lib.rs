@@ -12,6 +12,8 @@
 //!   MAC, nonce window, decrypt) in batches.
 //! * [`replay`]: the nonce windows, group-committed to sled before anything
 //!   of a batch is published.
+//! * [`database`]: the sled database, and the disk sync that makes a flush
+//!   survive a power loss (sled's own flush does not).
 //! * [`outbox`]: every published message, logged in the windows' transaction
 //!   and flushed before any PUBACK; persistent sessions read it.
 //! * [`properties`]: the MQTT 5 properties of an account's publish that are
@@ -42,6 +44,7 @@ pub mod app;
 pub(crate) mod broker;
 pub mod claims;
 pub mod config;
+pub mod database;
 /// The wire format, from its own `no_std` crate.
 pub use sealgate_envelope as envelope;
 pub mod events;

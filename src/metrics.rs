@@ -39,6 +39,8 @@ pub struct Metrics {
     pub outbox_bytes: Gauge,
     /// 1 while devices are held because the outbox is at its size bound.
     pub outbox_full: Gauge,
+    /// fdatasyncs after sled's flush (`database.durability = "power-loss"`).
+    pub database_syncs: Counter,
     ingest: Family<Label, Counter>,
     claims: Family<Label, Counter>,
 }
@@ -70,6 +72,7 @@ impl Metrics {
             router_filters: Gauge::default(),
             persistent_sessions: Gauge::default(),
             outbox_bytes: Gauge::default(),
+            database_syncs: Counter::default(),
             outbox_full: Gauge::default(),
             ingest: Family::default(),
             claims: Family::default(),
@@ -154,6 +157,11 @@ impl Metrics {
             metric::OUTBOX_BYTES,
             "Bytes the durable outbox holds for persistent sessions",
             m.outbox_bytes.clone(),
+        );
+        registry.register(
+            metric::DATABASE_SYNCS,
+            "Disk syncs (fdatasync) after sled's flush, one per group commit and per durable admin write",
+            m.database_syncs.clone(),
         );
         registry.register(
             metric::OUTBOX_FULL,

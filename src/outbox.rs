@@ -641,7 +641,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let all: Vec<Entry> = (0..10).map(|n| entry("clean/d1/t", n)).collect();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::database::Database::for_tests(dir.path());
             let (o, mut w) = Outbox::open(&db, u64::MAX).unwrap();
             write(&mut w, all[..4].to_vec());
             write(&mut w, all[4..].to_vec());
@@ -671,7 +671,7 @@ mod tests {
     #[test]
     fn retained_messages_are_kept_per_topic_and_cleared_by_an_empty_one() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::database::Database::for_tests(dir.path());
         let (o, mut w) = Outbox::open(&db, u64::MAX).unwrap();
         let mut e = entry("clean/a/t", 2);
         write(
@@ -698,7 +698,7 @@ mod tests {
     #[test]
     fn unflushed_entries_are_not_read() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::database::Database::for_tests(dir.path());
         let (o, mut w) = Outbox::open(&db, u64::MAX).unwrap();
         let p = w.stage(&[entry("a/b", 1)]);
         o.tree().apply_batch(p.batch.clone()).unwrap();
@@ -711,7 +711,7 @@ mod tests {
     fn trimming_to_empty_keeps_the_sequence_and_size_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::database::Database::for_tests(dir.path());
             let (o, mut w) = Outbox::open(&db, u64::MAX).unwrap();
             write(&mut w, (0..2).map(|n| entry("a/b", n)).collect());
             write(&mut w, (2..5).map(|n| entry("a/b", n)).collect());
@@ -735,7 +735,7 @@ mod tests {
     #[test]
     fn a_full_log_holds_the_writer_until_trimmed() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::database::Database::for_tests(dir.path());
         let (o, mut w) = Outbox::open(&db, 1).unwrap();
         write(&mut w, vec![entry("a/b", 1)]);
         let (tx, rx) = std::sync::mpsc::channel();

@@ -176,7 +176,7 @@ pub struct StoreError(#[from] sled::Error);
 /// Every device's window, cached in memory and persisted in one sled tree.
 pub struct ReplayStore {
     tree: sled::Tree,
-    db: sled::Db,
+    db: crate::database::Database,
     size: u32,
     windows: HashMap<String, (Window, u64)>,
     dirty: HashSet<String>,
@@ -185,7 +185,7 @@ pub struct ReplayStore {
 impl ReplayStore {
     pub const TREE: &'static str = "windows";
 
-    pub fn open(db: &sled::Db, size: u32) -> Result<ReplayStore, StoreError> {
+    pub fn open(db: &crate::database::Database, size: u32) -> Result<ReplayStore, StoreError> {
         Ok(ReplayStore {
             tree: db.open_tree(Self::TREE)?,
             db: db.clone(),
@@ -391,7 +391,7 @@ mod tests {
     fn store_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::database::Database::for_tests(dir.path());
             let mut s = ReplayStore::open(&db, 64).unwrap();
             s.accept("d", 10, &mac(1), 5).unwrap();
             s.commit().unwrap();

@@ -80,7 +80,7 @@ pub struct Attached {
 
 pub struct Sessions {
     tree: sled::Tree,
-    db: sled::Db,
+    db: crate::database::Database,
     outbox: Arc<Outbox>,
     config: SessionsConfig,
     metrics: Arc<Metrics>,
@@ -93,7 +93,7 @@ impl Sessions {
 
     /// Loads every record; there are at most `max_per_account` per account.
     pub fn open(
-        db: &sled::Db,
+        db: &crate::database::Database,
         outbox: Arc<Outbox>,
         config: SessionsConfig,
         metrics: Arc<Metrics>,

@@ -40,6 +40,7 @@ pub struct Tenants {
 
 struct Inner {
     tree: sled::Tree,
+    database: crate::database::Database,
     cache: RwLock<Cache>,
 }
 
@@ -83,7 +84,7 @@ pub fn valid_name(name: &str) -> bool {
 impl Tenants {
     pub const TREE: &'static str = "tenants";
 
-    pub fn open(db: &sled::Db) -> Result<Tenants, TenantError> {
+    pub fn open(db: &crate::database::Database) -> Result<Tenants, TenantError> {
         let tree = db.open_tree(Self::TREE)?;
         let mut cache = Cache::default();
         for item in tree.iter() {
@@ -96,6 +97,7 @@ impl Tenants {
         Ok(Tenants {
             inner: Arc::new(Inner {
                 tree,
+                database: db.clone(),
                 cache: RwLock::new(cache),
             }),
         })
@@ -141,7 +143,7 @@ impl Tenants {
         if swapped.is_err() {
             return Err(TenantError::Exists);
         }
-        self.inner.tree.flush()?;
+        self.inner.database.flush()?;
         self.write_cache(t.clone());
         Ok((t, key))
     }
@@ -166,7 +168,7 @@ impl Tenants {
                 .compare_and_swap(name.as_bytes(), Some(current), Some(bytes))?
                 .is_ok()
             {
-                self.inner.tree.flush()?;
+                self.inner.database.flush()?;
                 self.write_cache(t.clone());
                 return Ok((t, key));
             }
@@ -206,7 +208,7 @@ mod tests {
     #[test]
     fn keys_authenticate_until_rotated_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::database::Database::for_tests(dir.path());
         let t = Tenants::open(&db).unwrap();
         let (acme, key) = t.add("acme", 1).unwrap();
         assert_eq!(acme.name, "acme");

@@ -48,6 +48,40 @@ async fn nothing_accepted_is_delivered_again_after_kill_9() {
     assert_eq!(shown.highest_nonce, 51);
 }
 
+/// sled's own flush (`sync_file_range`) neither flushes the disk's write
+/// cache nor commits the file's size: under the default durability, a
+/// PUBACK and an admin write each wait for an `fdatasync`. A power cut
+/// cannot be pulled in a test; the syncs the gateway waited for can be
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puback_waits_for_a_disk_sync_unless_configured_otherwise() {
+    const SYNCS: &str = "sealgate_database_syncs_total";
+    let gw = Gateway::start(&[]);
+    let before = gw.metric(SYNCS).await;
+    let creds = gw.add_device("esp32-s").await;
+    assert!(gw.metric(SYNCS).await > before, "a device add is synced");
+    let mut dev = Client::device(gw.mqtt_port, &creds).await;
+    for nonce in 1..=5u64 {
+        let before = gw.metric(SYNCS).await;
+        dev.publish_acked("sealed/esp32-s/t", common::seal(&creds, "t", nonce, b"x"))
+            .await;
+        assert!(gw.metric(SYNCS).await > before, "message {nonce}");
+    }
+    drop(dev);
+
+    let gw = Gateway::start_with_config("[database]\ndurability = \"process-crash\"\n", &[]);
+    let creds = gw.add_device("esp32-s").await;
+    let mut dev = Client::device(gw.mqtt_port, &creds).await;
+    dev.publish_acked("sealed/esp32-s/t", common::seal(&creds, "t", 1, b"x"))
+        .await;
+    assert_eq!(gw.metric(SYNCS).await, 0.0);
+    assert_eq!(
+        gw.metric("sealgate_messages_total{result=\"accepted\"}")
+            .await,
+        1.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_delivers_every_acknowledged_message() {
     let gw = Gateway::start(&[]);

@@ -39,7 +39,7 @@ struct World {
 
 fn world(kid2: bool) -> World {
     let dir = tempfile::tempdir().unwrap();
-    let db = sled::open(dir.path()).unwrap();
+    let db = sealgate::database::Database::for_tests(dir.path());
     let registry = Registry::open(&db).unwrap();
     registry.add("esp32-a1", None, 0).unwrap();
     if kid2 {

@@ -587,7 +587,7 @@ mod tests {
     #[tokio::test]
     async fn an_mqtt5_receive_maximum_bounds_the_window() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::database::Database::for_tests(dir.path());
         let (outbox, mut writer) = crate::outbox::Outbox::open(&db, u64::MAX).unwrap();
         let config = crate::config::Config::load(None, &[]).unwrap().sessions;
         let metrics = Arc::new(crate::metrics::Metrics::new());

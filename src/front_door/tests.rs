@@ -27,12 +27,13 @@ const DEVICE: &str = "dev-1";
 struct Harness {
     ctx: Arc<Context>,
     verifier: mpsc::Receiver<Input>,
-    _db: sled::Db,
+    _db: (crate::database::Database, tempfile::TempDir),
 }
 
 fn harness() -> Harness {
     let config = Arc::new(Config::load(None, &[("SEALGATE_USERS", "dash:pw")]).unwrap());
-    let db = sled::Config::new().temporary(true).open().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::database::Database::for_tests(dir.path());
     let registry = crate::registry::Registry::open(&db).unwrap();
     let master = crate::envelope::MasterKey::from_bytes([7; 32]);
     let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -72,7 +73,7 @@ fn harness() -> Harness {
     Harness {
         ctx: Arc::new(ctx),
         verifier: rx,
-        _db: db,
+        _db: (db, dir),
     }
 }
 

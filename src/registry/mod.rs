@@ -84,6 +84,7 @@ pub struct Registry {
 
 struct Inner {
     tree: sled::Tree,
+    database: crate::database::Database,
     /// Subscriber account names (normalised): the front door matches
     /// usernames against accounts first, so a device with such an id could
     /// never log in. Its lock is the namespace lock: a device insert holds
@@ -114,7 +115,7 @@ impl Registry {
     pub const TREE: &'static str = "devices";
 
     /// Opens the registry (reads every record once, for the summary).
-    pub fn open(db: &sled::Db) -> Result<Registry, RegistryError> {
+    pub fn open(db: &crate::database::Database) -> Result<Registry, RegistryError> {
         Self::open_reserving(db, std::iter::empty::<&str>(), DEFAULT_CACHE_DEVICES)
     }
 
@@ -122,7 +123,7 @@ impl Registry {
     /// (normalised subscriber account names), caching up to `cache_devices`
     /// records.
     pub fn open_reserving<'a>(
-        db: &sled::Db,
+        db: &crate::database::Database,
         reserved: impl IntoIterator<Item = &'a str>,
         cache_devices: usize,
     ) -> Result<Registry, RegistryError> {
@@ -136,12 +137,20 @@ impl Registry {
             inner: Arc::new(Inner {
                 reserved: RwLock::new(reserved),
                 tree,
+                database: db.clone(),
                 cache: quick_cache::sync::Cache::new(cache_devices.max(1)),
                 summary: RwLock::new(summary),
                 generation: Default::default(),
                 labels: Default::default(),
             }),
         })
+    }
+
+    /// How many device records the registry keeps in memory
+    /// (`registry.cache_devices`): per-device state elsewhere (the
+    /// verifier's derived keys) is bounded by the same figure.
+    pub fn cache_devices(&self) -> usize {
+        self.inner.cache.capacity() as usize
     }
 
     fn reserved(&self) -> std::sync::RwLockReadGuard<'_, std::collections::HashSet<String>> {
@@ -475,7 +484,7 @@ impl Registry {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => RegistryError::Store(e),
             })?;
-        self.inner.tree.flush()?;
+        self.inner.database.flush()?;
         let ids: Vec<&str> = records.iter().map(|(d, _)| d.device_id.as_str()).collect();
         self.refresh(&ids, ids.len() as u64)?;
         Ok(records.into_iter().map(|(d, _)| d).collect())
@@ -511,7 +520,7 @@ impl Registry {
         if swapped.is_err() {
             return Err(RegistryError::Exists);
         }
-        self.inner.tree.flush()?;
+        self.inner.database.flush()?;
         self.refresh(&[&device.device_id], 1)?;
         Ok(device)
     }
@@ -560,7 +569,7 @@ impl Registry {
                 break device;
             }
         };
-        self.inner.tree.flush()?;
+        self.inner.database.flush()?;
         self.refresh(&[&id], 0)?;
         Ok(device)
     }
@@ -626,7 +635,7 @@ mod tests {
     #[test]
     fn lifecycle() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::database::Database::for_tests(dir.path());
         let r = Registry::open(&db).unwrap();
         let d = r.add("ESP32-A1", None, 1).unwrap();
         assert_eq!(d.device_id, "esp32-a1");
@@ -682,7 +691,7 @@ mod large {
     #[test]
     fn a_registry_larger_than_its_cache_keeps_every_rule() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::database::Database::for_tests(dir.path());
         let ids: Vec<String> = (0..500).map(|i| format!("d{i:03}")).collect();
         {
             let r = Registry::open_reserving(&db, std::iter::empty::<&str>(), 8).unwrap();
@@ -738,7 +747,7 @@ mod races {
         check: impl Fn(&Device),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::database::Database::for_tests(dir.path());
         let r = Registry::open(&db).unwrap();
         let barrier = Barrier::new(2);
         for i in 0..rounds {
@@ -805,7 +814,7 @@ mod races {
     #[test]
     fn a_load_racing_a_revoke_never_caches_the_device_as_active() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::database::Database::for_tests(dir.path());
         let r = Registry::open(&db).unwrap();
         r.add("d1", None, 1).unwrap();
         let revoker = r.clone();

@@ -55,10 +55,12 @@ pub struct Checker {
     pub metrics: Arc<Metrics>,
     /// Derived keys by (device, kid): derivation is four HMACs, the cache
     /// makes it one lookup. Keys are a pure function of the master key, so
-    /// the cache never goes stale.
+    /// the cache never goes stale. Bounded like the registry's cache
+    /// (`registry.cache_devices`, devices seen lately): a fleet that cycles
+    /// through every device of a large registry must not keep them all.
     /// Keyed by device, then by kid (a device has one or two live kids), so
     /// a hit costs no allocation.
-    keys: HashMap<String, Vec<(u32, DeviceKeys, MacKey)>>,
+    keys: quick_cache::unsync::Cache<String, Vec<(u32, DeviceKeys, MacKey)>>,
     /// Opens the stored keys of legacy devices.
     vault: Vault,
     /// Opened legacy keys by device, with the sealed record they came from:
@@ -97,6 +99,7 @@ impl Checker {
         allow_unsealed: bool,
         metrics: Arc<Metrics>,
     ) -> Checker {
+        let registry_capacity = registry.cache_devices();
         Checker {
             metrics,
             vault: Vault::new(&master),
@@ -106,7 +109,7 @@ impl Checker {
             sealed_prefix,
             auto_register,
             allow_unsealed,
-            keys: HashMap::new(),
+            keys: quick_cache::unsync::Cache::new(registry_capacity),
         }
     }
 
@@ -122,12 +125,13 @@ impl Checker {
         }
         let derived = self.master.device_keys(device_id, kid);
         let mac = MacKey::new(&derived.mac);
-        let per_device = self.keys.entry(device_id.to_owned()).or_default();
+        let mut per_device = self.keys.get(device_id).cloned().unwrap_or_default();
         // Keep the newest few kids: rotation leaves at most two in use.
         if per_device.len() >= 4 {
             per_device.remove(0);
         }
         per_device.push((kid, derived.clone(), mac.clone()));
+        self.keys.insert(device_id.to_owned(), per_device);
         (derived, mac)
     }
 
@@ -273,5 +277,49 @@ impl Checker {
         self.legacy_keys
             .insert(device_id.to_owned(), (sealed.clone(), keys.clone()));
         Some(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{seal, SealInput};
+
+    /// The derived keys of every device ever seen would grow with the
+    /// registry; they are bounded by `registry.cache_devices`.
+    #[test]
+    fn derived_keys_are_kept_for_the_devices_seen_lately_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::database::Database::for_tests(dir.path());
+        let registry = Registry::open_reserving(&db, [], 4).unwrap();
+        let master = MasterKey::from_bytes([9; 32]);
+        let mut store = ReplayStore::open(&db, 64).unwrap();
+        let mut checker = Checker::new(
+            master.clone(),
+            registry.clone(),
+            "sealed".into(),
+            false,
+            false,
+            Default::default(),
+        );
+        for i in 0..50 {
+            let id = format!("dev-{i}");
+            registry.add(&id, None, 0).unwrap();
+            let keys = master.device_keys(&id, 1);
+            let m = SealInput {
+                device_id: &id,
+                stream: "t",
+                kid: 1,
+                nonce: 1,
+                iv: None,
+                plaintext: b"x",
+                binary: false,
+            };
+            let topic = format!("sealed/{id}/t");
+            let payload = seal(&keys, &m).unwrap();
+            let checked = checker.check(&topic, &payload, &mut store, 1).unwrap();
+            assert!(matches!(checked, Checked::Accept { .. }), "{id}");
+        }
+        assert!(checker.keys.len() <= 4, "{} kept", checker.keys.len());
     }
 }

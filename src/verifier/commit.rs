@@ -82,7 +82,7 @@ impl Job {
 }
 
 pub(super) struct Committer {
-    pub db: sled::Db,
+    pub db: crate::database::Database,
     pub out: Republisher,
     pub outbox: Arc<Outbox>,
     pub metrics: Arc<Metrics>,

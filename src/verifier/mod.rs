@@ -97,7 +97,7 @@ pub struct Verifier {
     pub checker: Checker,
     pub store: ReplayStore,
     /// The database `store` lives in; the commit stage flushes it.
-    pub db: sled::Db,
+    pub db: crate::database::Database,
     pub out: Republisher,
     /// Every published message is logged here in the windows' transaction.
     pub outbox: outbox::Writer,
