@@ -5,6 +5,10 @@ Measures one workload, in one run on one machine, against:
   sealgate-json-aes, sealgate-json, sealgate-binary-aes, sealgate-binary
       sealgate's full pipeline (verify, replay store, republish), QoS 1 in
       and out, JSON or binary envelopes, AES on or off;
+  sealgate-json-aes-process-crash
+                     sealgate-json-aes with [database] durability =
+                     "process-crash": sled's flush only, no fdatasync (not in
+                     the default set; for the cost of power-loss durability);
   passthrough        sealgate with [verifier] passthrough = true;
   mosquitto          Mosquitto 2 (Debian), plain passthrough: devices publish
                      sealed/..., the subscriber counts them on sealed/#;
@@ -63,6 +67,8 @@ SYSTEMS = {
     "sealgate-json": {"server": "sealgate", "format": "json", "aes": False},
     "sealgate-binary-aes": {"server": "sealgate", "format": "binary", "aes": True},
     "sealgate-binary": {"server": "sealgate", "format": "binary", "aes": False},
+    "sealgate-json-aes-process-crash": {"server": "sealgate", "format": "json", "aes": True,
+                                        "config": '[database]\ndurability = "process-crash"\n'},
     "passthrough": {"server": "passthrough", "format": "json", "aes": True},
     "mosquitto": {"server": "mosquitto", "format": "json", "aes": True},
     "mosquitto-python": {"server": "baseline", "format": "json", "aes": True},
@@ -221,7 +227,7 @@ class Bench:
             shutil.rmtree(self.work, ignore_errors=True)
 
     # ------------------------------------------------------------ sealgate
-    def sealgate_env(self, data, passthrough):
+    def sealgate_env(self, data, passthrough, extra=""):
         conf = os.path.join(self.work, "sealgate.toml")
         with open(conf, "w") as f:
             # No per-device rate limit (a 3.1.1 device over it gets no PUBACK
@@ -229,18 +235,19 @@ class Bench:
             f.write("[limits]\ndevice_rate = 0.0\nmax_connections = 100000\n")
             if passthrough:
                 f.write("[verifier]\npassthrough = true\n")
+            f.write(extra)
         return dict(os.environ, SEALGATE_CONFIG=conf, SEALGATE_DATA_DIR=data,
                     SEALGATE_MQTT_LISTEN=f"127.0.0.1:{SG_MQTT}",
                     SEALGATE_HTTP_LISTEN=f"127.0.0.1:{SG_HTTP}",
                     SEALGATE_USERS=SUBSCRIBER, SEALGATE_ADMIN_TOKEN=TOKEN,
                     SEALGATE_MASTER_KEY=MASTER, RUST_LOG="warn")
 
-    def start_sealgate(self, data, passthrough=False, timeout=600):
+    def start_sealgate(self, data, passthrough=False, timeout=600, extra=""):
         """Starts sealgate on `data`; returns (server, seconds to /readyz)."""
         port_free(SG_MQTT)
         port_free(SG_HTTP)
         t0 = time.monotonic()
-        p = Proc([self.sealgate], self.args.server_cpu, self.sealgate_env(data, passthrough),
+        p = Proc([self.sealgate], self.args.server_cpu, self.sealgate_env(data, passthrough, extra),
                  log_path=os.path.join(self.work, "sealgate.log"))
         s = Server([p], SG_MQTT)
         self.live.append(s)
@@ -336,7 +343,8 @@ class Bench:
         kind = SYSTEMS[system]["server"]
         _, files = self.fleet(n)
         if kind in ("sealgate", "passthrough"):
-            s, _ = self.start_sealgate(self.fresh_data(n), kind == "passthrough")
+            s, _ = self.start_sealgate(self.fresh_data(n), kind == "passthrough",
+                                       extra=SYSTEMS[system].get("config", ""))
         elif kind == "mosquitto":
             s = self.start_mosquitto()
         else:
@@ -681,7 +689,8 @@ def main():
         a.reps, a.duration, a.rates = 1, 2.0, [500]
         a.curve_rate, a.registry_rate = 500, 500
         a.devices, a.payloads, a.idle, a.registry = [10, 100], [64, 4096], 200, [1000, 10000]
-    default = ["sealgate-json-aes", "mosquitto"] if a.curves else list(SYSTEMS)
+    default = (["sealgate-json-aes", "mosquitto"] if a.curves
+               else [s for s in SYSTEMS if "config" not in SYSTEMS[s]])
     a.systems = a.systems.split(",") if a.systems else default
     for s in a.systems:
         if s not in SYSTEMS:
