@@ -67,6 +67,23 @@ pub async fn run(
     let db = crate::database::Database::open(&db_path, config.database.durability)
         .map_err(|e| db_err(sled::Error::Io(e)))?
         .count_syncs(metrics.database_syncs.clone());
+    // Before anything reads the windows, the outbox or the retained
+    // messages: what a crash left in the journal goes back into sled first.
+    let journal_dir = config.data_dir.join("journal");
+    let (journal, recovered) =
+        crate::journal::Journal::open(&journal_dir, &db, config.database.durability).map_err(
+            |e| AppError::Database {
+                path: journal_dir.display().to_string(),
+                reason: e.to_string(),
+            },
+        )?;
+    if recovered.records > 0 {
+        tracing::info!(
+            records = recovered.records,
+            writes = recovered.writes,
+            "Replayed the commit journal left by a crash."
+        );
+    }
     let registry = Registry::open_reserving(
         &db,
         config.users.iter().map(|u| u.name.as_str()),
@@ -147,7 +164,7 @@ pub async fn run(
             metrics.clone(),
         ),
         store,
-        db: db.clone(),
+        journal,
         out,
         outbox: outbox_writer,
         topics: config.topics.clone(),

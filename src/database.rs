@@ -107,6 +107,11 @@ impl Database {
         self
     }
 
+    /// The disk syncs counter, for the journal's own syncs.
+    pub(crate) fn syncs(&self) -> &Counter {
+        &self.syncs
+    }
+
     /// Makes everything written so far durable, as `durability` says.
     pub fn flush(&self) -> sled::Result<()> {
         self.db.flush()?;

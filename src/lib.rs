@@ -10,12 +10,14 @@
 //! * `broker`: the embedded rumqttd router and its local links.
 //! * [`verifier`]: opens sealed messages in spec order (parse, device and kid,
 //!   MAC, nonce window, decrypt) in batches.
-//! * [`replay`]: the nonce windows, group-committed to sled before anything
-//!   of a batch is published.
+//! * [`replay`]: the nonce windows, group-committed (through the journal)
+//!   before anything of a batch is published.
+//! * [`journal`]: how a batch becomes durable: its writes appended to a
+//!   journal and synced, sled itself checkpointed about once a second.
 //! * [`database`]: the sled database, and the disk sync that makes a flush
 //!   survive a power loss (sled's own flush does not).
-//! * [`outbox`]: every published message, logged in the windows' transaction
-//!   and flushed before any PUBACK; persistent sessions read it.
+//! * [`outbox`]: every published message, journaled with the windows and
+//!   durable before any PUBACK; persistent sessions read it.
 //! * [`properties`]: the MQTT 5 properties of an account's publish that are
 //!   passed on to subscribers, and how the outbox keeps them.
 //! * [`republish`]: `clean/{device}/...` and `sealgate/events/{device}` into
@@ -52,6 +54,7 @@ pub(crate) mod failpoint;
 pub mod front_door;
 pub(crate) mod health;
 pub mod ingest;
+pub mod journal;
 pub(crate) mod lag;
 pub mod metrics;
 pub mod outbox;

@@ -1,7 +1,7 @@
 //! The durable outbox: every message the gateway publishes (clean plaintext,
 //! unverified payloads, security events, what accounts publish), as an
-//! ordered log in sled, written in the same transaction as the replay
-//! windows it advances and flushed before any PUBACK.
+//! ordered log in sled, journaled with the replay windows it advances in one
+//! record (`crate::journal`) that is synced before any PUBACK.
 //!
 //! Why a log and not only the router: rumqttd keeps its state in memory, so
 //! a kill -9 between a flush and the hand-off would lose acknowledged
@@ -274,9 +274,10 @@ pub struct Writer {
 /// A batch's record, staged with the windows in one transaction.
 #[derive(Default)]
 pub struct Pending {
-    pub(crate) batch: sled::Batch,
-    /// Retained messages set (or cleared, by an empty payload).
-    pub(crate) retained: sled::Batch,
+    /// The batch's writes: its records, then the retained messages it sets
+    /// (or clears, by an empty payload). Applied to sled and journaled as
+    /// one (`crate::journal`).
+    pub(crate) ops: crate::journal::Ops,
     /// The sequence number after the batch's last entry.
     pub(crate) end: Option<u64>,
     bytes: u64,
@@ -286,6 +287,20 @@ impl Pending {
     pub fn is_empty(&self) -> bool {
         self.end.is_none()
     }
+}
+
+/// Where trimming stopped: records keyed below it are gone for good.
+pub(crate) fn trimmed_to(tree: &sled::Tree) -> Result<u64, sled::Error> {
+    Ok(match tree.get(META_KEY)? {
+        Some(v) if v.len() == 16 => u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+        _ => 0,
+    })
+}
+
+/// Whether `k` is a record's key below `trimmed_to`: the journal does not
+/// bring such a record back.
+pub(crate) fn below(k: &[u8], trimmed_to: u64) -> bool {
+    seq_of(k).is_some_and(|seq| seq < trimmed_to)
 }
 
 impl Outbox {
@@ -523,6 +538,7 @@ impl Writer {
         let mut p = Pending::default();
         let mut total = self.outbox.written.load(Ordering::Acquire);
         let mut record = Vec::with_capacity(RECORD_BYTES + 1024);
+        let mut retained = crate::journal::Ops::default();
         let mut first = self.next;
         let mut count: u32 = 0;
         let mut close = |record: &mut Vec<u8>, first: u64, count: u32, p: &mut Pending| {
@@ -531,14 +547,18 @@ impl Writer {
             p.bytes += bytes;
             record[1..5].copy_from_slice(&count.to_be_bytes());
             record[5..RECORD_HEADER].copy_from_slice(&total.to_be_bytes());
-            p.batch.insert(&key(first), std::mem::take(record));
+            p.ops
+                .insert(crate::journal::Tree::Outbox, &key(first), record);
+            record.clear();
         };
         for e in entries {
             if e.retain {
                 // MQTT: an empty retained message clears the topic's.
-                match e.payload.is_empty() {
-                    true => p.retained.remove(e.topic.as_bytes()),
-                    false => p.retained.insert(e.topic.as_bytes(), e.encode()),
+                let t = e.topic.as_bytes();
+                if e.payload.is_empty() {
+                    retained.remove(crate::journal::Tree::Retained, t);
+                } else {
+                    retained.insert(crate::journal::Tree::Retained, t, &e.encode());
                 }
             }
             if record.is_empty() {
@@ -558,6 +578,7 @@ impl Writer {
         if count > 0 {
             close(&mut record, first, count, &mut p);
         }
+        p.ops.append(retained);
         if p.bytes > 0 {
             p.end = Some(self.next);
         }
@@ -594,8 +615,10 @@ impl Writer {
     pub fn append(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<(), sled::Error> {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let p = self.stage(&entries);
-        self.outbox.tree.apply_batch(p.batch.clone())?;
-        self.outbox.retained.apply_batch(p.retained.clone())?;
+        p.ops.apply(|t| match t {
+            crate::journal::Tree::Retained => &self.outbox.retained,
+            _ => &self.outbox.tree,
+        })?;
         self.written(&p);
         if let Some(end) = p.end {
             self.outbox.flushed(end);
@@ -701,7 +724,7 @@ mod tests {
         let db = crate::database::Database::for_tests(dir.path());
         let (o, mut w) = Outbox::open(&db, u64::MAX).unwrap();
         let p = w.stage(&[entry("a/b", 1)]);
-        o.tree().apply_batch(p.batch.clone()).unwrap();
+        p.ops.apply(|_| o.tree()).unwrap();
         assert!(o.read(0, 10).unwrap().is_empty());
         o.flushed(p.end.unwrap());
         assert_eq!(o.read(0, 10).unwrap().len(), 1);

@@ -176,10 +176,12 @@ pub struct StoreError(#[from] sled::Error);
 /// Every device's window, cached in memory and persisted in one sled tree.
 pub struct ReplayStore {
     tree: sled::Tree,
-    db: crate::database::Database,
     size: u32,
     windows: HashMap<String, (Window, u64)>,
     dirty: HashSet<String>,
+    /// Writes made since the last stage that the journal has not seen (a
+    /// reset's removal), ahead of the next batch's.
+    ops: crate::journal::Ops,
 }
 
 impl ReplayStore {
@@ -188,10 +190,10 @@ impl ReplayStore {
     pub fn open(db: &crate::database::Database, size: u32) -> Result<ReplayStore, StoreError> {
         Ok(ReplayStore {
             tree: db.open_tree(Self::TREE)?,
-            db: db.clone(),
             size,
             windows: HashMap::new(),
             dirty: HashSet::new(),
+            ops: Default::default(),
         })
     }
 
@@ -241,56 +243,55 @@ impl ReplayStore {
         Ok(())
     }
 
-    /// Writes every window touched since the last stage into sled, in one
-    /// transaction with the batch's outbox entries, without waiting for the
-    /// disk: the commit stage flushes once per batch. One transaction, so no
-    /// crash can keep a window update and lose the message that made it
-    /// (a resend would then be judged `duplicate`, acknowledged, and lost).
+    /// Writes the batch into sled, without waiting for the disk: its outbox
+    /// records and retained messages first, then every window touched since
+    /// the last stage. Returns those writes, in that order, for the journal
+    /// (`crate::journal`), through which the commit stage makes the batch
+    /// durable as one: no crash can keep a window update and lose the
+    /// message that made it (a resend would then be judged `duplicate`,
+    /// acknowledged, and lost).
     pub fn stage(
         &mut self,
-        outbox: Option<(&crate::outbox::Outbox, &crate::outbox::Pending)>,
-    ) -> Result<(), StoreError> {
-        use sled::Transactional;
-        let mut windows = sled::Batch::default();
+        outbox: Option<(&crate::outbox::Outbox, &mut crate::outbox::Pending)>,
+    ) -> Result<crate::journal::Ops, StoreError> {
+        use crate::journal::Tree;
+        // A reset's removal (already in sled) comes first, as it happened.
+        let mut ops = std::mem::take(&mut self.ops);
+        let o = match outbox {
+            Some((o, p)) => {
+                ops.append(std::mem::take(&mut p.ops));
+                Some(o)
+            }
+            None => None,
+        };
         for id in self.dirty.drain() {
             let (w, last_seen) = &self.windows[&id];
-            windows.insert(id.as_bytes(), w.encode(*last_seen));
+            ops.insert(Tree::Windows, id.as_bytes(), &w.encode(*last_seen));
         }
-        let result = match outbox {
-            None => self.tree.apply_batch(windows),
-            Some((o, p)) => (&self.tree, o.tree(), o.retained_tree())
-                .transaction(|(w, log, retained)| {
-                    w.apply_batch(&windows)?;
-                    log.apply_batch(&p.batch)?;
-                    retained.apply_batch(&p.retained)?;
-                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-                })
-                .map_err(|e| match e {
-                    sled::transaction::TransactionError::Storage(e) => e,
-                    sled::transaction::TransactionError::Abort(()) => {
-                        sled::Error::Unsupported("transaction aborted".into())
-                    }
-                }),
-        };
-        result?;
-        Ok(())
+        ops.apply(|t| match (t, o) {
+            (Tree::Outbox, Some(o)) => o.tree(),
+            (Tree::Retained, Some(o)) => o.retained_tree(),
+            _ => &self.tree,
+        })?;
+        Ok(ops)
     }
 
-    /// Stages and flushes: a group commit in one call.
-    pub fn commit(&mut self) -> Result<(), StoreError> {
-        self.stage(None)?;
-        self.db.flush()?;
-        Ok(())
-    }
-
-    /// Forgets a device's window (operator reset after a flash wipe) and
-    /// makes that durable at once.
+    /// Forgets a device's window (operator reset after a flash wipe). Like a
+    /// window update, it is durable once the next batch's commit is: the
+    /// removal goes into that batch's journal record, so a replay after a
+    /// crash cannot bring the old window back.
     pub fn reset(&mut self, device_id: &str) -> Result<(), StoreError> {
         self.windows.remove(device_id);
         self.dirty.remove(device_id);
         self.tree.remove(device_id)?;
-        self.db.flush()?;
+        self.ops
+            .remove(crate::journal::Tree::Windows, device_id.as_bytes());
         Ok(())
+    }
+
+    /// Whether a write waits for the next stage although no message did.
+    pub fn has_pending(&self) -> bool {
+        !self.ops.is_empty() || !self.dirty.is_empty()
     }
 }
 
@@ -394,7 +395,8 @@ mod tests {
             let db = crate::database::Database::for_tests(dir.path());
             let mut s = ReplayStore::open(&db, 64).unwrap();
             s.accept("d", 10, &mac(1), 5).unwrap();
-            s.commit().unwrap();
+            s.stage(None).unwrap();
+            db.flush().unwrap();
         }
         let db = crate::test_support::reopen(dir.path());
         let mut s = ReplayStore::open(&db, 64).unwrap();

@@ -60,6 +60,10 @@ pub(super) struct Job {
     pub staged: bool,
     /// The outbox sequence number after this batch's entries.
     pub outbox_end: Option<u64>,
+    /// What the batch wrote to sled, for the journal.
+    pub ops: crate::journal::Ops,
+    /// Window resets, answered once the batch is durable.
+    pub replies: Vec<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
 
 impl Job {
@@ -69,6 +73,8 @@ impl Job {
             acks: Vec::with_capacity(n),
             staged: true,
             outbox_end: None,
+            ops: Default::default(),
+            replies: Vec::new(),
         }
     }
 
@@ -82,7 +88,7 @@ impl Job {
 }
 
 pub(super) struct Committer {
-    pub db: crate::database::Database,
+    pub journal: crate::journal::Journal,
     pub out: Republisher,
     pub outbox: Arc<Outbox>,
     pub metrics: Arc<Metrics>,
@@ -94,6 +100,9 @@ impl Committer {
         for job in jobs {
             self.commit(job);
         }
+        if let Err(e) = self.journal.close() {
+            tracing::error!(error = %e, "The last journal checkpoint failed; the next start replays the journal.");
+        }
     }
 
     fn fail(&self, what: &str, error: &dyn std::fmt::Display) {
@@ -104,9 +113,9 @@ impl Committer {
 
     fn commit(&mut self, mut job: Job) {
         let promises = job.promises();
-        let committed = if job.outbox_end.is_some() || !job.staged {
+        let committed = if job.outbox_end.is_some() || !job.staged || !job.ops.is_empty() {
             let started = Instant::now();
-            let flushed = job.staged && self.flush();
+            let flushed = job.staged && self.make_durable(&job.ops);
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -169,6 +178,12 @@ impl Committer {
         } else if promises && committed {
             failpoint::abort_at(failpoint::ABORT_AFTER_HANDOFF);
         }
+        for reply in job.replies {
+            let _ = reply.send(match committed {
+                true => Ok(()),
+                false => Err("the replay store is unavailable".into()),
+            });
+        }
         for (ack, outcome) in job.acks {
             if let Some(a) = ack {
                 let _ = a.tx.send(AckResult {
@@ -180,11 +195,11 @@ impl Committer {
         }
     }
 
-    fn flush(&self) -> bool {
-        match self.db.flush() {
-            Ok(_) => true,
+    fn make_durable(&mut self, ops: &crate::journal::Ops) -> bool {
+        match self.journal.append(ops) {
+            Ok(()) => true,
             Err(e) => {
-                self.fail("Replay store flush", &e);
+                self.fail("Journal write", &e);
                 false
             }
         }

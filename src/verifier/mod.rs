@@ -97,7 +97,8 @@ pub struct Verifier {
     pub checker: Checker,
     pub store: ReplayStore,
     /// The database `store` lives in; the commit stage flushes it.
-    pub db: crate::database::Database,
+    /// Where the commit stage makes each batch durable.
+    pub journal: crate::journal::Journal,
     pub out: Republisher,
     /// Every published message is logged here in the windows' transaction.
     pub outbox: outbox::Writer,
@@ -210,7 +211,7 @@ impl Verifier {
         let Verifier {
             checker,
             store,
-            db,
+            journal,
             out,
             outbox,
             topics,
@@ -223,7 +224,7 @@ impl Verifier {
         } = self;
         let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Job>(1);
         let committer = Committer {
-            db,
+            journal,
             out,
             outbox: outbox.outbox().clone(),
             metrics: metrics.clone(),
@@ -319,8 +320,13 @@ impl Stage {
                     continue;
                 }
                 Input::ResetWindow(id, reply) => {
-                    let r = self.store.reset(&id).map_err(|e| e.to_string());
-                    let _ = reply.send(r);
+                    // Answered once the batch's commit made it durable.
+                    match self.store.reset(&id) {
+                        Ok(()) => job.replies.push(reply),
+                        Err(e) => {
+                            let _ = reply.send(Err(e.to_string()));
+                        }
+                    }
                     continue;
                 }
             };
@@ -340,7 +346,7 @@ impl Stage {
             self.mirror(owner, before, &mut job.outputs);
             job.acks.push((m.ack, outcome));
         }
-        if !job.outputs.is_empty() {
+        if !job.outputs.is_empty() || self.store.has_pending() {
             self.stage(&mut job);
         }
         (job, close)
@@ -442,8 +448,8 @@ impl Stage {
     /// transaction; the commit stage flushes it. Waits first while the
     /// outbox is at its size bound: the devices are held, nothing is lost.
     fn stage(&mut self, job: &mut Job) {
-        let outbox = self.outbox.outbox();
-        if outbox.bytes() >= outbox.max_bytes() {
+        let outbox = self.outbox.outbox().clone();
+        if !job.outputs.is_empty() && outbox.bytes() >= outbox.max_bytes() {
             self.metrics.outbox_full.set(1);
             tracing::warn!(
                 bytes = outbox.bytes(),
@@ -453,10 +459,10 @@ impl Stage {
             self.outbox.wait_for_room(&|| stopping.is_cancelled());
             self.metrics.outbox_full.set(0);
         }
-        let pending = self.outbox.stage(job.outputs.iter().map(|o| o.entry()));
-        let outbox = Some((&**self.outbox.outbox(), &pending));
-        match self.store.stage(outbox) {
-            Ok(()) => {
+        let mut pending = self.outbox.stage(job.outputs.iter().map(|o| o.entry()));
+        match self.store.stage(Some((&outbox, &mut pending))) {
+            Ok(ops) => {
+                job.ops = ops;
                 self.outbox.written(&pending);
                 job.outbox_end = pending.end;
                 if job.promises() {

@@ -1,0 +1,527 @@
+//! The commit journal: how a batch becomes durable without a sled flush.
+//!
+//! Why: at fleet rates most batches hold one message, and a sled 0.34 flush
+//! per batch costs far more than the disk sync it ends with. Its I/O
+//! threadpool wakes all seven of its idle threads for every write
+//! (`docs/upstream/sled-threadpool-notify-all.md`), and the write still has
+//! to be followed by our own `fdatasync` (`crate::database`). So the commit
+//! stage appends the batch's writes (the windows, outbox records and
+//! retained messages its transaction put into sled) to this journal and
+//! syncs that one file; sled's own state reaches the disk at a checkpoint,
+//! about once a second, on a thread of its own.
+//!
+//! Why replaying it is exact: the journal holds every write to the three
+//! trees it covers, in the order sled applied them (one writer, the
+//! verifier thread; a window reset is journaled like the rest). A write
+//! sets a key to a value or removes it, so replaying any suffix of that
+//! sequence over a state sled recovered (a prefix of it) gives the state
+//! after the whole sequence. The one other writer to these trees is outbox
+//! trimming, which only removes records below its marker; replay skips
+//! records below the marker sled has.
+//!
+//! Layout: files `journal/{n:020}` in the data directory. A record is
+//! `len: u32 | crc32(body): u32 | body`, all little-endian; a body is a run
+//! of writes `tree: u8 | key_len: u32 | key | 0 (remove) or 1 | value_len:
+//! u32 | value`. Recovery stops a file at its first record that does not
+//! check (a write torn by the crash, never acknowledged).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::database::{Database, Durability};
+
+/// The trees the journal covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Tree {
+    Windows = 0,
+    Outbox = 1,
+    Retained = 2,
+}
+
+impl Tree {
+    const ALL: [Tree; 3] = [Tree::Windows, Tree::Outbox, Tree::Retained];
+
+    fn name(self) -> &'static str {
+        match self {
+            Tree::Windows => crate::replay::ReplayStore::TREE,
+            Tree::Outbox => crate::outbox::Outbox::TREE,
+            Tree::Retained => crate::outbox::Outbox::RETAINED_TREE,
+        }
+    }
+}
+
+/// The writes of one batch, encoded for the journal as they are made.
+#[derive(Debug, Default)]
+pub struct Ops {
+    buf: Vec<u8>,
+}
+
+impl Ops {
+    pub fn insert(&mut self, tree: Tree, key: &[u8], value: &[u8]) {
+        self.head(tree, key);
+        self.buf.push(1);
+        self.buf
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(value);
+    }
+
+    pub fn remove(&mut self, tree: Tree, key: &[u8]) {
+        self.head(tree, key);
+        self.buf.push(0);
+    }
+
+    fn head(&mut self, tree: Tree, key: &[u8]) {
+        self.buf.push(tree as u8);
+        self.buf
+            .extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(key);
+    }
+
+    /// Appends `other`'s writes after these.
+    pub fn append(&mut self, other: Ops) {
+        if self.buf.is_empty() {
+            self.buf = other.buf;
+        } else {
+            self.buf.extend_from_slice(&other.buf);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Applies the writes to sled in order, with plain inserts and
+    /// removals. Not a sled batch or transaction: each of those makes sled
+    /// 0.34 roll and write its log buffer through its I/O threadpool
+    /// (`PageCache::pin_log`), which costs as much as the flush the journal
+    /// replaces. The batch is atomic through the journal instead; within
+    /// it, the writer puts outbox records first and windows last, so a sled
+    /// state that a checkpoint makes durable before the batch's record never
+    /// holds a window update without the message that made it.
+    pub fn apply<'t>(&self, tree: impl Fn(Tree) -> &'t sled::Tree) -> sled::Result<()> {
+        let writes = decode(&self.buf).ok_or_else(|| {
+            sled::Error::Unsupported("a journal record this build cannot read".into())
+        })?;
+        for w in writes {
+            let t = tree(w.tree);
+            match w.value {
+                Some(v) => t.insert(w.key, v).map(|_| ())?,
+                None => t.remove(w.key).map(|_| ())?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The trees the journal covers, opened once.
+pub struct Trees([sled::Tree; 3]);
+
+impl Trees {
+    pub fn open(db: &sled::Db) -> sled::Result<Trees> {
+        Ok(Trees([
+            db.open_tree(Tree::Windows.name())?,
+            db.open_tree(Tree::Outbox.name())?,
+            db.open_tree(Tree::Retained.name())?,
+        ]))
+    }
+
+    pub fn get(&self, t: Tree) -> &sled::Tree {
+        &self.0[t as usize]
+    }
+}
+
+/// One decoded write.
+struct Logged<'a> {
+    tree: Tree,
+    key: &'a [u8],
+    value: Option<&'a [u8]>,
+}
+
+fn decode(mut body: &[u8]) -> Option<Vec<Logged<'_>>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = b.split_at_checked(n)?;
+        *b = rest;
+        Some(head)
+    }
+    fn len(b: &mut &[u8]) -> Option<usize> {
+        Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize)
+    }
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        let tree = *Tree::ALL.get(usize::from(take(&mut body, 1)?[0]))?;
+        let n = len(&mut body)?;
+        let key = take(&mut body, n)?;
+        let value = match take(&mut body, 1)?[0] {
+            0 => None,
+            1 => {
+                let n = len(&mut body)?;
+                Some(take(&mut body, n)?)
+            }
+            _ => return None,
+        };
+        out.push(Logged { tree, key, value });
+    }
+    Some(out)
+}
+
+/// A checkpoint is started once the current file is this old or this large.
+const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
+const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The journal's writer; lives on the commit thread.
+pub struct Journal {
+    dir: PathBuf,
+    durability: Durability,
+    /// `sealgate_database_syncs_total`, shared with the database's syncs.
+    syncs: prometheus_client::metrics::counter::Counter,
+    file: File,
+    number: u64,
+    bytes: u64,
+    opened: Instant,
+    /// Files handed to the checkpointer, and its answers.
+    checkpoints: mpsc::Sender<(u64, PathBuf)>,
+    done: mpsc::Receiver<std::io::Result<u64>>,
+    /// A checkpoint is running (at most one at a time: the journal is then
+    /// at most two files).
+    checkpointing: bool,
+    /// The checkpointer thread, joined by [`Journal::close`].
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What recovery found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    pub records: u64,
+    pub writes: u64,
+}
+
+fn file_name(number: u64) -> String {
+    format!("{number:020}")
+}
+
+/// The journal files in `dir`, oldest first.
+fn files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(n) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            out.push((n, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Journal {
+    /// Replays what a crash left in `dir` into `db`, makes that durable,
+    /// and starts an empty journal. Must run before anything reads the
+    /// trees it covers.
+    pub fn open(
+        dir: &Path,
+        db: &Database,
+        durability: Durability,
+    ) -> std::io::Result<(Journal, Recovered)> {
+        std::fs::create_dir_all(dir)?;
+        let found = files(dir)?;
+        let recovered = replay(&found, db)?;
+        if !found.is_empty() {
+            db.flush().map_err(std::io::Error::other)?;
+            for (_, path) in &found {
+                std::fs::remove_file(path)?;
+            }
+        }
+        let number = found.last().map_or(1, |(n, _)| n + 1);
+        let file = create(dir, number, durability)?;
+        let (checkpoints, todo) = mpsc::channel::<(u64, PathBuf)>();
+        let (report, done) = mpsc::channel();
+        let syncs = db.syncs().clone();
+        let (db, dir_) = (db.clone(), dir.to_path_buf());
+        let checkpointer = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || checkpoint_loop(&db, &dir_, &todo, &report))?;
+        Ok((
+            Journal {
+                dir: dir.to_path_buf(),
+                durability,
+                syncs,
+                file,
+                number,
+                bytes: 0,
+                opened: Instant::now(),
+                checkpoints,
+                done,
+                checkpointing: false,
+                checkpointer: Some(checkpointer),
+            },
+            recovered,
+        ))
+    }
+
+    /// Appends one batch's writes and makes them durable as `durability`
+    /// says (power-loss: `fdatasync`; process-crash: in the page cache,
+    /// which outlives the process).
+    pub fn append(&mut self, ops: &Ops) -> std::io::Result<()> {
+        self.poll_checkpoint()?;
+        let mut record = Vec::with_capacity(8 + ops.buf.len());
+        record.extend_from_slice(&(ops.buf.len() as u32).to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(&ops.buf).to_le_bytes());
+        record.extend_from_slice(&ops.buf);
+        self.file.write_all(&record)?;
+        if self.durability == Durability::PowerLoss {
+            self.file.sync_data()?;
+            self.syncs.inc();
+        }
+        self.bytes += record.len() as u64;
+        if !self.checkpointing
+            && (self.bytes >= CHECKPOINT_BYTES || self.opened.elapsed() >= CHECKPOINT_AFTER)
+        {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a new file and hands the old one to the checkpointer, which
+    /// deletes it once sled's state (which holds everything it journaled:
+    /// the verifier applies a batch to sled before the journal gets it) is
+    /// durable.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let next = self.number + 1;
+        let file = create(&self.dir, next, self.durability)?;
+        let old = std::mem::replace(&mut self.file, file);
+        drop(old);
+        let path = self.dir.join(file_name(self.number));
+        self.number = next;
+        self.bytes = 0;
+        self.opened = Instant::now();
+        self.checkpointing = true;
+        self.checkpoints
+            .send((next - 1, path))
+            .map_err(|_| std::io::Error::other("the checkpoint thread is gone"))
+    }
+
+    /// Takes the checkpointer's answer, if any: a failed checkpoint fails
+    /// the next commit (its file stays, so nothing is lost).
+    fn poll_checkpoint(&mut self) -> std::io::Result<()> {
+        match self.done.try_recv() {
+            Ok(r) => {
+                self.checkpointing = false;
+                r.map(|_| ())
+            }
+            Err(mpsc::TryRecvError::Empty) => Ok(()),
+            Err(mpsc::TryRecvError::Disconnected) if !self.checkpointing => Ok(()),
+            Err(mpsc::TryRecvError::Disconnected) => {
+                Err(std::io::Error::other("the checkpoint thread is gone"))
+            }
+        }
+    }
+
+    /// At shutdown: a last checkpoint, after which the journal is empty.
+    pub fn close(mut self) -> std::io::Result<()> {
+        if self.checkpointing {
+            if let Ok(r) = self.done.recv() {
+                r?;
+            }
+        }
+        let path = self.dir.join(file_name(self.number));
+        self.checkpoints
+            .send((self.number, path))
+            .map_err(|_| std::io::Error::other("the checkpoint thread is gone"))?;
+        let last = self.done.recv().map_err(std::io::Error::other)?;
+        drop(self.checkpoints);
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+        last.map(|_| ())
+    }
+}
+
+/// The checkpoint thread: a file handed over is deleted once a sled flush
+/// that started after it was handed over succeeded. Between files, sled is
+/// flushed every [`CHECKPOINT_AFTER`] anyway: what is written to sled
+/// without the journal (persistent sessions' positions, trimming) is then
+/// durable within that time even when no batch comes to rotate a file.
+fn checkpoint_loop(
+    db: &Database,
+    dir: &Path,
+    todo: &mpsc::Receiver<(u64, PathBuf)>,
+    report: &mpsc::Sender<std::io::Result<u64>>,
+) {
+    loop {
+        match todo.recv_timeout(CHECKPOINT_AFTER) {
+            Ok((number, path)) => {
+                let r = db
+                    .flush()
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| std::fs::remove_file(&path))
+                    .and_then(|()| sync_dir(dir))
+                    .map(|()| number);
+                if report.send(r).is_err() {
+                    return;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // A failure here loses nothing (the journal still holds
+                // every batch); the next handed-over file reports it.
+                if let Err(e) = db.flush() {
+                    tracing::warn!(error = %e, "Periodic database flush failed.");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn create(dir: &Path, number: u64, durability: Durability) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(dir.join(file_name(number)))?;
+    if durability == Durability::PowerLoss {
+        sync_dir(dir)?;
+    }
+    Ok(file)
+}
+
+/// Applies every record that checks, file by file, oldest first.
+fn replay(files: &[(u64, PathBuf)], db: &Database) -> std::io::Result<Recovered> {
+    let mut out = Recovered::default();
+    if files.is_empty() {
+        return Ok(out);
+    }
+    let trees = Trees::open(db).map_err(std::io::Error::other)?;
+    let trimmed_to =
+        crate::outbox::trimmed_to(trees.get(Tree::Outbox)).map_err(std::io::Error::other)?;
+    for (_, path) in files {
+        let bytes = std::fs::read(path)?;
+        let mut rest = &bytes[..];
+        while rest.len() >= 8 {
+            let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+            let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+            let Some(body) = rest.get(8..8 + len) else {
+                break;
+            };
+            if crc32fast::hash(body) != crc {
+                break;
+            }
+            let Some(writes) = decode(body) else {
+                break;
+            };
+            for w in &writes {
+                if w.tree == Tree::Outbox && crate::outbox::below(w.key, trimmed_to) {
+                    continue;
+                }
+                let t = trees.get(w.tree);
+                match w.value {
+                    Some(v) => t.insert(w.key, v).map(|_| ()),
+                    None => t.remove(w.key).map(|_| ()),
+                }
+                .map_err(std::io::Error::other)?;
+            }
+            out.records += 1;
+            out.writes += writes.len() as u64;
+            rest = &rest[8 + len..];
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> (Database, Journal, Recovered) {
+        let db = crate::test_support::reopen(&dir.join("db"));
+        let (j, r) = Journal::open(&dir.join("journal"), &db, Durability::PowerLoss).unwrap();
+        (db, j, r)
+    }
+
+    /// What sled never flushed comes back from the journal, in order, and
+    /// a torn last record is ignored.
+    #[test]
+    fn unflushed_writes_come_back_and_a_torn_tail_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_db, mut j, r) = open(dir.path());
+            assert_eq!(r, Recovered::default());
+            let mut ops = Ops::default();
+            ops.insert(Tree::Windows, b"dev-1", b"w1");
+            ops.insert(Tree::Retained, b"clean/a", b"r1");
+            j.append(&ops).unwrap();
+            let mut ops = Ops::default();
+            ops.insert(Tree::Windows, b"dev-1", b"w2");
+            ops.remove(Tree::Retained, b"clean/a");
+            ops.insert(Tree::Outbox, &5u64.to_be_bytes(), b"record");
+            j.append(&ops).unwrap();
+            // A record the crash cut short.
+            j.file.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
+            // No checkpoint: dropped as a crash would leave it.
+            drop(j);
+        }
+        let (db, _j, r) = open(dir.path());
+        assert_eq!(
+            r,
+            Recovered {
+                records: 2,
+                writes: 5
+            }
+        );
+        let windows = db.open_tree(Tree::Windows.name()).unwrap();
+        assert_eq!(windows.get(b"dev-1").unwrap().unwrap(), b"w2"[..]);
+        let retained = db.open_tree(Tree::Retained.name()).unwrap();
+        assert_eq!(retained.get(b"clean/a").unwrap(), None);
+        let outbox = db.open_tree(Tree::Outbox.name()).unwrap();
+        assert_eq!(
+            outbox.get(5u64.to_be_bytes()).unwrap().unwrap(),
+            b"record"[..]
+        );
+        let left = files(&dir.path().join("journal")).unwrap();
+        assert_eq!(left.len(), 1, "only the new, empty file: {left:?}");
+    }
+
+    /// A closed journal leaves nothing to replay: the last checkpoint made
+    /// sled's state durable and removed the files.
+    #[test]
+    fn close_checkpoints_and_empties_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (db, mut j, _) = open(dir.path());
+            let mut ops = Ops::default();
+            ops.insert(Tree::Windows, b"dev-1", b"w1");
+            db.open_tree(Tree::Windows.name())
+                .unwrap()
+                .insert(b"dev-1", b"w1".to_vec())
+                .unwrap();
+            j.append(&ops).unwrap();
+            j.close().unwrap();
+        }
+        assert!(files(&dir.path().join("journal")).unwrap().is_empty());
+        let (db, _j, r) = open(dir.path());
+        assert_eq!(r, Recovered::default());
+        let windows = db.open_tree(Tree::Windows.name()).unwrap();
+        assert_eq!(windows.get(b"dev-1").unwrap().unwrap(), b"w1"[..]);
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused() {
+        let mut ops = Ops::default();
+        ops.insert(Tree::Outbox, b"k", b"v");
+        assert!(decode(&ops.buf).is_some());
+        for cut in 0..ops.buf.len() - 1 {
+            let _ = decode(&ops.buf[..cut]);
+        }
+        assert!(decode(&[9, 0, 0, 0, 0, 0]).is_none(), "unknown tree");
+        assert!(decode(&[0, 0, 0, 0, 0, 7]).is_none(), "unknown kind");
+    }
+}
