@@ -395,6 +395,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         cursor,
         feed,
         max_packet,
+        receive_maximum,
         mount,
         will_delay,
         will_props,

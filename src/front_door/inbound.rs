@@ -126,12 +126,16 @@ impl<P: Protocol> Session<P> {
                 }
                 p @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
                     self.unacked.acked(self.out.timeout());
+                    self.quota.acked(&p);
                     self.stand_in.acked(p, &mut to_router);
+                    self.release(&mut to_router)?;
                 }
                 Packet::PubComp(comp, props) => {
                     let pkid = comp.pkid;
+                    self.quota.completed(pkid);
                     to_router.push(Packet::PubComp(comp, props));
                     self.stand_in.completed(pkid, &mut to_router);
+                    self.release(&mut to_router)?;
                 }
                 Packet::Unsubscribe(u, _) if self.login.feed.is_some() => {
                     let Some(u) = self.screen_unsubscribe(u)? else {

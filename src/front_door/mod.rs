@@ -13,6 +13,7 @@ mod alias;
 pub mod auth;
 mod connect;
 mod error;
+mod flow;
 mod inbound;
 pub(crate) mod limits;
 mod mount;

@@ -92,10 +92,7 @@ impl Feed {
     ) -> Feed {
         let r = &attached.record;
         let read_at = r.next.max(sessions.outbox().first());
-        let max_inflight = match receive_maximum {
-            Some(n) if n > 0 => sessions.config().max_inflight.min(usize::from(n)),
-            _ => sessions.config().max_inflight,
-        };
+        let max_inflight = super::flow::window(receive_maximum, sessions.config().max_inflight);
         Feed {
             head: sessions.outbox().watch(),
             max_inflight,

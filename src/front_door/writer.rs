@@ -200,6 +200,17 @@ impl<P: Protocol> Writer<P> {
         Ok(())
     }
 
+    /// Where the next packet will be encoded, for `undo`.
+    pub fn mark(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes back what was encoded since `mark`: a publish that must wait
+    /// (`flow.rs`).
+    pub fn undo(&mut self, mark: usize) {
+        self.buf.truncate(mark);
+    }
+
     /// The buffer, for packets encoded elsewhere (`persistent.rs`).
     pub fn raw(&mut self) -> &mut BytesMut {
         &mut self.buf
