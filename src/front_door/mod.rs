@@ -14,6 +14,7 @@ pub mod auth;
 mod connect;
 mod error;
 mod flow;
+mod identifiers;
 mod inbound;
 pub(crate) mod limits;
 mod mount;

@@ -90,6 +90,7 @@ impl<P: Protocol> Writer<P> {
         let cap = match &mut packet {
             Packet::Publish(publish, props) => match crate::routed::unmark(props) {
                 Some(routed) => {
+                    super::identifiers::strip(props);
                     let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
                     let own = routed.from.as_deref() == Some(me);
                     match options.forward(topic, publish.retain, routed.retain, own) {
