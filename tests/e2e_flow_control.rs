@@ -1,4 +1,4 @@
-//! The client's Receive Maximum (MQTT 5 section 3.3.4, MQTT5-3.3.4-7..9):
+//! The client's Receive Maximum (MQTT 5 section 3.3.4, MQTT5-3.3.4-9):
 //! never more QoS 1 and 2 deliveries unacknowledged to a client than it
 //! announced; the rest wait, in order, and go out one per acknowledgement.
 //! QoS 0 deliveries are not counted and are not held, which is what lets

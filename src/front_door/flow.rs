@@ -1,10 +1,11 @@
 //! The client's Receive Maximum (MQTT 5 section 3.3.4): never more QoS 1
 //! and 2 PUBLISHes unacknowledged to a client than it said it takes
-//! (MQTT5-3.3.4-7). The router knows nothing of it (rumqttd 0.20 keeps up
+//! (MQTT5-3.3.4-9). The router knows nothing of it (rumqttd 0.20 keeps up
 //! to its own 100 in flight to every client), so a forward that would
 //! exceed it is held here, in order, and written when an acknowledgement
-//! frees a slot (MQTT5-3.3.4-8/9: a PUBACK, a PUBCOMP, or a PUBREC with an
-//! error code).
+//! frees a slot (a PUBACK, a PUBCOMP, or a PUBREC with an error code).
+//! Nothing but those PUBLISHes waits (MQTT5-3.3.4-10): SUBACKs, PUBRELs
+//! and QoS 0 deliveries go out as they come.
 //!
 //! QoS 0 deliveries are not counted and are never held: they go out as
 //! they come, ahead of held QoS 1/2 messages, also on the same topic. MQTT

@@ -4,14 +4,14 @@
 //!
 //! A clean session's identifiers are kept by the embedded router, which
 //! tags every forward with the identifier of the filter it read it for
-//! (one copy per matching filter, so one identifier each, MQTT-3.3.4-5).
+//! (one copy per matching filter, so one identifier each, MQTT5-3.3.4-5).
 //! But rumqttd 0.20 keeps a filter's identifier when a SUBSCRIBE without
 //! one renews the filter; MQTT has the new subscription replace it. Such a
 //! SUBSCRIBE is therefore handed to the router with [`NONE`], which the
 //! writer takes off every forward. A persistent session is fed from the
 //! outbox and sends one copy per message: it carries the identifiers of
 //! all its filters that let the message through ([`matching`],
-//! MQTT-3.3.4-4).
+//! MQTT5-3.3.4-4).
 
 use bytes::{BufMut, BytesMut};
 use rumqttd::protocol::PublishProperties;

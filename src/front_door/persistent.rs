@@ -87,7 +87,7 @@ pub(super) struct Feed {
 
 impl Feed {
     /// `receive_maximum`: what an MQTT 5 client said it takes in flight
-    /// (MQTT5-3.3.4-7: never more QoS 1/2 messages unacknowledged).
+    /// (MQTT5-3.3.4-9: never more QoS 1/2 messages unacknowledged).
     pub fn new(
         sessions: Arc<Sessions>,
         id: String,
