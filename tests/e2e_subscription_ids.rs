@@ -173,3 +173,31 @@ async fn identifier_zero_is_a_protocol_error() {
         }
     }
 }
+
+/// A persistent session's identifiers are stored with its filters: a
+/// gateway restart keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_sessions_identifiers_survive_a_restart() {
+    let gw = Gateway::start_with_dash_and_ops();
+    let kept = |port: u16, clean_start: bool| {
+        let mut o = ops(port, "kept");
+        o.set_clean_start(clean_start);
+        o.set_session_expiry_interval(Some(3600));
+        o
+    };
+    let (mut sub, _) = Peer::connect(kept(gw.mqtt_port, true)).await;
+    sub.subscribe("status/#", QoS::AtLeastOnce, Some(12)).await;
+    sub.disconnect().await;
+
+    let config = gw.config_file();
+    let config = config.to_str().unwrap().to_owned();
+    let env = [("SEALGATE_CONFIG", config.as_str()), ("SEALGATE_USERS", "")];
+    let gw = gw.kill9_and_restart_with(&env);
+    let (mut publisher, _) = Peer::connect(ops(gw.mqtt_port, "publisher")).await;
+    publisher
+        .publish("status/a", QoS::AtLeastOnce, "after")
+        .await;
+    let (mut sub, _) = Peer::connect(kept(gw.mqtt_port, false)).await;
+    let p = sub.next_publish().await;
+    assert_eq!((text(&p), ids(&p)), ("after".into(), vec![12]));
+}
