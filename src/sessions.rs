@@ -27,6 +27,10 @@ pub struct Record {
     /// Retain Handling (`front_door::options`; an older record has the QoS
     /// alone, which reads the same).
     pub filters: Vec<(String, u8)>,
+    /// The MQTT 5 subscription identifier of each filter that has one (an
+    /// older record has none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<(String, usize)>,
     /// Every outbox entry below this was delivered and acknowledged (or
     /// did not match).
     pub next: u64,
@@ -245,6 +249,7 @@ impl Sessions {
                     record: Record {
                         account: account.to_owned(),
                         filters: Vec::new(),
+                        ids: Vec::new(),
                         next: head,
                         acked: Vec::new(),
                         sent_to: head,

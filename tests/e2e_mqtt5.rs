@@ -111,7 +111,7 @@ fn announced(max_packet: u32, shared: u8) -> ConnAckProperties {
         topic_alias_max: Some(10),
         retain_available: Some(1),
         wildcard_subscription_available: Some(1),
-        subscription_identifiers_available: Some(0),
+        subscription_identifiers_available: Some(1),
         shared_subscription_available: Some(shared),
         // Nothing else: QoS 2 is supported, the session kept as asked.
         session_expiry_interval: None,

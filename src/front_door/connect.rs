@@ -395,6 +395,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
         cursor,
         feed,
         max_packet,
+        receive_maximum,
         mount,
         will_delay,
         will_props,
@@ -432,9 +433,9 @@ fn tell_choices(connack: &mut Packet, asked: u16, max: u16, assigned: Option<Str
 /// (`publish::RECEIVE_MAXIMUM`, enforced), the largest packet it takes
 /// (`mqtt.max_packet_bytes`, enforced on the header), the topic aliases it
 /// may set (`mqtt.topic_alias_maximum`; any other alias gets DISCONNECT
-/// 0x94), retained messages and wildcard filters, no subscription
-/// identifiers (persistent sessions do not carry them back), and shared
-/// subscriptions where the session is clean (`shared`).
+/// 0x94), retained messages, wildcard filters and subscription identifiers
+/// (`identifiers.rs`), and shared subscriptions where the session is clean
+/// (`shared`).
 fn tell_capabilities(connack: &mut Packet, mqtt: &crate::config::MqttConfig, shared: bool) {
     let Packet::ConnAck(_, props) = connack else {
         return;
@@ -445,7 +446,7 @@ fn tell_capabilities(connack: &mut Packet, mqtt: &crate::config::MqttConfig, sha
     props.topic_alias_max = Some(mqtt.topic_alias_max());
     props.retain_available = Some(1);
     props.wildcard_subscription_available = Some(1);
-    props.subscription_identifiers_available = Some(0);
+    props.subscription_identifiers_available = Some(1);
     props.shared_subscription_available = Some(u8::from(shared));
 }
 

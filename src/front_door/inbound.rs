@@ -89,6 +89,11 @@ impl<P: Protocol> Session<P> {
                     };
                     self.out.encode(Packet::PubComp(comp, None))?;
                 }
+                // MQTT 5 section 3.8.2.1.2: 0 is a protocol error.
+                Packet::Subscribe(_, Some(p)) if p.id == Some(0) => {
+                    self.refuse(RejectReason::Malformed).await;
+                    return Ok(Some(End::Refused(DisconnectReasonCode::ProtocolError)));
+                }
                 Packet::Subscribe(sub, props) if self.login.feed.is_some() => {
                     let p = self.screen_subscribe(sub, props);
                     let ack = self.subscribe_durable(p).await?;
@@ -126,12 +131,16 @@ impl<P: Protocol> Session<P> {
                 }
                 p @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
                     self.unacked.acked(self.out.timeout());
+                    self.quota.acked(&p);
                     self.stand_in.acked(p, &mut to_router);
+                    self.release(&mut to_router)?;
                 }
                 Packet::PubComp(comp, props) => {
                     let pkid = comp.pkid;
+                    self.quota.completed(pkid);
                     to_router.push(Packet::PubComp(comp, props));
                     self.stand_in.completed(pkid, &mut to_router);
+                    self.release(&mut to_router)?;
                 }
                 Packet::Unsubscribe(u, _) if self.login.feed.is_some() => {
                     let Some(u) = self.screen_unsubscribe(u)? else {
@@ -212,9 +221,9 @@ impl<P: Protocol> Session<P> {
     /// Completes a screened SUBSCRIBE of a persistent session: the granted
     /// filters are stored durably (before the SUBACK), none go to the router.
     async fn subscribe_durable(&mut self, screened: Packet) -> Result<Packet, ConnError> {
-        let (pkid, granted, mut codes) = match screened {
+        let (pkid, granted, mut codes, id) = match screened {
             Packet::SubAck(ack, _) => return Ok(Packet::SubAck(ack, None)),
-            Packet::Subscribe(sub, _) => {
+            Packet::Subscribe(sub, props) => {
                 let codes = self.pending_subacks.remove(&sub.pkid);
                 // With their options (`options::byte`), which the feed applies.
                 let granted: Vec<(String, u8)> = sub
@@ -222,12 +231,13 @@ impl<P: Protocol> Session<P> {
                     .iter()
                     .map(|f| (f.path.clone(), super::options::byte(f)))
                     .collect();
-                (sub.pkid, granted, codes)
+                let id = props.and_then(|p| p.id);
+                (sub.pkid, granted, codes, id)
             }
             _ => return Err(ConnError::Io(std::io::Error::other("not a SUBSCRIBE"))),
         };
         if let Some(feed) = self.login.feed.as_mut() {
-            feed.subscribe(&granted)
+            feed.subscribe(&granted, id)
                 .await
                 .map_err(|_| ConnError::Io(std::io::Error::other("session store")))?;
         }

@@ -13,6 +13,8 @@ mod alias;
 pub mod auth;
 mod connect;
 mod error;
+mod flow;
+mod identifiers;
 mod inbound;
 pub(crate) mod limits;
 mod mount;

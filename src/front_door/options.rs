@@ -104,7 +104,9 @@ pub(super) fn no_local<'a>(
 /// is what the router's forwards, mount stripped, are matched against.
 #[derive(Default)]
 pub(super) struct Options {
-    filters: Vec<(String, u8)>,
+    /// Filter, options byte, and the subscription identifier the router
+    /// holds for it, if any (`identifiers::NONE` for one taken away).
+    filters: Vec<(String, u8, Option<usize>)>,
     /// Whether any filter asks for more than its QoS (and Retain Handling
     /// 1, which the router does itself): kept with the filters, so the
     /// common case costs one test per forwarded message.
@@ -123,15 +125,30 @@ pub(super) enum Forward {
 
 impl Options {
     pub fn subscribed(&mut self, filter: &str, options: u8) {
-        match self.filters.iter_mut().find(|(f, _)| f == filter) {
+        match self.filters.iter_mut().find(|(f, ..)| f == filter) {
             Some(slot) => slot.1 = options,
-            None => self.filters.push((filter.to_owned(), options)),
+            None => self.filters.push((filter.to_owned(), options, None)),
         }
         self.update_asks_more();
     }
 
+    /// The subscription identifier the router was handed for `filter`
+    /// (subscribed already).
+    pub fn identified(&mut self, filter: &str, id: Option<usize>) {
+        if let Some(slot) = self.filters.iter_mut().find(|(f, ..)| f == filter) {
+            slot.2 = id;
+        }
+    }
+
+    /// Whether the router holds a subscription identifier for `filter`.
+    pub fn has_id(&self, filter: &str) -> bool {
+        self.filters
+            .iter()
+            .any(|(f, _, id)| f == filter && id.is_some())
+    }
+
     pub fn unsubscribed(&mut self, filter: &str) {
-        self.filters.retain(|(f, _)| f != filter);
+        self.filters.retain(|(f, ..)| f != filter);
         self.update_asks_more();
     }
 
@@ -139,7 +156,7 @@ impl Options {
         self.asks_more = self
             .filters
             .iter()
-            .any(|(_, o)| o & !QOS != 0 && o & !QOS != RETAINED_IF_NEW);
+            .any(|(_, o, _)| o & !QOS != 0 && o & !QOS != RETAINED_IF_NEW);
     }
 
     /// Whether forwards are sent as the router made them: no filter asks
@@ -155,7 +172,7 @@ impl Options {
     }
 
     fn iter(&self) -> impl Iterator<Item = (&str, u8)> + Clone {
-        self.filters.iter().map(|(f, o)| (f.as_str(), *o))
+        self.filters.iter().map(|(f, o, _)| (f.as_str(), *o))
     }
 
     /// Judges a forwarded publish: `retained` is its RETAIN flag as the

@@ -50,7 +50,11 @@ pub(super) struct Feed {
     sessions: Arc<Sessions>,
     id: String,
     generation: u64,
-    filters: Vec<(String, u8)>,
+    /// Filter, options byte (`options::byte`), subscription identifier.
+    filters: Vec<(String, u8, Option<usize>)>,
+    /// Whether a filter has a subscription identifier: only then is each
+    /// message asked for its identifiers.
+    identified: bool,
     /// The next outbox entry to examine.
     read_at: u64,
     /// Entries below this were sent before: resent with DUP.
@@ -63,8 +67,9 @@ pub(super) struct Feed {
     head: watch::Receiver<u64>,
     max_inflight: usize,
     changed: bool,
-    /// Retained messages owed for new subscriptions, at the QoS to send.
-    retained: VecDeque<(Entry, u8)>,
+    /// Retained messages owed for new subscriptions, at the QoS to send,
+    /// with the subscription's identifier.
+    retained: VecDeque<(Entry, u8, Option<usize>)>,
     /// The expiry a DISCONNECT set, applied as the session detaches.
     expiry_on_leave: Option<u64>,
     /// An account of a tenant: its filters are filed under this mount, and
@@ -82,7 +87,7 @@ pub(super) struct Feed {
 
 impl Feed {
     /// `receive_maximum`: what an MQTT 5 client said it takes in flight
-    /// (MQTT5-3.3.4-7: never more QoS 1/2 messages unacknowledged).
+    /// (MQTT5-3.3.4-9: never more QoS 1/2 messages unacknowledged).
     pub fn new(
         sessions: Arc<Sessions>,
         id: String,
@@ -92,17 +97,15 @@ impl Feed {
     ) -> Feed {
         let r = &attached.record;
         let read_at = r.next.max(sessions.outbox().first());
-        let max_inflight = match receive_maximum {
-            Some(n) if n > 0 => sessions.config().max_inflight.min(usize::from(n)),
-            _ => sessions.config().max_inflight,
-        };
+        let max_inflight = super::flow::window(receive_maximum, sessions.config().max_inflight);
         Feed {
             head: sessions.outbox().watch(),
             max_inflight,
             sessions,
             id,
             generation: attached.generation,
-            filters: r.filters.clone(),
+            filters: with_ids(&r.filters, &r.ids),
+            identified: !r.ids.is_empty(),
             read_at,
             sent_to: r.sent_to,
             pending: BTreeSet::new(),
@@ -145,7 +148,17 @@ impl Feed {
     /// The highest QoS a filter of this session grants `topic`.
     /// The filters with their options (`options::byte`).
     fn options(&self) -> impl Iterator<Item = (&str, u8)> + Clone {
-        self.filters.iter().map(|(f, o)| (f.as_str(), *o))
+        self.filters.iter().map(|(f, o, _)| (f.as_str(), *o))
+    }
+
+    /// The subscription identifiers a message on `topic` carries to this
+    /// session: those of every filter that lets it through.
+    fn ids(&self, topic: &str, own: bool) -> Vec<usize> {
+        if !self.identified {
+            return Vec::new();
+        }
+        let filters = self.filters.iter().map(|(f, o, id)| (f.as_str(), *o, *id));
+        super::identifiers::matching(filters, topic, own)
     }
 
     /// Whether this session's subscriptions that match `topic` all have No
@@ -181,7 +194,7 @@ impl Feed {
         let now = crate::now_ms();
         // MQTT: retained messages follow the SUBACK, before new ones.
         while filled.sent < room {
-            let Some((e, qos)) = self.retained.pop_front() else {
+            let Some((e, qos, id)) = self.retained.pop_front() else {
                 break;
             };
             let Some(expiry) = expiry_left(&e, now) else {
@@ -197,6 +210,7 @@ impl Feed {
                 dup: false,
                 retain: true,
                 expiry,
+                ids: Vec::from_iter(id),
             };
             let encoded = encode_publish(v5, &e, m, &mut self.received, out);
             if unframable(encoded) {
@@ -257,6 +271,7 @@ impl Feed {
                 dup,
                 retain,
                 expiry,
+                ids: self.ids(&s.entry.topic, own),
             };
             let encoded = encode_publish(v5, &e, m, &mut self.received, out);
             if unframable(encoded) {
@@ -376,19 +391,24 @@ impl Feed {
             .then(|| tokio::time::Instant::from_std(self.saved_at + SAVE_EVERY))
     }
 
-    /// Adds or replaces filters (granted with `options`, `options::byte`)
-    /// and makes them durable before the SUBACK; the retained messages they
-    /// match are sent next, as their Retain Handling says.
-    pub async fn subscribe(&mut self, granted: &[(String, u8)]) -> Result<(), sled::Error> {
+    /// Adds or replaces filters (granted with `options`, `options::byte`,
+    /// and the SUBSCRIBE's subscription identifier `id`, which replaces
+    /// theirs) and makes them durable before the SUBACK; the retained
+    /// messages they match are sent next, as their Retain Handling says.
+    pub async fn subscribe(
+        &mut self,
+        granted: &[(String, u8)],
+        id: Option<usize>,
+    ) -> Result<(), sled::Error> {
         use super::options;
         for (f, o) in granted {
-            let existed = match self.filters.iter_mut().find(|(g, _)| g == f) {
+            let existed = match self.filters.iter_mut().find(|(g, ..)| g == f) {
                 Some(slot) => {
-                    slot.1 = *o;
+                    (slot.1, slot.2) = (*o, id);
                     true
                 }
                 None => {
-                    self.filters.push((f.clone(), *o));
+                    self.filters.push((f.clone(), *o, id));
                     false
                 }
             };
@@ -402,26 +422,35 @@ impl Feed {
                     continue;
                 }
                 let qos = e.qos.min(options::qos(*o));
-                self.retained.push_back((e, qos));
+                self.retained.push_back((e, qos, id));
             }
         }
         self.store_filters().await
     }
 
     pub async fn unsubscribe(&mut self, filters: &[String]) -> Result<(), sled::Error> {
-        self.filters.retain(|(f, _)| !filters.contains(f));
+        self.filters.retain(|(f, ..)| !filters.contains(f));
         self.store_filters().await
     }
 
     async fn store_filters(&mut self) -> Result<(), sled::Error> {
-        let filters = self.filters.clone();
-        self.sessions
-            .update(&self.id, self.generation, |r| r.filters = filters)?;
+        self.identified = self.filters.iter().any(|(.., id)| id.is_some());
+        let filters = self.filters.iter().map(|(f, o, _)| (f.clone(), *o));
+        let filters: Vec<(String, u8)> = filters.collect();
+        let ids = self
+            .filters
+            .iter()
+            .filter_map(|(f, _, id)| Some((f.clone(), (*id)?)));
+        let ids: Vec<(String, usize)> = ids.collect();
+        self.sessions.update(&self.id, self.generation, |r| {
+            r.filters = filters;
+            r.ids = ids;
+        })?;
         self.sessions.sync().await
     }
 
     pub fn filters(&self) -> impl Iterator<Item = &str> {
-        self.filters.iter().map(|(f, _)| f.as_str())
+        self.filters.iter().map(|(f, ..)| f.as_str())
     }
 
     /// The connection ended: the session stays, without it.
@@ -448,6 +477,19 @@ struct Message {
     retain: bool,
     /// What is left of the entry's message expiry interval, if it has one.
     expiry: Option<u32>,
+    /// The subscription identifiers it carries (MQTT 5).
+    ids: Vec<usize>,
+}
+
+/// A stored record's filters with their subscription identifiers.
+fn with_ids(filters: &[(String, u8)], ids: &[(String, usize)]) -> Vec<(String, u8, Option<usize>)> {
+    filters
+        .iter()
+        .map(|(f, o)| {
+            let id = ids.iter().find(|(g, _)| g == f).map(|(_, id)| *id);
+            (f.clone(), *o, id)
+        })
+        .collect()
 }
 
 /// What is left of an entry's message expiry interval: `Some(None)` when it
@@ -477,6 +519,7 @@ fn encode_publish(
         dup,
         retain,
         expiry,
+        ids,
     } = m;
     use crate::republish::property;
     use rumqttd::protocol::v4::write_remaining_length;
@@ -497,6 +540,7 @@ fn encode_publish(
         if let Some(p) = &e.props {
             crate::properties::write_for_client(p, expiry, &mut list);
         }
+        super::identifiers::write(&ids, &mut list)?;
         write_remaining_length(&mut props, list.len())?;
         props.extend_from_slice(&list);
     }
@@ -594,7 +638,9 @@ mod tests {
         let sessions = Sessions::open(&db, outbox, config, metrics).unwrap();
         let attached = sessions.attach("u.1.d.x", "d", true, 60).unwrap();
         let mut feed = Feed::new(sessions.clone(), "u.1.d.x".into(), &attached, Some(2), None);
-        feed.subscribe(&[("clean/#".into(), 1)]).await.unwrap();
+        feed.subscribe(&[("clean/#".into(), 1)], None)
+            .await
+            .unwrap();
         writer
             .append((0..5).map(|n| Entry {
                 qos: 1,
@@ -624,6 +670,7 @@ mod tests {
                     dup,
                     retain: true,
                     expiry: None,
+                    ids: Vec::new(),
                 };
                 encode_publish(false, &e, m(true), &mut r, &mut b).unwrap();
                 assert_eq!((b[0] >> 1) & 3, qos);
@@ -666,11 +713,11 @@ mod tests {
                     ..e
                 };
                 let mut b = BytesMut::new();
-                let m = Message {
+                let with_expiry = Message {
                     expiry: Some(7),
                     ..m(false)
                 };
-                encode_publish(true, &e, m, &mut r, &mut b).unwrap();
+                encode_publish(true, &e, with_expiry, &mut r, &mut b).unwrap();
                 let Packet::Publish(_, Some(props)) = V5.read_mut(&mut b, 1 << 20).unwrap() else {
                     panic!("not a v5 publish with properties")
                 };
@@ -679,6 +726,18 @@ mod tests {
                     ..own
                 };
                 assert_eq!(props, expected);
+
+                // Subscription identifiers, small and multi-byte.
+                let mut b = BytesMut::new();
+                let with_ids = Message {
+                    ids: vec![1, 300, 268_435_455],
+                    ..m(false)
+                };
+                encode_publish(true, &e, with_ids, &mut r, &mut b).unwrap();
+                let Packet::Publish(_, Some(props)) = V5.read_mut(&mut b, 1 << 20).unwrap() else {
+                    panic!("not a v5 publish with properties")
+                };
+                assert_eq!(props.subscription_identifiers, [1, 300, 268_435_455]);
             }
         }
     }

@@ -28,7 +28,7 @@ use super::options::Options;
 use super::stand_in::StandIn;
 use super::subscriptions;
 use super::transport::Stream;
-use super::writer::{Encoded, Writer};
+use super::writer::Writer;
 use super::Context;
 use crate::verifier::AckResult;
 
@@ -81,6 +81,9 @@ pub(super) struct Login {
     pub feed: Option<super::persistent::Feed>,
     /// The largest packet an MQTT 5 client takes (its Maximum Packet Size).
     pub max_packet: Option<usize>,
+    /// The QoS 1/2 messages an MQTT 5 client takes unacknowledged (its
+    /// Receive Maximum), if it said.
+    pub receive_maximum: Option<u16>,
     /// For an account of a tenant: its mount, `{topics.tenants}/{tenant}`.
     /// Its filters are filed under it and what it receives has it stripped,
     /// so it sees its tenant's devices only, whatever filter it uses.
@@ -125,6 +128,8 @@ pub(super) struct Session<P> {
     /// Acks owed to the router that the client does not give: for
     /// publishes too large for it, or delivered below the router's QoS.
     pub(super) stand_in: StandIn,
+    /// Deliveries against the client's Receive Maximum (`flow.rs`).
+    pub(super) quota: super::flow::Quota,
     /// Streams this device's connection already published on: only a new
     /// one asks the shared `limits::Streams`.
     pub(super) streams_used: HashSet<String>,
@@ -143,7 +148,7 @@ pub(super) struct Unacked {
 }
 
 impl Unacked {
-    fn sent(&mut self, limit: Duration) {
+    pub(super) fn sent(&mut self, limit: Duration) {
         if self.count == 0 {
             self.deadline = Some(Instant::now() + limit);
         }
@@ -184,6 +189,7 @@ impl<P: Protocol + Clone> Session<P> {
         Session {
             out,
             stand_in: StandIn::default(),
+            quota: super::flow::Quota::new(login.receive_maximum),
             options: Options::default(),
             proto,
             v5,
@@ -462,31 +468,7 @@ impl<P: Protocol> Session<P> {
                             return self.send_to_router(to_router).await.map(|()| None);
                         }
                     }
-                    let me = &self.login.router_client_id;
-                    match self.out.encode_forward(p, &self.options, me)? {
-                        Encoded::Publish { qos, pkid, routed } if routed > 0 => {
-                            if qos > 0 {
-                                self.unacked.sent(self.out.timeout());
-                            }
-                            self.stand_in.sent(pkid, routed, qos, &mut to_router);
-                        }
-                        Encoded::TooLarge { qos, pkid } => {
-                            self.too_large(1);
-                            if qos > 0 {
-                                self.stand_in.discarded(pkid, qos, &mut to_router);
-                            }
-                        }
-                        Encoded::Expired { qos, pkid } => {
-                            self.expired(1);
-                            if qos > 0 {
-                                self.stand_in.discarded(pkid, qos, &mut to_router);
-                            }
-                        }
-                        Encoded::Withheld { qos, pkid } if qos > 0 => {
-                            self.stand_in.discarded(pkid, qos, &mut to_router);
-                        }
-                        _ => {}
-                    }
+                    self.deliver(p, &mut to_router)?;
                     self.send_to_router(to_router).await?;
                 }
             }
@@ -499,7 +481,7 @@ impl<P: Protocol> Session<P> {
 
     /// Counts messages not sent because they exceed the client's Maximum
     /// Packet Size; they count as delivered to it.
-    fn too_large(&self, messages: usize) {
+    pub(super) fn too_large(&self, messages: usize) {
         if messages == 0 {
             return;
         }
@@ -510,7 +492,7 @@ impl<P: Protocol> Session<P> {
 
     /// Counts messages not sent because their message expiry interval ran
     /// out while they waited.
-    fn expired(&self, messages: usize) {
+    pub(super) fn expired(&self, messages: usize) {
         if messages > 0 {
             let reason = crate::events::dropped::MESSAGE_EXPIRED;
             self.ctx.metrics.dropped(reason, messages as u64);

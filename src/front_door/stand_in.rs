@@ -72,6 +72,21 @@ impl StandIn {
         self.settle(to_router);
     }
 
+    /// A publish `sent` to the client that it will not get after all: it
+    /// waited for room in the client's Receive Maximum (`flow.rs`) and
+    /// expired, or the session's options declined it, meanwhile. It is
+    /// acknowledged here, in its turn.
+    pub fn withdrawn(&mut self, pkid: u16, to_router: &mut Vec<Packet>) {
+        let awaited = self
+            .publishes
+            .iter_mut()
+            .find(|a| a.pkid == pkid && a.client.is_some());
+        if let Some(a) = awaited {
+            a.client = None;
+        }
+        self.settle(to_router);
+    }
+
     /// The client's PUBACK or PUBREC: into `to_router` as the router awaits
     /// it (a PUBACK for a QoS 2 forward delivered at QoS 1 becomes a PUBREC),
     /// then what was given here behind it.
@@ -230,6 +245,22 @@ mod tests {
         assert!(out.is_empty(), "the client's PUBCOMP for 1 comes first");
         s.completed(1, &mut out);
         assert_eq!(ids(&out), [("comp", 2)]);
+    }
+
+    /// A publish held for the client's Receive Maximum keeps its place in
+    /// the router's order; if it is withdrawn (it expired while it waited)
+    /// it is acknowledged here in that place, not before the one ahead.
+    #[test]
+    fn a_withdrawn_publish_is_acknowledged_in_its_turn() {
+        let mut s = StandIn::default();
+        let mut out = Vec::new();
+        s.sent(1, 1, 1, &mut out);
+        s.sent(2, 2, 2, &mut out);
+        s.sent(3, 1, 0, &mut out);
+        s.withdrawn(2, &mut out);
+        assert!(out.is_empty(), "1 is not acknowledged yet");
+        s.acked(puback(1), &mut out);
+        assert_eq!(ids(&out), [("ack", 1), ("rec", 2), ("ack", 3)]);
     }
 
     /// Delivered below the router's QoS: at QoS 0 the client owes nothing,

@@ -57,7 +57,7 @@ impl<P: Protocol> Session<P> {
     pub(super) fn screen_subscribe(
         &mut self,
         mut sub: Subscribe,
-        props: Option<SubscribeProperties>,
+        mut props: Option<SubscribeProperties>,
     ) -> Packet {
         let verdicts: Vec<Result<bool, &'static str>> =
             sub.filters.iter().map(|f| self.judge(&f.path)).collect();
@@ -69,6 +69,7 @@ impl<P: Protocol> Session<P> {
                     self.options.subscribed(&f.path, super::options::byte(f));
                 }
             }
+            self.identify(&sub, &verdicts, &mut props);
         }
         for f in &mut sub.filters {
             let mounted = super::mount::filter(self.login.mount.as_deref(), &f.path).into_owned();
@@ -111,6 +112,43 @@ impl<P: Protocol> Session<P> {
         sub.filters.retain(|_| keep.next() == Some(&Ok(true)));
         self.pending_subacks.insert(sub.pkid, codes);
         Packet::Subscribe(sub, props)
+    }
+
+    /// Records the subscription identifier a clean session's SUBSCRIBE gives
+    /// the filters the router will see, and makes sure the router replaces
+    /// the identifier of one that had one (`identifiers.rs`).
+    fn identify(
+        &mut self,
+        sub: &Subscribe,
+        verdicts: &[Result<bool, &'static str>],
+        props: &mut Option<SubscribeProperties>,
+    ) {
+        let to_router = || {
+            sub.filters
+                .iter()
+                .zip(verdicts)
+                .filter(|(_, v)| **v == Ok(true))
+        };
+        let asked = props.as_ref().and_then(|p| p.id);
+        let id = asked.or_else(|| {
+            to_router()
+                .any(|(f, _)| self.options.has_id(&f.path))
+                .then_some(super::identifiers::NONE)
+        });
+        for (f, _) in to_router() {
+            self.options.identified(&f.path, id);
+        }
+        if asked.is_none() && id.is_some() {
+            match props {
+                Some(p) => p.id = id,
+                None => {
+                    *props = Some(SubscribeProperties {
+                        id,
+                        user_properties: Vec::new(),
+                    })
+                }
+            }
+        }
     }
 
     /// Drops the filters of an UNSUBSCRIBE that no SUBSCRIBE could have

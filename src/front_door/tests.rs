@@ -94,6 +94,7 @@ async fn device_session(h: &Harness, keep_alive: u16) -> (DuplexStream, JoinHand
         cursor: None,
         feed: None,
         max_packet: None,
+        receive_maximum: None,
         mount: None,
         will_delay: Duration::ZERO,
         will_props: None,

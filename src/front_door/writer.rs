@@ -90,6 +90,7 @@ impl<P: Protocol> Writer<P> {
         let cap = match &mut packet {
             Packet::Publish(publish, props) => match crate::routed::unmark(props) {
                 Some(routed) => {
+                    super::identifiers::strip(props);
                     let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
                     let own = routed.from.as_deref() == Some(me);
                     match options.forward(topic, publish.retain, routed.retain, own) {
@@ -198,6 +199,17 @@ impl<P: Protocol> Writer<P> {
             }
         }
         Ok(())
+    }
+
+    /// Where the next packet will be encoded, for `undo`.
+    pub fn mark(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Takes back what was encoded since `mark`: a publish that must wait
+    /// (`flow.rs`).
+    pub fn undo(&mut self, mark: usize) {
+        self.buf.truncate(mark);
     }
 
     /// The buffer, for packets encoded elsewhere (`persistent.rs`).

@@ -11,6 +11,8 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use sealgate::admin::client::{AdminClient, Credentials};
 use tokio::sync::mpsc;
 
+pub mod v5;
+
 pub const VECTOR_MASTER: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const SUB_USER: &str = "dash";

@@ -1,0 +1,102 @@
+//! The client's Receive Maximum (MQTT 5 section 3.3.4, MQTT5-3.3.4-9):
+//! never more QoS 1 and 2 deliveries unacknowledged to a client than it
+//! announced; the rest wait, in order, and go out one per acknowledgement.
+//! QoS 0 deliveries are not counted and are not held, which is what lets
+//! a test see that the others were: a QoS 0 marker published after them
+//! arrives before them.
+
+mod common;
+
+use common::v5::{text, Peer};
+use common::*;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::MqttOptions;
+
+/// The `ops` account of `start_with_dash_and_ops`, over MQTT 5.
+fn ops(port: u16, id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_credentials("ops", "ops-password");
+    o
+}
+
+/// A subscriber that announces `receive_maximum` and acknowledges only
+/// when the test says so.
+async fn slow_reader(port: u16, receive_maximum: u16, qos: QoS) -> Peer {
+    let mut o = ops(port, "slow-reader");
+    o.set_receive_maximum(Some(receive_maximum));
+    o.set_manual_acks(true);
+    let (mut sub, _) = Peer::connect(o).await;
+    sub.subscribe("status/#", qos, None).await;
+    sub
+}
+
+/// QoS 1, Receive Maximum 2: two go out, the rest wait behind them (the
+/// marker overtakes them), and each PUBACK lets exactly the next one go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_deliveries_wait_for_room_in_the_clients_receive_maximum() {
+    let gw = Gateway::start_with_dash_and_ops();
+    let mut sub = slow_reader(gw.mqtt_port, 2, QoS::AtLeastOnce).await;
+    let (mut publisher, _) = Peer::connect(ops(gw.mqtt_port, "publisher")).await;
+    for n in 1..=6 {
+        publisher
+            .publish("status/a", QoS::AtLeastOnce, &format!("m{n}"))
+            .await;
+    }
+    publisher
+        .publish("status/a", QoS::AtMostOnce, "marker")
+        .await;
+
+    let mut unacked = std::collections::VecDeque::new();
+    for expected in ["m1", "m2", "marker"] {
+        let p = sub.next_publish().await;
+        assert_eq!(text(&p), expected, "only two are sent before any PUBACK");
+        if p.qos != QoS::AtMostOnce {
+            unacked.push_back(p);
+        }
+    }
+    for n in 3..=6 {
+        let oldest = unacked.pop_front().unwrap();
+        sub.client.ack(&oldest).await.unwrap();
+        let p = sub.next_publish().await;
+        assert_eq!(text(&p), format!("m{n}"), "one PUBACK, the next one");
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+        unacked.push_back(p);
+    }
+    // Nothing more was waiting: the next marker is next.
+    publisher.publish("status/a", QoS::AtMostOnce, "end").await;
+    assert_eq!(text(&sub.next_publish().await), "end");
+    for p in unacked {
+        sub.client.ack(&p).await.unwrap();
+    }
+}
+
+/// QoS 2, Receive Maximum 1: the slot is free only once the exchange is
+/// complete (PUBREC, PUBREL, PUBCOMP), then the next one goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_delivery_holds_its_slot_until_pubcomp() {
+    let gw = Gateway::start_with_dash_and_ops();
+    let mut sub = slow_reader(gw.mqtt_port, 1, QoS::ExactlyOnce).await;
+    let (mut publisher, _) = Peer::connect(ops(gw.mqtt_port, "publisher")).await;
+    for n in 1..=3 {
+        publisher
+            .publish("status/b", QoS::ExactlyOnce, &format!("m{n}"))
+            .await;
+    }
+    publisher
+        .publish("status/b", QoS::AtMostOnce, "marker")
+        .await;
+
+    let first = sub.next_publish().await;
+    assert_eq!((text(&first), first.qos), ("m1".into(), QoS::ExactlyOnce));
+    assert_eq!(text(&sub.next_publish().await), "marker");
+    // PUBREC; rumqttc answers the PUBREL with PUBCOMP itself.
+    sub.client.ack(&first).await.unwrap();
+    let second = sub.next_publish().await;
+    assert_eq!(text(&second), "m2");
+    sub.client.ack(&second).await.unwrap();
+    let third = sub.next_publish().await;
+    assert_eq!(text(&third), "m3");
+    sub.client.ack(&third).await.unwrap();
+    publisher.publish("status/b", QoS::AtMostOnce, "end").await;
+    assert_eq!(text(&sub.next_publish().await), "end");
+}
