@@ -234,6 +234,7 @@ pub async fn run(
     let lag_monitor = tokio::spawn(lag.clone().monitor(stop.clone()));
     let housekeeping = tokio::spawn(persistent.clone().housekeep(stop.clone()));
     let (revoked, _) = tokio::sync::broadcast::channel::<String>(64);
+    let wills = front_door::Wills::open(&db).map_err(db_err)?;
     let ctx = Arc::new(Context {
         config: config.clone(),
         auth: Authenticator::new(
@@ -259,8 +260,10 @@ pub async fn run(
             metrics.clone(),
         )),
         persistent: persistent.clone(),
-        wills: Default::default(),
+        wills,
     });
+    // Before any listener accepts: no client of theirs can be back yet.
+    front_door::restore_wills(&ctx);
     let tracker = TaskTracker::new();
     let mut extra_addrs = String::new();
     let mut fronts = Vec::new();

@@ -97,6 +97,18 @@ impl Entry {
         v
     }
 
+    /// Its encoding in the outbox, appended to `v`: one format for every
+    /// message the gateway keeps (a waiting will, `front_door::wills`).
+    pub fn append_to(&self, v: &mut Vec<u8>) {
+        v.reserve(self.size());
+        self.encode_into(v);
+    }
+
+    /// Reads what `append_to` wrote; `None` for anything else.
+    pub fn read(v: &[u8]) -> Option<Entry> {
+        decode_entry(v, |at| Bytes::copy_from_slice(&v[at..]))
+    }
+
     /// The length of its encoding.
     fn size(&self) -> usize {
         let origin = self.origin.as_ref().map_or(0, |o| 1 + o.device.len() + 12);

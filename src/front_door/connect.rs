@@ -334,7 +334,7 @@ async fn connect<P: Protocol + Clone + Send + 'static>(
     };
     let serial = ctx.sessions.take_over(&role, taken_over.clone());
     // Back in time: the will of its lost connection is not published.
-    ctx.wills.cancel(&router_client_id);
+    ctx.wills.cancel(&router_client_id).await;
     tracing::debug!(client_id = ?connect.client_id, role = ?role, "Connected.");
     let rate = match &role {
         Role::Device(_) if ctx.config.limits.device_rate > 0.0 => Some(limits::RateLimit::new(

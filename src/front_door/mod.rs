@@ -30,6 +30,7 @@ mod subscriptions;
 #[cfg(test)]
 mod tests;
 pub(crate) mod transport;
+mod will_store;
 mod wills;
 mod writer;
 
@@ -48,6 +49,7 @@ use crate::verifier::Input;
 use auth::{Authenticator, Role};
 pub use subscriptions::SubscriptionCaps;
 pub use transport::Transport;
+pub use wills::{restore as restore_wills, Wills};
 
 /// What every connection needs.
 pub struct Context {

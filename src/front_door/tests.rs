@@ -67,7 +67,7 @@ fn harness() -> Harness {
         ),
         subscriptions: Arc::new(super::SubscriptionCaps::new(&config.limits, metrics)),
         streams: super::limits::Streams::new(config.limits.max_streams_per_device),
-        wills: Default::default(),
+        wills: super::Wills::open(&db).unwrap(),
         config,
     };
     Harness {

@@ -259,6 +259,18 @@ impl Gateway {
         next
     }
 
+    /// SIGTERM (the whole shutdown path runs, and must succeed), then a new
+    /// gateway on the same data, with `extra_env` as `kill9_and_restart_with`.
+    pub fn terminate_and_restart_with(mut self, extra_env: &[(&str, &str)]) -> Gateway {
+        let tmp = self._tmp.take();
+        let dir = self.data_dir.clone();
+        let status = self.terminate();
+        assert!(status.success(), "graceful shutdown: {status}");
+        let mut next = Gateway::start_in(&dir, extra_env);
+        next._tmp = tmp;
+        next
+    }
+
     /// SIGTERM, then wait for the exit status.
     pub fn terminate(self) -> std::process::ExitStatus {
         self.terminate_with_log().0
