@@ -1,10 +1,10 @@
-//! The commit stage: one sled flush per batch (group commit), then the
-//! batch's publishes in message order, then its acknowledgements.
+//! The commit stage: one synced journal record per batch (group commit,
+//! `crate::journal`), then the batch's publishes in message order, then its
+//! acknowledgements.
 //!
 //! Nothing waiting for a commit is published or acknowledged unless that
-//! flush succeeded: if it fails, each such message becomes
-//! `store_unavailable` and the gateway fails closed. Once the flush
-//! returns, the batch's outbox entries are durable and persistent sessions
+//! record is durable: if the journal fails, each such message becomes
+//! `store_unavailable` and the gateway fails closed. Once it is durable, the batch's outbox entries are durable and persistent sessions
 //! may read them; the router gets the batch for clean sessions.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,13 +20,13 @@ use crate::republish::Republisher;
 
 /// What one message publishes, in the order messages arrived.
 pub(super) enum Output {
-    /// Published whether or not the flush succeeds: unverified payloads,
+    /// Published whether or not the commit succeeds: unverified payloads,
     /// passthrough. Nobody was promised them.
     Now(Entry),
     /// A security event: published like `Now`, and kept apart so a message
     /// whose refusals may not publish events (`Inbound::events`) drops it.
     Event(Entry),
-    /// Published and acknowledged only after the batch's flush: verified
+    /// Published and acknowledged only after the batch's commit: verified
     /// plaintext (with its origin) and what accounts publish.
     AfterCommit {
         /// Index of the message in `Job::acks`.
@@ -37,7 +37,7 @@ pub(super) enum Output {
     },
     /// The copy of a device's output under its tenant's mount
     /// (`crate::republish::mounted`), published when the original is: at
-    /// once, or only after the flush. Never counted or acknowledged itself.
+    /// once, or only after the commit. Never counted or acknowledged itself.
     Mirror { entry: Entry, after_commit: bool },
 }
 
@@ -79,7 +79,7 @@ impl Job {
     }
 
     /// Whether the batch holds a message that may not be published before
-    /// the flush.
+    /// the commit.
     pub fn promises(&self) -> bool {
         self.outputs
             .iter()
@@ -115,12 +115,12 @@ impl Committer {
         let promises = job.promises();
         let committed = if job.outbox_end.is_some() || !job.staged || !job.ops.is_empty() {
             let started = Instant::now();
-            let flushed = job.staged && self.make_durable(&job.ops);
+            let durable = job.staged && self.make_durable(&job.ops);
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
             self.metrics.batch_size.observe(job.outputs.len() as f64);
-            flushed
+            durable
         } else {
             true
         };

@@ -1,7 +1,7 @@
 //! The verifier: takes sealed publishes from the front door in batches,
 //! checks each ([`check`]) and stages the replay windows they advance; the
-//! commit stage (`commit.rs`) then flushes sled once for the batch and only then
-//! republishes and acknowledges.
+//! commit stage (`commit.rs`) then makes the batch durable with one journal
+//! record and only then republishes and acknowledges.
 //!
 //! The two stages are two OS threads, one batch apart: while a batch waits
 //! for its fsync, the next one is verified. Both block (crypto, sled, the
@@ -96,7 +96,6 @@ pub enum Input {
 pub struct Verifier {
     pub checker: Checker,
     pub store: ReplayStore,
-    /// The database `store` lives in; the commit stage flushes it.
     /// Where the commit stage makes each batch durable.
     pub journal: crate::journal::Journal,
     pub out: Republisher,
@@ -444,8 +443,8 @@ impl Stage {
         }
     }
 
-    /// Writes the batch's window updates and outbox entries in one sled
-    /// transaction; the commit stage flushes it. Waits first while the
+    /// Writes the batch's outbox entries and window updates into sled and
+    /// keeps them, encoded, for the commit stage's journal record. Waits first while the
     /// outbox is at its size bound: the devices are held, nothing is lost.
     fn stage(&mut self, job: &mut Job) {
         let outbox = self.outbox.outbox().clone();
