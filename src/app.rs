@@ -165,6 +165,7 @@ pub async fn run(
         ),
         store,
         journal,
+        trees: crate::journal::Trees::open(&db).map_err(db_err)?,
         out,
         outbox: outbox_writer,
         topics: config.topics.clone(),

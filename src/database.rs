@@ -14,6 +14,7 @@
 //! Every flush the gateway relies on goes through [`Database::flush`]; the
 //! modules that keep trees hold a clone of this handle for that reason.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -46,9 +47,10 @@ pub struct Database {
 struct Syncer {
     log: File,
     blobs: PathBuf,
-    /// The highest blob id already synced: sled names blobs by their log
-    /// sequence number, so a newer blob has a larger name.
-    synced_blob: Mutex<u64>,
+    /// Blob files already synced. sled names a blob by the log sequence
+    /// number of the page it belongs to, and ids do not come in the order
+    /// their files are created, so no high-water mark will do.
+    synced_blobs: Mutex<HashSet<u64>>,
 }
 
 /// sled's page cache would grow to 1 GiB by default: opening a registry of
@@ -78,7 +80,7 @@ impl Database {
                 Some(Arc::new(Syncer {
                     log: File::open(path.join("db"))?,
                     blobs: path.join("blobs"),
-                    synced_blob: Mutex::new(0),
+                    synced_blobs: Mutex::new(HashSet::new()),
                 }))
             }
         };
@@ -114,11 +116,14 @@ impl Database {
 
     /// Makes everything written so far durable, as `durability` says.
     pub fn flush(&self) -> sled::Result<()> {
+        let Some(s) = &self.sync else {
+            self.db.flush()?;
+            return Ok(());
+        };
+        let listed = s.list_blobs()?;
         self.db.flush()?;
-        if let Some(s) = &self.sync {
-            s.sync()?;
-            self.syncs.inc();
-        }
+        s.sync(listed)?;
+        self.syncs.inc();
         Ok(())
     }
 
@@ -132,39 +137,51 @@ impl Database {
 }
 
 impl Syncer {
-    fn sync(&self) -> std::io::Result<()> {
-        self.log.sync_data()?;
-        // Blobs are rare (a leaf larger than a quarter segment): listing an
+    /// The blob files present now. A blob is written while its page's log
+    /// message is reserved, so one listed before a flush is complete once
+    /// that flush has returned; one created during the flush waits for the
+    /// next.
+    fn list_blobs(&self) -> std::io::Result<Vec<(u64, PathBuf)>> {
+        // Blobs are rare (a page larger than a quarter segment): listing an
         // empty or absent directory is the usual cost.
         let entries = match std::fs::read_dir(&self.blobs) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let mut synced = self.synced_blob.lock().unwrap_or_else(|p| p.into_inner());
-        let mut newest = *synced;
+        let mut out = Vec::new();
         for entry in entries {
             let entry = entry?;
-            let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if id > *synced {
-                // A blob sled removed meanwhile needs no sync.
-                match File::open(entry.path()) {
-                    Ok(f) => f.sync_data()?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-                newest = newest.max(id);
+            if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push((id, entry.path()));
             }
         }
-        if newest > *synced {
+        Ok(out)
+    }
+
+    /// After sled's flush: the log, then the blobs listed before it that
+    /// were not synced yet.
+    fn sync(&self, listed: Vec<(u64, PathBuf)>) -> std::io::Result<()> {
+        self.log.sync_data()?;
+        let mut synced = self.synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget blobs sled has removed since.
+        synced.retain(|id| listed.iter().any(|(l, _)| l == id));
+        let mut new = false;
+        for (id, path) in listed {
+            if synced.contains(&id) {
+                continue;
+            }
+            match File::open(&path) {
+                Ok(f) => f.sync_data()?,
+                // Removed by sled meanwhile: nothing to keep.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            synced.insert(id);
+            new = true;
+        }
+        if new {
             File::open(&self.blobs)?.sync_all()?;
-            *synced = newest;
         }
         Ok(())
     }

@@ -5,25 +5,29 @@
 //! threadpool wakes all seven of its idle threads for every write
 //! (`docs/upstream/sled-threadpool-notify-all.md`), and the write still has
 //! to be followed by our own `fdatasync` (`crate::database`). So the commit
-//! stage appends the batch's writes (the windows, outbox records and
-//! retained messages its transaction put into sled) to this journal and
-//! syncs that one file; sled's own state reaches the disk at a checkpoint,
-//! about once a second, on a thread of its own.
+//! stage appends the batch's writes (its outbox records, retained messages
+//! and windows, encoded by the verifier) to this journal as one record,
+//! syncs that one file, and only then writes them to sled, where readers
+//! see them. sled's own state reaches the disk at a checkpoint, about once
+//! a second, on a thread of its own; sled therefore never holds a write
+//! whose record is not durable.
 //!
 //! Why replaying it is exact: the journal holds every write to the three
-//! trees it covers, in the order sled applied them (one writer, the
-//! verifier thread; a window reset is journaled like the rest). A write
-//! sets a key to a value or removes it, so replaying any suffix of that
-//! sequence over a state sled recovered (a prefix of it) gives the state
-//! after the whole sequence. The one other writer to these trees is outbox
+//! trees it covers, in the order they are applied (one writer, the commit
+//! thread; a window reset is journaled like the rest). A write sets a key
+//! to a value or removes it, so replaying the journal from its oldest file
+//! gives every key it touched its last value; a key it does not touch had
+//! its last write before that file, made durable by the checkpoint that
+//! deleted the older files. The one other writer to these trees is outbox
 //! trimming, which only removes records below its marker; replay skips
 //! records below the marker sled has.
 //!
-//! Layout: files `journal/{n:020}` in the data directory. A record is
-//! `len: u32 | crc32(body): u32 | body`, all little-endian; a body is a run
-//! of writes `tree: u8 | key_len: u32 | key | 0 (remove) or 1 | value_len:
-//! u32 | value`. Recovery stops a file at its first record that does not
-//! check (a write torn by the crash, never acknowledged).
+//! Layout: files `journal/{n:020}` in the data directory, owner-only (they
+//! hold plaintext). A record is `len: u32 | crc32(body): u32 | body`, all
+//! little-endian, `len` above 0; a body is a run of writes `tree: u8 |
+//! key_len: u32 | key | 0 (remove) or 1 | value_len: u32 | value`. A record
+//! that does not check is a crash's torn write only at the end of the
+//! newest file; anywhere else it is corruption and the start is refused.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -98,10 +102,8 @@ impl Ops {
     /// removals. Not a sled batch or transaction: each of those makes sled
     /// 0.34 roll and write its log buffer through its I/O threadpool
     /// (`PageCache::pin_log`), which costs as much as the flush the journal
-    /// replaces. The batch is atomic through the journal instead; within
-    /// it, the writer puts outbox records first and windows last, so a sled
-    /// state that a checkpoint makes durable before the batch's record never
-    /// holds a window update without the message that made it.
+    /// replaces. The batch is atomic through the journal instead: it is
+    /// applied only once its record is durable, and replayed whole.
     pub fn apply<'t>(&self, tree: impl Fn(Tree) -> &'t sled::Tree) -> sled::Result<()> {
         let writes = decode(&self.buf).ok_or_else(|| {
             sled::Error::Unsupported("a journal record this build cannot read".into())
@@ -182,11 +184,15 @@ pub struct Journal {
     number: u64,
     bytes: u64,
     opened: Instant,
+    /// Set by a failed write or sync: what reached the file after it is
+    /// unknown (a later sync can report success for pages the failed one
+    /// dropped), so nothing more is appended until a restart replays what
+    /// checks.
+    poisoned: bool,
     /// Files handed to the checkpointer, and its answers.
     checkpoints: mpsc::Sender<(u64, PathBuf)>,
     done: mpsc::Receiver<std::io::Result<u64>>,
-    /// A checkpoint is running (at most one at a time: the journal is then
-    /// at most two files).
+    /// A checkpoint is running (at most one at a time).
     checkpointing: bool,
     /// The checkpointer thread, joined by [`Journal::close`].
     checkpointer: Option<std::thread::JoinHandle<()>>,
@@ -233,10 +239,17 @@ impl Journal {
         db: &Database,
         durability: Durability,
     ) -> std::io::Result<(Journal, Recovered)> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            if let (Durability::PowerLoss, Some(parent)) = (durability, dir.parent()) {
+                sync_dir(parent)?;
+            }
+        }
         let found = files(dir)?;
         let recovered = replay(&found, db)?;
         if !found.is_empty() {
+            // Removed oldest first, once sled has them: whatever a crash
+            // interrupts, what is left is a suffix and replays again.
             db.flush().map_err(std::io::Error::other)?;
             for (_, path) in &found {
                 std::fs::remove_file(path)?;
@@ -260,6 +273,7 @@ impl Journal {
                 number,
                 bytes: 0,
                 opened: Instant::now(),
+                poisoned: false,
                 checkpoints,
                 done,
                 checkpointing: false,
@@ -271,48 +285,68 @@ impl Journal {
 
     /// Appends one batch's writes and makes them durable as `durability`
     /// says (power-loss: `fdatasync`; process-crash: in the page cache,
-    /// which outlives the process).
+    /// which outlives the process but not the machine).
     pub fn append(&mut self, ops: &Ops) -> std::io::Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        if self.poisoned {
+            return Err(std::io::Error::other(
+                "an earlier journal write failed; restart to recover",
+            ));
+        }
         self.poll_checkpoint()?;
+        let len = u32::try_from(ops.buf.len())
+            .map_err(|_| std::io::Error::other("a batch too large for one journal record"))?;
         let mut record = Vec::with_capacity(8 + ops.buf.len());
-        record.extend_from_slice(&(ops.buf.len() as u32).to_le_bytes());
+        record.extend_from_slice(&len.to_le_bytes());
         record.extend_from_slice(&crc32fast::hash(&ops.buf).to_le_bytes());
         record.extend_from_slice(&ops.buf);
-        self.file.write_all(&record)?;
-        if self.durability == Durability::PowerLoss {
-            self.file.sync_data()?;
-            self.syncs.inc();
+        let written = self.file.write_all(&record).and_then(|()| {
+            if self.durability == Durability::PowerLoss {
+                self.file.sync_data()?;
+                self.syncs.inc();
+            }
+            Ok(())
+        });
+        if let Err(e) = written {
+            self.poisoned = true;
+            return Err(e);
         }
         self.bytes += record.len() as u64;
         if !self.checkpointing
             && (self.bytes >= CHECKPOINT_BYTES || self.opened.elapsed() >= CHECKPOINT_AFTER)
         {
-            self.rotate()?;
+            // The batch is durable whatever happens here: a file that
+            // cannot be started now is tried again after the next batch.
+            if let Err(e) = self.rotate() {
+                tracing::warn!(error = %e, "Could not start a new journal file; retrying.");
+            }
         }
         Ok(())
     }
 
     /// Starts a new file and hands the old one to the checkpointer, which
-    /// deletes it once sled's state (which holds everything it journaled:
-    /// the verifier applies a batch to sled before the journal gets it) is
-    /// durable.
+    /// deletes it (and any older one a failed checkpoint left) once sled's
+    /// state, which holds everything journaled before it, is durable.
     fn rotate(&mut self) -> std::io::Result<()> {
         let next = self.number + 1;
         let file = create(&self.dir, next, self.durability)?;
-        let old = std::mem::replace(&mut self.file, file);
-        drop(old);
+        drop(std::mem::replace(&mut self.file, file));
         let path = self.dir.join(file_name(self.number));
+        self.checkpoints
+            .send((self.number, path))
+            .map_err(|_| std::io::Error::other("the checkpoint thread is gone"))?;
         self.number = next;
         self.bytes = 0;
         self.opened = Instant::now();
         self.checkpointing = true;
-        self.checkpoints
-            .send((next - 1, path))
-            .map_err(|_| std::io::Error::other("the checkpoint thread is gone"))
+        Ok(())
     }
 
-    /// Takes the checkpointer's answer, if any: a failed checkpoint fails
-    /// the next commit (its file stays, so nothing is lost).
+    /// Takes the checkpointer's answer, if any. A failed checkpoint fails
+    /// the next commit (the gateway then fails closed); its files stay until
+    /// a later checkpoint succeeds, which removes every file up to its own.
     fn poll_checkpoint(&mut self) -> std::io::Result<()> {
         match self.done.try_recv() {
             Ok(r) => {
@@ -347,11 +381,13 @@ impl Journal {
     }
 }
 
-/// The checkpoint thread: a file handed over is deleted once a sled flush
-/// that started after it was handed over succeeded. Between files, sled is
-/// flushed every [`CHECKPOINT_AFTER`] anyway: what is written to sled
-/// without the journal (persistent sessions' positions, trimming) is then
-/// durable within that time even when no batch comes to rotate a file.
+/// The checkpoint thread: once a sled flush that started after file `n`
+/// was handed over has succeeded, every file up to `n` is deleted (older
+/// ones too: a checkpoint that failed leaves its file, and replaying it
+/// after newer ones were deleted would bring old windows back). Between
+/// files, sled is flushed every [`CHECKPOINT_AFTER`] anyway: what is written
+/// to sled outside the journal (persistent sessions' positions, trimming)
+/// is then durable within that time even when no batch rotates a file.
 fn checkpoint_loop(
     db: &Database,
     dir: &Path,
@@ -360,13 +396,15 @@ fn checkpoint_loop(
 ) {
     loop {
         match todo.recv_timeout(CHECKPOINT_AFTER) {
-            Ok((number, path)) => {
+            Ok((number, _)) => {
                 let r = db
                     .flush()
                     .map_err(std::io::Error::other)
-                    .and_then(|()| std::fs::remove_file(&path))
-                    .and_then(|()| sync_dir(dir))
+                    .and_then(|()| remove_up_to(dir, number))
                     .map(|()| number);
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "Journal checkpoint failed; sealed traffic is refused until it succeeds or the gateway restarts.");
+                }
                 if report.send(r).is_err() {
                     return;
                 }
@@ -383,10 +421,25 @@ fn checkpoint_loop(
     }
 }
 
+/// Deletes the journal files numbered up to `number`, oldest first, and
+/// makes that durable.
+fn remove_up_to(dir: &Path, number: u64) -> std::io::Result<()> {
+    for (n, path) in files(dir)? {
+        if n <= number {
+            std::fs::remove_file(path)?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// A journal file, owner-only (it holds plaintext). A file a failed
+/// rotation left behind is reused.
 fn create(dir: &Path, number: u64, durability: Durability) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = OpenOptions::new()
-        .create_new(true)
+        .create(true)
         .append(true)
+        .mode(0o600)
         .open(dir.join(file_name(number)))?;
     if durability == Durability::PowerLoss {
         sync_dir(dir)?;
@@ -394,7 +447,11 @@ fn create(dir: &Path, number: u64, durability: Durability) -> std::io::Result<Fi
     Ok(file)
 }
 
-/// Applies every record that checks, file by file, oldest first.
+/// Applies every record, file by file, oldest first. A record that does
+/// not check ends the replay only where a crash can leave one: at the end
+/// of the newest file, followed by nothing but zeros (a file's size can
+/// reach the disk before its data). Anywhere else it is corruption, and
+/// the gateway refuses to start rather than lose or reorder what follows.
 fn replay(files: &[(u64, PathBuf)], db: &Database) -> std::io::Result<Recovered> {
     let mut out = Recovered::default();
     if files.is_empty() {
@@ -403,21 +460,26 @@ fn replay(files: &[(u64, PathBuf)], db: &Database) -> std::io::Result<Recovered>
     let trees = Trees::open(db).map_err(std::io::Error::other)?;
     let trimmed_to =
         crate::outbox::trimmed_to(trees.get(Tree::Outbox)).map_err(std::io::Error::other)?;
-    for (_, path) in files {
+    for (i, (_, path)) in files.iter().enumerate() {
         let bytes = std::fs::read(path)?;
-        let mut rest = &bytes[..];
-        while rest.len() >= 8 {
-            let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
-            let Some(body) = rest.get(8..8 + len) else {
-                break;
+        let mut at = 0;
+        while at < bytes.len() {
+            let Some(body) = record_at(&bytes, at) else {
+                if i + 1 == files.len() && torn_tail(&bytes, at) {
+                    break;
+                }
+                return Err(std::io::Error::other(format!(
+                    "journal file {} is corrupt at byte {at}: not a crash's torn tail; \
+                     refusing to start (see docs/operations.md, \"The data directory\")",
+                    path.display()
+                )));
             };
-            if crc32fast::hash(body) != crc {
-                break;
-            }
-            let Some(writes) = decode(body) else {
-                break;
-            };
+            let writes = decode(body).ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "journal file {} holds a record this build cannot read at byte {at}",
+                    path.display()
+                ))
+            })?;
             for w in &writes {
                 if w.tree == Tree::Outbox && crate::outbox::below(w.key, trimmed_to) {
                     continue;
@@ -431,10 +493,33 @@ fn replay(files: &[(u64, PathBuf)], db: &Database) -> std::io::Result<Recovered>
             }
             out.records += 1;
             out.writes += writes.len() as u64;
-            rest = &rest[8 + len..];
+            at += 8 + body.len();
         }
     }
     Ok(out)
+}
+
+/// The body of a whole, checked, non-empty record at `at`.
+fn record_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
+    let head = bytes.get(at..at + 8)?;
+    let len = u32::from_le_bytes(head[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(head[4..].try_into().ok()?);
+    let body = bytes.get(at + 8..at.checked_add(8)?.checked_add(len)?)?;
+    (len > 0 && crc32fast::hash(body) == crc).then_some(body)
+}
+
+/// Whether a record that does not check at `at` can be the last write,
+/// cut short by a crash: nothing but zeros after where it claims to end
+/// (or from `at` on, when its length is zeros too).
+fn torn_tail(bytes: &[u8], at: usize) -> bool {
+    let zeros = |from: usize| bytes.get(from..).is_none_or(|r| r.iter().all(|b| *b == 0));
+    match bytes.get(at..at + 4) {
+        None => true,
+        Some(len) => {
+            let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+            zeros(at) || zeros(at.saturating_add(8).saturating_add(len))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -511,6 +596,80 @@ mod tests {
         assert_eq!(r, Recovered::default());
         let windows = db.open_tree(Tree::Windows.name()).unwrap();
         assert_eq!(windows.get(b"dev-1").unwrap().unwrap(), b"w1"[..]);
+    }
+
+    fn record(key: &[u8]) -> Ops {
+        let mut ops = Ops::default();
+        ops.insert(Tree::Windows, key, b"w");
+        ops
+    }
+
+    fn journal_file(dir: &Path) -> PathBuf {
+        files(&dir.join("journal")).unwrap().pop().unwrap().1
+    }
+
+    /// Only the end of the newest file can hold a crash's torn write (and
+    /// zeros where the file's size got ahead of its data); bytes that do
+    /// not check anywhere else stop the gateway with a reason instead of
+    /// silently dropping what follows.
+    #[test]
+    fn a_torn_tail_is_skipped_but_corruption_before_good_records_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_db, mut j, _) = open(dir.path());
+            j.append(&record(b"a")).unwrap();
+            j.append(&record(b"b")).unwrap();
+            j.file.write_all(&[0; 64]).unwrap();
+        }
+        let (_, _, r) = open(dir.path());
+        assert_eq!(r.records, 2, "zeros after the last record are a torn tail");
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_db, mut j, _) = open(dir.path());
+            j.append(&record(b"a")).unwrap();
+            j.append(&record(b"b")).unwrap();
+        }
+        let path2 = journal_file(dir.path());
+        let mut bytes = std::fs::read(&path2).unwrap();
+        bytes[10] ^= 0xff; // inside the first record's body
+        std::fs::write(&path2, bytes).unwrap();
+        let db = crate::test_support::reopen(&dir.path().join("db"));
+        let err = Journal::open(&dir.path().join("journal"), &db, Durability::PowerLoss)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("is corrupt at byte 0"), "{err}");
+    }
+
+    /// After a write fails, what reached the file is unknown: no later
+    /// batch may be acknowledged from it, even if writing works again.
+    #[test]
+    fn a_failed_write_poisons_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut j, _) = open(dir.path());
+        let path = journal_file(dir.path());
+        let writable = std::mem::replace(&mut j.file, File::open(&path).unwrap());
+        assert!(j.append(&record(b"a")).is_err());
+        j.file = writable;
+        let err = j.append(&record(b"b")).unwrap_err();
+        assert!(err.to_string().contains("restart"), "{err}");
+    }
+
+    /// A successful checkpoint removes older files a failed one left, so
+    /// they cannot be replayed over newer state.
+    #[test]
+    fn a_checkpoint_removes_every_older_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [3u64, 5, 8] {
+            std::fs::write(dir.path().join(file_name(n)), b"").unwrap();
+        }
+        remove_up_to(dir.path(), 5).unwrap();
+        let left: Vec<u64> = files(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(left, [8]);
     }
 
     #[test]

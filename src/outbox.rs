@@ -61,8 +61,10 @@ const HEADER: usize = 1 + 1 + 8;
 const RECORD_HEADER: usize = 1 + 4 + 8;
 /// A record is closed once it holds this many bytes. sled splits a leaf at
 /// 17 items and writes a page image larger than a quarter segment (128 KiB)
-/// as a separate blob file, which sled 0.34 does not fsync: records this
-/// small keep every leaf in the log, where `flush` makes it durable.
+/// as a separate blob file: records this small keep most leaves in the log.
+/// Large messages (a record holds at least one whole message) can still
+/// make a blob; `Database::flush` syncs those too, since sled 0.34 never
+/// does.
 pub const RECORD_BYTES: usize = 4096;
 
 impl Entry {
@@ -283,7 +285,7 @@ pub struct Writer {
     next: u64,
 }
 
-/// A batch's record, staged with the windows in one transaction.
+/// A batch's records, journaled with the windows in one record.
 #[derive(Default)]
 pub struct Pending {
     /// The batch's writes: its records, then the retained messages it sets
@@ -597,7 +599,7 @@ impl Writer {
         p
     }
 
-    /// Counts a staged batch as written (after its transaction applied).
+    /// Counts a staged batch as written.
     pub fn written(&self, p: &Pending) {
         self.outbox.written.fetch_add(p.bytes, Ordering::AcqRel);
     }

@@ -243,50 +243,40 @@ impl ReplayStore {
         Ok(())
     }
 
-    /// Writes the batch into sled, without waiting for the disk: its outbox
-    /// records and retained messages first, then every window touched since
-    /// the last stage. Returns those writes, in that order, for the journal
-    /// (`crate::journal`), through which the commit stage makes the batch
-    /// durable as one: no crash can keep a window update and lose the
-    /// message that made it (a resend would then be judged `duplicate`,
-    /// acknowledged, and lost).
-    pub fn stage(
-        &mut self,
-        outbox: Option<(&crate::outbox::Outbox, &mut crate::outbox::Pending)>,
-    ) -> Result<crate::journal::Ops, StoreError> {
-        use crate::journal::Tree;
-        // A reset's removal (already in sled) comes first, as it happened.
+    /// The batch's writes, in the order they are to be made: its outbox
+    /// records and retained messages (`pending`), then every window touched
+    /// since the last stage. Nothing is written to sled here: the commit
+    /// stage journals them as one record and applies them to sled only once
+    /// that record is durable (`crate::journal`), so sled never holds a
+    /// window update whose message could still be lost (a resend would then
+    /// be judged `duplicate`, acknowledged, and lost). The windows
+    /// themselves are read from memory meanwhile.
+    pub fn stage(&mut self, pending: Option<&mut crate::outbox::Pending>) -> crate::journal::Ops {
+        // A reset's removal comes first, as it happened.
         let mut ops = std::mem::take(&mut self.ops);
-        let o = match outbox {
-            Some((o, p)) => {
-                ops.append(std::mem::take(&mut p.ops));
-                Some(o)
-            }
-            None => None,
-        };
+        if let Some(p) = pending {
+            ops.append(std::mem::take(&mut p.ops));
+        }
         for id in self.dirty.drain() {
             let (w, last_seen) = &self.windows[&id];
-            ops.insert(Tree::Windows, id.as_bytes(), &w.encode(*last_seen));
+            ops.insert(
+                crate::journal::Tree::Windows,
+                id.as_bytes(),
+                &w.encode(*last_seen),
+            );
         }
-        ops.apply(|t| match (t, o) {
-            (Tree::Outbox, Some(o)) => o.tree(),
-            (Tree::Retained, Some(o)) => o.retained_tree(),
-            _ => &self.tree,
-        })?;
-        Ok(ops)
+        ops
     }
 
-    /// Forgets a device's window (operator reset after a flash wipe). Like a
-    /// window update, it is durable once the next batch's commit is: the
-    /// removal goes into that batch's journal record, so a replay after a
-    /// crash cannot bring the old window back.
-    pub fn reset(&mut self, device_id: &str) -> Result<(), StoreError> {
-        self.windows.remove(device_id);
+    /// Forgets a device's window (operator reset after a flash wipe): at
+    /// once in memory, and in sled with the next batch's commit, in journal
+    /// order, so a replay after a crash cannot bring the old window back.
+    pub fn reset(&mut self, device_id: &str) {
+        self.windows
+            .insert(device_id.to_owned(), (Window::new(self.size), 0));
         self.dirty.remove(device_id);
-        self.tree.remove(device_id)?;
         self.ops
             .remove(crate::journal::Tree::Windows, device_id.as_bytes());
-        Ok(())
     }
 
     /// Whether a write waits for the next stage although no message did.
@@ -395,7 +385,8 @@ mod tests {
             let db = crate::database::Database::for_tests(dir.path());
             let mut s = ReplayStore::open(&db, 64).unwrap();
             s.accept("d", 10, &mac(1), 5).unwrap();
-            s.stage(None).unwrap();
+            let tree = db.open_tree(ReplayStore::TREE).unwrap();
+            s.stage(None).apply(|_| &tree).unwrap();
             db.flush().unwrap();
         }
         let db = crate::test_support::reopen(dir.path());
@@ -412,7 +403,7 @@ mod tests {
                 last_seen_ms: 5
             })
         );
-        s.reset("d").unwrap();
+        s.reset("d");
         assert_eq!(
             s.window("d").unwrap().check(10, &mac(2)),
             WindowVerdict::Accept

@@ -56,8 +56,6 @@ impl Output {
 pub(super) struct Job {
     pub outputs: Vec<Output>,
     pub acks: Vec<(Option<AckTo>, Outcome)>,
-    /// False when writing the windows and the outbox to sled already failed.
-    pub staged: bool,
     /// The outbox sequence number after this batch's entries.
     pub outbox_end: Option<u64>,
     /// What the batch wrote to sled, for the journal.
@@ -71,7 +69,6 @@ impl Job {
         Job {
             outputs: Vec::with_capacity(n),
             acks: Vec::with_capacity(n),
-            staged: true,
             outbox_end: None,
             ops: Default::default(),
             replies: Vec::new(),
@@ -89,6 +86,8 @@ impl Job {
 
 pub(super) struct Committer {
     pub journal: crate::journal::Journal,
+    /// Where a durable batch's writes go.
+    pub trees: crate::journal::Trees,
     pub out: Republisher,
     pub outbox: Arc<Outbox>,
     pub metrics: Arc<Metrics>,
@@ -113,9 +112,9 @@ impl Committer {
 
     fn commit(&mut self, mut job: Job) {
         let promises = job.promises();
-        let committed = if job.outbox_end.is_some() || !job.staged || !job.ops.is_empty() {
+        let committed = if job.outbox_end.is_some() || !job.ops.is_empty() {
             let started = Instant::now();
-            let durable = job.staged && self.make_durable(&job.ops);
+            let durable = self.make_durable(&job.ops);
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -195,13 +194,18 @@ impl Committer {
         }
     }
 
+    /// Journals the batch, then writes it to sled (which readers see).
     fn make_durable(&mut self, ops: &crate::journal::Ops) -> bool {
-        match self.journal.append(ops) {
-            Ok(()) => true,
-            Err(e) => {
-                self.fail("Journal write", &e);
-                false
-            }
+        if let Err(e) = self.journal.append(ops) {
+            self.fail("Journal write", &e);
+            return false;
         }
+        if let Err(e) = ops.apply(|t| self.trees.get(t)) {
+            // Durable in the journal, so a restart has it; this process no
+            // longer knows what sled holds.
+            self.fail("Replay store write", &e);
+            return false;
+        }
+        true
     }
 }

@@ -98,6 +98,8 @@ pub struct Verifier {
     pub store: ReplayStore,
     /// Where the commit stage makes each batch durable.
     pub journal: crate::journal::Journal,
+    /// The trees a durable batch is written to.
+    pub trees: crate::journal::Trees,
     pub out: Republisher,
     /// Every published message is logged here in the windows' transaction.
     pub outbox: outbox::Writer,
@@ -211,6 +213,7 @@ impl Verifier {
             checker,
             store,
             journal,
+            trees,
             out,
             outbox,
             topics,
@@ -224,6 +227,7 @@ impl Verifier {
         let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Job>(1);
         let committer = Committer {
             journal,
+            trees,
             out,
             outbox: outbox.outbox().clone(),
             metrics: metrics.clone(),
@@ -320,12 +324,8 @@ impl Stage {
                 }
                 Input::ResetWindow(id, reply) => {
                     // Answered once the batch's commit made it durable.
-                    match self.store.reset(&id) {
-                        Ok(()) => job.replies.push(reply),
-                        Err(e) => {
-                            let _ = reply.send(Err(e.to_string()));
-                        }
-                    }
+                    self.store.reset(&id);
+                    job.replies.push(reply);
                     continue;
                 }
             };
@@ -443,9 +443,10 @@ impl Stage {
         }
     }
 
-    /// Writes the batch's outbox entries and window updates into sled and
-    /// keeps them, encoded, for the commit stage's journal record. Waits first while the
-    /// outbox is at its size bound: the devices are held, nothing is lost.
+    /// Encodes the batch's outbox entries and window updates for the commit
+    /// stage, which journals them and then writes them to sled. Waits first
+    /// while the outbox is at its size bound: the devices are held, nothing
+    /// is lost.
     fn stage(&mut self, job: &mut Job) {
         let outbox = self.outbox.outbox().clone();
         if !job.outputs.is_empty() && outbox.bytes() >= outbox.max_bytes() {
@@ -459,19 +460,11 @@ impl Stage {
             self.metrics.outbox_full.set(0);
         }
         let mut pending = self.outbox.stage(job.outputs.iter().map(|o| o.entry()));
-        match self.store.stage(Some((&outbox, &mut pending))) {
-            Ok(ops) => {
-                job.ops = ops;
-                self.outbox.written(&pending);
-                job.outbox_end = pending.end;
-                if job.promises() {
-                    crate::failpoint::abort_at(crate::failpoint::ABORT_AFTER_STAGE);
-                }
-            }
-            Err(e) => {
-                self.store_failed(&e);
-                job.staged = false;
-            }
+        job.ops = self.store.stage(Some(&mut pending));
+        self.outbox.written(&pending);
+        job.outbox_end = pending.end;
+        if job.promises() {
+            crate::failpoint::abort_at(crate::failpoint::ABORT_AFTER_STAGE);
         }
     }
 
