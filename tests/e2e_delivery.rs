@@ -218,6 +218,27 @@ impl Peer {
         }
     }
 
+    /// Subscribes to one filter with a subscription identifier.
+    async fn subscribe_with_id(&mut self, filter: m5::Filter, id: usize) {
+        let Handle::V5(c) = &self.handle else {
+            panic!("MQTT 3.1.1 has no subscription identifiers")
+        };
+        let props = m5::SubscribeProperties {
+            id: Some(id),
+            user_properties: Vec::new(),
+        };
+        c.subscribe_many_with_properties([filter], props)
+            .await
+            .unwrap();
+        loop {
+            match self.next().await {
+                Ev::SubAck => return,
+                Ev::Closed(e) => panic!("closed while subscribing: {e}"),
+                _ => {}
+            }
+        }
+    }
+
     /// Publishes with MQTT 5 properties and waits for the PUBACK.
     async fn publish_with(
         &mut self,
@@ -711,18 +732,14 @@ async fn retain_handling_decides_what_a_subscription_gets_as_it_is_made() {
         let mut s = Peer::v5(port, "rh", OPS, OPS_PASS, expiry).await;
         // (unsubscribe first, Retain Handling, whether the retained message
         // comes before the fence published after the SUBACK).
-        let mut steps = vec![
+        let steps = [
             (false, OnNewSubscribe, true),
             (false, Never, false),
             (false, OnNewSubscribe, false),
+            (false, OnEverySubscribe, true),
+            (true, Never, false),
+            (true, OnEverySubscribe, true),
         ];
-        // The router sends retained messages for new subscriptions only,
-        // so a clean session's re-subscription with Retain Handling 0 gets
-        // none (documented); a persistent session's gets them.
-        if expiry > 0 {
-            steps.push((false, OnEverySubscribe, true));
-        }
-        steps.extend([(true, Never, false), (true, OnEverySubscribe, true)]);
         for (unsubscribe, rh, retained) in steps {
             if unsubscribe {
                 s.unsubscribe("status/#").await;
@@ -744,6 +761,109 @@ async fn retain_handling_decides_what_a_subscription_gets_as_it_is_made() {
             assert_eq!(got.topic, fence, "{step}");
         }
         s.disconnect().await;
+    }
+}
+
+/// MQTT 5 section 3.8.3.1: Retain Handling 0 sends the retained messages
+/// on every SUBSCRIBE, also one renewing a clean session's subscription
+/// (the router sends them for new ones only): at the lower of their QoS and
+/// the one granted now, RETAIN set, with the SUBSCRIBE's identifier and the
+/// properties they were published with. 1 and 2 send none on renewal. The
+/// router's own deliveries go on around them (their acks are not its).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_sessions_resubscription_gets_the_retained_messages_again() {
+    use m5::RetainForwardRule::{Never, OnEverySubscribe, OnNewSubscribe};
+    let gw = gateway();
+    let port = gw.mqtt_port;
+    let mut p = Peer::v5(port, "rs-pub", OPS, OPS_PASS, 0).await;
+    let typed = m5::PublishProperties {
+        content_type: Some("text/plain".into()),
+        user_properties: vec![("k".into(), "v".into())],
+        ..Default::default()
+    };
+    p.publish_with("status/rs/a", true, b"a", typed.clone())
+        .await;
+    p.publish("status/rs/b", 2, true, b"b").await;
+    p.publish("status/other", 1, true, b"c").await;
+    let mut s = Peer::v5(port, "rs", OPS, OPS_PASS, 0).await;
+    let filter = |qos, rh| m5::Filter {
+        path: "status/rs/#".into(),
+        qos: qos5(qos),
+        nolocal: false,
+        preserve_retain: false,
+        retain_forward_rule: rh,
+    };
+    // (granted QoS, Retain Handling, whether the retained messages come).
+    let steps = [
+        (2, OnEverySubscribe, true),
+        (2, OnEverySubscribe, true),
+        (1, OnEverySubscribe, true),
+        (0, OnEverySubscribe, true),
+        (2, OnNewSubscribe, false),
+        (2, Never, false),
+        (2, OnEverySubscribe, true),
+    ];
+    for (n, (granted, rh, retained)) in steps.into_iter().enumerate() {
+        let id = n + 1;
+        s.subscribe_with_id(filter(granted, rh.clone()), id).await;
+        let fence = format!("status/rs/fence-{id}");
+        p.publish(&fence, 1, false, b"f").await;
+        let step = format!("step {id}: QoS {granted}, {rh:?}");
+        if retained {
+            let mut got = [s.next_publish().await, s.next_publish().await];
+            got.sort_by(|x, y| x.topic.cmp(&y.topic));
+            let [a, b] = got;
+            let ids = |g: &Got| g.props.clone().unwrap_or_default().subscription_identifiers;
+            assert_eq!(
+                (a.topic.as_str(), a.qos, a.retain, ids(&a)),
+                ("status/rs/a", granted.min(1), true, vec![id]),
+                "{step}"
+            );
+            assert_eq!(
+                (b.topic.as_str(), b.qos, b.retain, ids(&b)),
+                ("status/rs/b", granted.min(2), true, vec![id]),
+                "{step}"
+            );
+            let props = a.props.unwrap_or_default();
+            assert_eq!(props.content_type, typed.content_type, "{step}");
+            assert_eq!(props.user_properties, typed.user_properties, "{step}");
+        }
+        let got = s.next_publish().await;
+        assert_eq!(
+            (got.topic.as_str(), got.retain),
+            (fence.as_str(), false),
+            "{step}"
+        );
+    }
+    // The router's deliveries still flow: their acknowledgements reached it
+    // in its order, and the retained messages' did not.
+    for i in 0..3 {
+        let topic = format!("status/rs/after-{i}");
+        p.publish(&topic, 2, false, b"x").await;
+        assert_eq!(s.next_publish().await.topic, topic);
+    }
+}
+
+/// MQTT 3.1.1 section 3.8.4: a SUBSCRIBE renewing a subscription re-sends
+/// the retained messages its filter matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt311_resubscription_gets_the_retained_messages_again() {
+    let gw = gateway();
+    let port = gw.mqtt_port;
+    let mut p = Peer::v5(port, "rs4-pub", OPS, OPS_PASS, 0).await;
+    p.publish("status/r", 2, true, b"r").await;
+    let mut s = Peer::v4(port, "rs4", OPS, OPS_PASS, true).await;
+    for n in 0..3 {
+        s.subscribe("status/#", 1).await;
+        let fence = format!("status/fence-{n}");
+        p.publish(&fence, 1, false, b"f").await;
+        let got = s.next_publish().await;
+        assert_eq!(
+            (got.topic.as_str(), got.qos, got.retain),
+            ("status/r", 1, true),
+            "{n}"
+        );
+        assert_eq!(s.next_publish().await.topic, fence, "{n}");
     }
 }
 

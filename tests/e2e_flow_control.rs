@@ -100,3 +100,62 @@ async fn a_qos2_delivery_holds_its_slot_until_pubcomp() {
     publisher.publish("status/b", QoS::AtMostOnce, "end").await;
     assert_eq!(text(&sub.next_publish().await), "end");
 }
+
+/// The retained messages a clean session's re-subscription gets (sent by
+/// the front door, not the router) keep to the Receive Maximum too, and
+/// the router's deliveries wait behind them: Receive Maximum 1, two
+/// retained QoS 1 messages, then a live one; each PUBACK lets the next go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubscriptions_retained_messages_keep_to_the_receive_maximum() {
+    let gw = Gateway::start_with_dash_and_ops();
+    let (mut publisher, _) = Peer::connect(ops(gw.mqtt_port, "publisher")).await;
+    for topic in ["status/r1", "status/r2"] {
+        publisher
+            .client
+            .publish(topic, QoS::AtLeastOnce, true, "kept")
+            .await
+            .unwrap();
+        while !matches!(publisher.next().await, common::v5::Got::PubAck) {}
+    }
+    let mut sub = slow_reader(gw.mqtt_port, 1, QoS::AtLeastOnce).await;
+    // The new subscription's, from the router, one at a time.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let p = sub.next_publish().await;
+        seen.push(String::from_utf8_lossy(&p.topic).into_owned());
+        sub.client.ack(&p).await.unwrap();
+    }
+    seen.sort();
+    assert_eq!(seen, ["status/r1", "status/r2"]);
+
+    // Renewed with Retain Handling 0 (rumqttc's default).
+    sub.subscribe("status/#", QoS::AtLeastOnce, None).await;
+    publisher
+        .publish("status/live", QoS::AtLeastOnce, "live")
+        .await;
+    publisher
+        .publish("status/a", QoS::AtMostOnce, "marker")
+        .await;
+    let first = sub.next_publish().await;
+    assert_eq!(
+        (first.topic.as_ref(), first.retain),
+        (&b"status/r1"[..], true)
+    );
+    assert_eq!(text(&sub.next_publish().await), "marker", "one in flight");
+    let mut last = first;
+    for (topic, retained) in [("status/r2", true), ("status/live", false)] {
+        sub.client.ack(&last).await.unwrap();
+        let p = sub.next_publish().await;
+        assert_eq!((p.topic.as_ref(), p.retain), (topic.as_bytes(), retained));
+        assert_eq!(p.qos, QoS::AtLeastOnce);
+        last = p;
+    }
+    sub.client.ack(&last).await.unwrap();
+    // The router took the acknowledgements it awaited: it goes on.
+    publisher
+        .publish("status/after", QoS::AtLeastOnce, "after")
+        .await;
+    let p = sub.next_publish().await;
+    assert_eq!(text(&p), "after");
+    sub.client.ack(&p).await.unwrap();
+}

@@ -327,3 +327,68 @@ async fn a_tenant_account_sees_only_its_own_unverified_payloads() {
         )
     );
 }
+
+/// A tenant account's MQTT 5 re-subscription with Retain Handling 0 gets
+/// the retained messages again (sent by the front door, not the router),
+/// filed under its mount as the router files its filters: its tenant's
+/// devices' only, with the mount stripped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_accounts_resubscription_gets_its_own_retained_messages_only() {
+    use common::v5::{text, Peer};
+    let w = world().await;
+    let pass = account(&w.gw, &w.acme, "acme-wall").await;
+    for d in [&w.dev_glob, &w.dev_free, &w.dev_acme] {
+        let mut c = Client::device(w.gw.mqtt_port, d).await;
+        let body = format!("{}-retained", d.device_id);
+        c.client
+            .publish(
+                format!("sealed/{}/r", d.device_id),
+                QoS::AtLeastOnce,
+                true,
+                seal(d, "r", 1, body.as_bytes()),
+            )
+            .await
+            .unwrap();
+        loop {
+            match c.next().await {
+                Seen::PubAck(_) => break,
+                Seen::Closed(e) => panic!("{e}"),
+                _ => {}
+            }
+        }
+    }
+    let mut o = rumqttc::v5::MqttOptions::new("acme-v5", "127.0.0.1", w.gw.mqtt_port);
+    o.set_credentials("acme-wall@acme", pass);
+    let (mut s, _) = Peer::connect(o).await;
+    let mut dev = Client::device(w.gw.mqtt_port, &w.dev_acme).await;
+    for (n, filter) in ["#", "#", "clean/+/r", "clean/+/r"].into_iter().enumerate() {
+        // The first SUBSCRIBE of each filter is new to the router, the
+        // second a re-subscription.
+        s.subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, None)
+            .await;
+        let got = s.next_publish().await;
+        assert_eq!(
+            (
+                std::str::from_utf8(&got.topic).unwrap(),
+                text(&got).as_str(),
+                got.retain
+            ),
+            ("clean/d-acme/r", "d-acme-retained", true),
+            "{filter} ({n})"
+        );
+        // Published after the SUBACK: nothing of another tenant came between.
+        let nonce = 10 + n as u64;
+        let fence = format!("fence-{n}");
+        dev.publish_acked(
+            "sealed/d-acme/f",
+            seal(&w.dev_acme, "f", nonce, fence.as_bytes()),
+        )
+        .await;
+        let got = s.next_publish().await;
+        assert_eq!(
+            (std::str::from_utf8(&got.topic).unwrap(), text(&got)),
+            ("clean/d-acme/f", fence),
+            "{filter} ({n})"
+        );
+    }
+}

@@ -79,8 +79,13 @@ impl Quota {
         !self.held.is_empty() || self.out.len() >= self.window
     }
 
+    /// Whether a QoS 1/2 publish may be written now, held ones aside.
+    pub fn room(&self) -> bool {
+        self.out.len() < self.window
+    }
+
     /// A QoS 1/2 publish written to the client.
-    fn sent(&mut self, pkid: u16, qos: u8) {
+    pub fn sent(&mut self, pkid: u16, qos: u8) {
         let stage = if qos == 2 { Stage::Rec } else { Stage::Ack };
         self.out.push((pkid, stage));
     }
@@ -142,7 +147,9 @@ impl<P: Protocol> Session<P> {
         // Kept in case it has to wait; only then, as the QoS it goes at is
         // known once it is encoded.
         let copy = match &p {
-            Packet::Publish(..) if self.quota.full() => Some(p.clone()),
+            Packet::Publish(..) if self.quota.full() || self.resubscribed.pending() => {
+                Some(p.clone())
+            }
             _ => None,
         };
         let mark = self.out.mark();
@@ -183,11 +190,15 @@ impl<P: Protocol> Session<P> {
         Ok(())
     }
 
-    /// Writes held forwards while the client's quota has room; called after
+    /// Writes held forwards while the client's quota has room (after the
+    /// retained messages owed, `resubscribed.rs`); called after
     /// each of its acknowledgements. One that expired, or that the
     /// session's options now decline, while it waited is not written, and
     /// acknowledged to the router in its turn.
     pub(super) fn release(&mut self, to_router: &mut Vec<Packet>) -> Result<(), ConnError> {
+        // Retained messages a re-subscription owes go first: their SUBACK
+        // went before the forwards held.
+        self.send_retained()?;
         while let Some(p) = self.quota.next() {
             let me = &self.login.router_client_id;
             match self.out.encode_forward(p, &self.options, me)? {

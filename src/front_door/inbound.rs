@@ -102,8 +102,10 @@ impl<P: Protocol> Session<P> {
                 Packet::Subscribe(sub, props) => {
                     let p = self.screen_subscribe(sub, props);
                     match p {
-                        Packet::SubAck(..) => {
+                        Packet::SubAck(ref ack, _) => {
+                            let pkid = ack.pkid;
                             self.out.encode(p)?;
+                            self.suback_written(pkid)?;
                         }
                         p => {
                             if let Packet::Subscribe(s, _) = &p {
@@ -128,6 +130,14 @@ impl<P: Protocol> Session<P> {
                     if let Some(feed) = self.login.feed.as_mut() {
                         feed.pubcomp(comp.pkid);
                     }
+                }
+                // Acknowledging a retained message a re-subscription got
+                // from the front door (`resubscribed.rs`), not the router.
+                p @ (Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..))
+                    if super::resubscribed::acked_pkid(&p)
+                        .is_some_and(|id| self.resubscribed.owns(id)) =>
+                {
+                    self.retained_acked(p, &mut to_router)?;
                 }
                 p @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
                     self.unacked.acked(self.out.timeout());

@@ -23,6 +23,7 @@ mod options;
 pub mod packet;
 mod persistent;
 mod publish;
+mod resubscribed;
 mod session;
 mod stand_in;
 mod subscribe;

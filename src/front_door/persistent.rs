@@ -169,10 +169,7 @@ impl Feed {
 
     /// Whether this session published `e` (named by `properties::tag_from`).
     fn own(&self, e: &Entry) -> bool {
-        e.props
-            .as_deref()
-            .and_then(crate::properties::from)
-            .is_some_and(|from| from == self.id)
+        published_by(e, &self.id)
     }
 
     /// Encodes what is ready into `out`: matching entries at the lower of
@@ -202,23 +199,20 @@ impl Feed {
                 continue;
             };
             let pkid = if qos > 0 { self.take_pkid() } else { 0 };
-            let start = out.len();
-            let e = shown(self.mount.as_deref(), &e);
-            let m = Message {
+            let r = Retained {
                 qos,
                 pkid,
-                dup: false,
-                retain: true,
                 expiry,
-                ids: Vec::from_iter(id),
+                id,
             };
-            let encoded = encode_publish(v5, &e, m, &mut self.received, out);
-            if unframable(encoded) {
-                continue;
-            }
-            if too_large(out, start, max_packet) {
-                filled.too_large += 1;
-                continue;
+            let mount = self.mount.as_deref();
+            match write_retained(v5, mount, &e, r, max_packet, &mut self.received, out) {
+                Written::Sent => {}
+                Written::TooLarge => {
+                    filled.too_large += 1;
+                    continue;
+                }
+                Written::Unframable => continue,
             }
             if qos > 0 {
                 let f = InFlight {
@@ -481,6 +475,68 @@ struct Message {
     ids: Vec<usize>,
 }
 
+/// Whether the session `id` published `e`: named so by
+/// `properties::tag_from`, which it is where No Local needs to know.
+pub(super) fn published_by(e: &Entry, id: &str) -> bool {
+    e.props
+        .as_deref()
+        .and_then(crate::properties::from)
+        .is_some_and(|from| from == id)
+}
+
+/// How a retained message sent because of a SUBSCRIBE goes out.
+pub(super) struct Retained {
+    pub qos: u8,
+    pub pkid: u16,
+    /// What is left of its message expiry interval (`expiry_left`).
+    pub expiry: Option<u32>,
+    /// The identifier of the SUBSCRIBE that asked for it.
+    pub id: Option<usize>,
+}
+
+/// What `write_retained` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Written {
+    Sent,
+    /// Over the client's Maximum Packet Size: not sent, counts as delivered.
+    TooLarge,
+    /// Too large for MQTT to frame: not sent (logged).
+    Unframable,
+}
+
+/// Writes a retained message a SUBSCRIBE made due, for a persistent session
+/// and for a clean session's re-subscription (`super::resubscribed`) alike:
+/// RETAIN 1 whatever Retain As Published says (MQTT 5 section 3.8.3.1:
+/// retained messages sent when the subscription is established have it),
+/// its properties as stored, the mount stripped from its topic.
+pub(super) fn write_retained(
+    v5: bool,
+    mount: Option<&str>,
+    e: &Entry,
+    r: Retained,
+    max_packet: Option<usize>,
+    received: &mut (u64, String),
+    out: &mut BytesMut,
+) -> Written {
+    let start = out.len();
+    let e = shown(mount, e);
+    let m = Message {
+        qos: r.qos,
+        pkid: r.pkid,
+        dup: false,
+        retain: true,
+        expiry: r.expiry,
+        ids: Vec::from_iter(r.id),
+    };
+    if unframable(encode_publish(v5, &e, m, received, out)) {
+        return Written::Unframable;
+    }
+    if too_large(out, start, max_packet) {
+        return Written::TooLarge;
+    }
+    Written::Sent
+}
+
 /// A stored record's filters with their subscription identifiers.
 fn with_ids(filters: &[(String, u8)], ids: &[(String, usize)]) -> Vec<(String, u8, Option<usize>)> {
     filters
@@ -494,7 +550,7 @@ fn with_ids(filters: &[(String, u8)], ids: &[(String, usize)]) -> Vec<(String, u
 
 /// What is left of an entry's message expiry interval: `Some(None)` when it
 /// has none, `None` when it ran out.
-fn expiry_left(e: &Entry, now_ms: u64) -> Option<Option<u32>> {
+pub(super) fn expiry_left(e: &Entry, now_ms: u64) -> Option<Option<u32>> {
     match e.props.as_ref().and_then(|p| p.message_expiry_interval) {
         None => Some(None),
         Some(secs) => crate::properties::expiry_left(secs, e.at_ms, now_ms).map(Some),

@@ -135,6 +135,8 @@ pub(super) struct Session<P> {
     pub(super) streams_used: HashSet<String>,
     /// The topic aliases this client set (MQTT 5).
     pub(super) aliases: super::alias::Aliases,
+    /// Retained messages owed to a clean session's re-subscriptions.
+    pub(super) resubscribed: super::resubscribed::Resubscribed,
 }
 
 /// QoS 1 and 2 messages written to the client that it has not acknowledged
@@ -207,6 +209,7 @@ impl<P: Protocol + Clone> Session<P> {
             subs,
             streams_used: HashSet::new(),
             aliases: super::alias::Aliases::new(alias_max),
+            resubscribed: Default::default(),
         }
     }
 }
@@ -468,7 +471,14 @@ impl<P: Protocol> Session<P> {
                             return self.send_to_router(to_router).await.map(|()| None);
                         }
                     }
+                    let suback = match &p {
+                        Packet::SubAck(a, _) => Some(a.pkid),
+                        _ => None,
+                    };
                     self.deliver(p, &mut to_router)?;
+                    if let Some(pkid) = suback {
+                        self.suback_written(pkid)?;
+                    }
                     self.send_to_router(to_router).await?;
                 }
             }

@@ -62,6 +62,17 @@ impl<P: Protocol> Session<P> {
         let verdicts: Vec<Result<bool, &'static str>> =
             sub.filters.iter().map(|f| self.judge(&f.path)).collect();
         if self.login.feed.is_none() {
+            // Re-subscriptions: the router sends their retained messages
+            // for none of them, whatever their Retain Handling asks.
+            let held: Vec<(String, u8)> = sub
+                .filters
+                .iter()
+                .zip(&verdicts)
+                .filter(|(f, v)| v.is_ok() && self.options.holds(&f.path))
+                .map(|(f, _)| (f.path.clone(), super::options::byte(f)))
+                .collect();
+            let asked = props.as_ref().and_then(|p| p.id);
+            self.owe_retained(sub.pkid, &held, asked);
             // As the client named them: forwards are judged on the topics it
             // is shown (its mount stripped).
             for (f, v) in sub.filters.iter().zip(&verdicts) {
