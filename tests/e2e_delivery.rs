@@ -867,6 +867,43 @@ async fn an_mqtt311_resubscription_gets_the_retained_messages_again() {
     }
 }
 
+/// The same for a session the router resumed (an MQTT 3.1.1 device with
+/// clean session 0): it holds the filter from before, so its SUBSCRIBE
+/// after a reconnect renews it, and the retained messages come again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_router_sessions_resubscription_gets_the_retained_messages() {
+    let gw = Gateway::start_with_config(
+        "[[users]]\nname = \"ops\"\npassword = \"ops-pw\"\npublish = [\"cmd/#\"]\n",
+        &[("SEALGATE_USERS", "")],
+    );
+    let port = gw.mqtt_port;
+    let d = gw.add_device("d1").await;
+    let (mut ops, r) = Client::connect(port, "ops-1", "ops", "ops-pw").await;
+    r.unwrap();
+    let publish = |ops: &mut Client, topic: &'static str, retain: bool| {
+        let c = ops.client.clone();
+        async move {
+            c.publish(topic, rumqttc::QoS::AtLeastOnce, retain, b"x".to_vec())
+                .await
+                .unwrap();
+        }
+    };
+    publish(&mut ops, "cmd/d1/cfg", true).await;
+    while !matches!(ops.next().await, Seen::PubAck(_)) {}
+    for (n, fence) in ["cmd/d1/fence-0", "cmd/d1/fence-1"].into_iter().enumerate() {
+        let mut o = options(port, "d1", "d1", &d.mqtt_password);
+        o.set_clean_session(false);
+        let (mut dev, r) = Client::connect_with(o).await;
+        r.unwrap();
+        dev.subscribe(&["cmd/d1/#"]).await;
+        assert_eq!(dev.next_publish().await.0, "cmd/d1/cfg", "{n}");
+        publish(&mut ops, fence, false).await;
+        assert_eq!(dev.next_publish().await.0, fence, "{n}");
+        dev.client.disconnect().await.unwrap();
+        while !matches!(dev.next().await, Seen::Closed(_)) {}
+    }
+}
+
 /// A will's MQTT 5 properties go out with it, screened like a PUBLISH's
 /// (the reserved `sg-` names dropped), when its client vanishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

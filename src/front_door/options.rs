@@ -132,11 +132,6 @@ impl Options {
         self.update_asks_more();
     }
 
-    /// Whether the session holds `filter` (as the client named it).
-    pub fn holds(&self, filter: &str) -> bool {
-        self.filters.iter().any(|(f, ..)| f == filter)
-    }
-
     /// The subscription identifier the router was handed for `filter`
     /// (subscribed already).
     pub fn identified(&mut self, filter: &str, id: Option<usize>) {

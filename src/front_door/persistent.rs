@@ -505,7 +505,7 @@ pub(super) enum Written {
 }
 
 /// Writes a retained message a SUBSCRIBE made due, for a persistent session
-/// and for a clean session's re-subscription (`super::resubscribed`) alike:
+/// and for a re-subscription the router serves (`super::resubscribed`) alike:
 /// RETAIN 1 whatever Retain As Published says (MQTT 5 section 3.8.3.1:
 /// retained messages sent when the subscription is established have it),
 /// its properties as stored, the mount stripped from its topic.

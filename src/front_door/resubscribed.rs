@@ -1,7 +1,9 @@
-//! Retained messages for a clean session's re-subscription with MQTT 5
-//! Retain Handling 0 (section 3.8.3.1: sent on every SUBSCRIBE). rumqttd
-//! 0.20's router sends retained messages only for a filter a connection
-//! did not hold, so for one it holds the front door sends them itself,
+//! Retained messages for a re-subscription with MQTT 5 Retain Handling 0
+//! (section 3.8.3.1: sent on every SUBSCRIBE) or MQTT 3.1.1 (section
+//! 3.8.4: re-sent when a subscription is renewed), for sessions the router
+//! serves (clean ones, and persistent ones it resumed). rumqttd 0.20's
+//! router sends retained messages only for a filter a session did not
+//! hold, so for one it holds the front door sends them itself,
 //! read from the outbox's retained messages as a persistent session's are
 //! (`persistent.rs`), and the router is not involved.
 //!
@@ -33,7 +35,7 @@ struct Owed {
     id: Option<usize>,
 }
 
-/// What a clean session's re-subscriptions are owed and have in flight.
+/// What a session's re-subscriptions are owed and have in flight.
 pub(super) struct Resubscribed {
     /// Read as their SUBSCRIBE came, by its packet id: sent after its SUBACK.
     waiting: Vec<(u16, Vec<Owed>)>,
@@ -96,7 +98,7 @@ pub(super) fn acked_pkid(p: &Packet) -> Option<u16> {
 impl<P: Protocol> Session<P> {
     /// Reads the retained messages a SUBSCRIBE (`pkid`, subscription
     /// identifier `id`) owes for the filters (as the client named them,
-    /// with their options) this clean session already held. Filed under the
+    /// with their options) the router already held for this session. Filed under the
     /// session's mount, as the router files them, so a tenant's account
     /// sees its tenant's messages only. Shared subscriptions get none
     /// (MQTT 5 section 4.8.2).

@@ -135,7 +135,7 @@ pub(super) struct Session<P> {
     pub(super) streams_used: HashSet<String>,
     /// The topic aliases this client set (MQTT 5).
     pub(super) aliases: super::alias::Aliases,
-    /// Retained messages owed to a clean session's re-subscriptions.
+    /// Retained messages owed to re-subscriptions the router serves.
     pub(super) resubscribed: super::resubscribed::Resubscribed,
 }
 

@@ -59,6 +59,13 @@ impl<P: Protocol> Session<P> {
         mut sub: Subscribe,
         mut props: Option<SubscribeProperties>,
     ) -> Packet {
+        // Filters the router holds for this session already (a resumed
+        // router session's included), before judging admits them.
+        let renewed: Vec<bool> = sub
+            .filters
+            .iter()
+            .map(|f| self.subs.holds(&f.path))
+            .collect();
         let verdicts: Vec<Result<bool, &'static str>> =
             sub.filters.iter().map(|f| self.judge(&f.path)).collect();
         if self.login.feed.is_none() {
@@ -67,8 +74,8 @@ impl<P: Protocol> Session<P> {
             let held: Vec<(String, u8)> = sub
                 .filters
                 .iter()
-                .zip(&verdicts)
-                .filter(|(f, v)| v.is_ok() && self.options.holds(&f.path))
+                .zip(verdicts.iter().zip(&renewed))
+                .filter(|(_, (v, renewed))| v.is_ok() && **renewed)
                 .map(|(f, _)| (f.path.clone(), super::options::byte(f)))
                 .collect();
             let asked = props.as_ref().and_then(|p| p.id);
