@@ -9,24 +9,10 @@
 #        CONFIG='[database]\ndurability = "process-crash"\n' benches/threads.sh 1000
 set -euo pipefail
 RATE=${1:?rate}; SECS=${2:-12}
-BIN=${BIN:-target/release}
-W=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
-export SEALGATE_ADMIN_TOKEN=bench-token-0123456789 SEALGATE_ADMIN_URL=http://127.0.0.1:18094
-printf "%b" "${CONFIG:-}" > "$W/c.toml"
-SEALGATE_CONFIG=$W/c.toml SEALGATE_DATA_DIR=$W/data SEALGATE_MQTT_LISTEN=127.0.0.1:18844 \
-  SEALGATE_HTTP_LISTEN=127.0.0.1:18094 SEALGATE_USERS=dash:pw RUST_LOG=warn \
-  taskset -c 0 "$BIN/sealgate" > "$W/server.log" 2>&1 &
-S=$!
-for _ in $(seq 100); do curl -sf http://127.0.0.1:18094/healthz > /dev/null && break; sleep 0.1; done
-"$BIN/sealgate" device add-bulk --prefix sim- --count 100 --out "$W/fleet.json" > /dev/null
+. "$(dirname "$0")/standard_load.sh"
 snap() { for t in /proc/$S/task/*; do echo "$(tr ' ' _ < "$t/comm") $(awk '{print $14+$15}' "$t/stat")"; done; }
-taskset -c 1 "$BIN/firmware-sim" --mqtt 127.0.0.1:18844 --devices-file "$W/fleet.json" \
-  --subscriber dash:pw --rate "$RATE" --duration "${SECS}s" --encrypt --qos 1 --payload-bytes 128 \
-  --json 2> /dev/null | tail -1 > "$W/out.json" &
-F=$!
 sleep 2; snap > "$W/a"; sleep $((SECS - 4)); snap > "$W/b"; wait $F
-python3 - "$W/a" "$W/b" "$RATE" $((SECS - 4)) "$W/out.json" <<'PY'
+python3 - "$W/a" "$W/b" "$RATE" $((SECS - 4)) "$W/load.json" <<'PY'
 import collections, json, os, sys
 tck = os.sysconf("SC_CLK_TCK")
 def read(p):

@@ -59,10 +59,16 @@ impl Tree {
 }
 
 /// The writes of one batch, encoded for the journal as they are made.
+/// The buffer is the whole record: its first [`HEADER`] bytes are left for
+/// the length and checksum the journal fills in, so appending it is one
+/// write of one buffer.
 #[derive(Debug, Default)]
 pub struct Ops {
     buf: Vec<u8>,
 }
+
+/// A record's header: body length and CRC-32 of the body, little-endian.
+const HEADER: usize = 8;
 
 impl Ops {
     pub fn insert(&mut self, tree: Tree, key: &[u8], value: &[u8]) {
@@ -79,6 +85,9 @@ impl Ops {
     }
 
     fn head(&mut self, tree: Tree, key: &[u8]) {
+        if self.buf.is_empty() {
+            self.buf.extend_from_slice(&[0; HEADER]);
+        }
         self.buf.push(tree as u8);
         self.buf
             .extend_from_slice(&(key.len() as u32).to_le_bytes());
@@ -90,8 +99,22 @@ impl Ops {
         if self.buf.is_empty() {
             self.buf = other.buf;
         } else {
-            self.buf.extend_from_slice(&other.buf);
+            self.buf.extend_from_slice(other.body());
         }
+    }
+
+    fn body(&self) -> &[u8] {
+        self.buf.get(HEADER..).unwrap_or_default()
+    }
+
+    /// The record, its header filled in.
+    fn record(&mut self) -> std::io::Result<&[u8]> {
+        let len = u32::try_from(self.body().len())
+            .map_err(|_| std::io::Error::other("a batch too large for one journal record"))?;
+        let crc = crc32fast::hash(self.body());
+        self.buf[..4].copy_from_slice(&len.to_le_bytes());
+        self.buf[4..HEADER].copy_from_slice(&crc.to_le_bytes());
+        Ok(&self.buf)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,10 +128,10 @@ impl Ops {
     /// replaces. The batch is atomic through the journal instead: it is
     /// applied only once its record is durable, and replayed whole.
     pub fn apply<'t>(&self, tree: impl Fn(Tree) -> &'t sled::Tree) -> sled::Result<()> {
-        let writes = decode(&self.buf).ok_or_else(|| {
-            sled::Error::Unsupported("a journal record this build cannot read".into())
-        })?;
-        for w in writes {
+        for w in writes(self.body()) {
+            let w = w.ok_or_else(|| {
+                sled::Error::Unsupported("a journal record this build cannot read".into())
+            })?;
             let t = tree(w.tree);
             match w.value {
                 Some(v) => t.insert(w.key, v).map(|_| ())?,
@@ -143,7 +166,9 @@ struct Logged<'a> {
     value: Option<&'a [u8]>,
 }
 
-fn decode(mut body: &[u8]) -> Option<Vec<Logged<'_>>> {
+/// The writes of a record's body, in order; `None` where the body stops
+/// making sense (then nothing follows).
+fn writes(mut body: &[u8]) -> impl Iterator<Item = Option<Logged<'_>>> {
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         let (head, rest) = b.split_at_checked(n)?;
         *b = rest;
@@ -152,22 +177,29 @@ fn decode(mut body: &[u8]) -> Option<Vec<Logged<'_>>> {
     fn len(b: &mut &[u8]) -> Option<usize> {
         Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?) as usize)
     }
-    let mut out = Vec::new();
-    while !body.is_empty() {
-        let tree = *Tree::ALL.get(usize::from(take(&mut body, 1)?[0]))?;
-        let n = len(&mut body)?;
-        let key = take(&mut body, n)?;
-        let value = match take(&mut body, 1)?[0] {
+    fn next<'a>(body: &mut &'a [u8]) -> Option<Logged<'a>> {
+        let tree = *Tree::ALL.get(usize::from(take(body, 1)?[0]))?;
+        let n = len(body)?;
+        let key = take(body, n)?;
+        let value = match take(body, 1)?[0] {
             0 => None,
             1 => {
-                let n = len(&mut body)?;
-                Some(take(&mut body, n)?)
+                let n = len(body)?;
+                Some(take(body, n)?)
             }
             _ => return None,
         };
-        out.push(Logged { tree, key, value });
+        Some(Logged { tree, key, value })
     }
-    Some(out)
+    let mut broken = false;
+    std::iter::from_fn(move || {
+        if body.is_empty() || broken {
+            return None;
+        }
+        let w = next(&mut body);
+        broken = w.is_none();
+        Some(w)
+    })
 }
 
 /// A checkpoint is started once the current file is this old or this large.
@@ -286,7 +318,7 @@ impl Journal {
     /// Appends one batch's writes and makes them durable as `durability`
     /// says (power-loss: `fdatasync`; process-crash: in the page cache,
     /// which outlives the process but not the machine).
-    pub fn append(&mut self, ops: &Ops) -> std::io::Result<()> {
+    pub fn append(&mut self, ops: &mut Ops) -> std::io::Result<()> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -296,13 +328,9 @@ impl Journal {
             ));
         }
         self.poll_checkpoint()?;
-        let len = u32::try_from(ops.buf.len())
-            .map_err(|_| std::io::Error::other("a batch too large for one journal record"))?;
-        let mut record = Vec::with_capacity(8 + ops.buf.len());
-        record.extend_from_slice(&len.to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(&ops.buf).to_le_bytes());
-        record.extend_from_slice(&ops.buf);
-        let written = self.file.write_all(&record).and_then(|()| {
+        let record = ops.record()?;
+        let bytes = record.len() as u64;
+        let written = self.file.write_all(record).and_then(|()| {
             if self.durability == Durability::PowerLoss {
                 self.file.sync_data()?;
                 self.syncs.inc();
@@ -313,7 +341,7 @@ impl Journal {
             self.poisoned = true;
             return Err(e);
         }
-        self.bytes += record.len() as u64;
+        self.bytes += bytes;
         if !self.checkpointing
             && (self.bytes >= CHECKPOINT_BYTES || self.opened.elapsed() >= CHECKPOINT_AFTER)
         {
@@ -475,13 +503,13 @@ fn replay(files: &[(u64, PathBuf)], db: &Database) -> std::io::Result<Recovered>
                     path.display()
                 )));
             };
-            let writes = decode(body).ok_or_else(|| {
-                std::io::Error::other(format!(
+            if writes(body).any(|w| w.is_none()) {
+                return Err(std::io::Error::other(format!(
                     "journal file {} holds a record this build cannot read at byte {at}",
                     path.display()
-                ))
-            })?;
-            for w in &writes {
+                )));
+            }
+            for w in writes(body).flatten() {
                 if w.tree == Tree::Outbox && crate::outbox::below(w.key, trimmed_to) {
                     continue;
                 }
@@ -493,8 +521,8 @@ fn replay(files: &[(u64, PathBuf)], db: &Database) -> std::io::Result<Recovered>
                 .map_err(std::io::Error::other)?;
             }
             out.records += 1;
-            out.writes += writes.len() as u64;
-            at += 8 + body.len();
+            out.writes += writes(body).count() as u64;
+            at += HEADER + body.len();
         }
     }
     Ok(out)
@@ -502,10 +530,10 @@ fn replay(files: &[(u64, PathBuf)], db: &Database) -> std::io::Result<Recovered>
 
 /// The body of a whole, checked, non-empty record at `at`.
 fn record_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
-    let head = bytes.get(at..at + 8)?;
+    let head = bytes.get(at..at + HEADER)?;
     let len = u32::from_le_bytes(head[..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(head[4..].try_into().ok()?);
-    let body = bytes.get(at + 8..at.checked_add(8)?.checked_add(len)?)?;
+    let body = bytes.get(at + HEADER..at.checked_add(HEADER)?.checked_add(len)?)?;
     (len > 0 && crc32fast::hash(body) == crc).then_some(body)
 }
 
@@ -518,7 +546,7 @@ fn torn_tail(bytes: &[u8], at: usize) -> bool {
         None => true,
         Some(len) => {
             let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-            zeros(at) || zeros(at.saturating_add(8).saturating_add(len))
+            zeros(at) || zeros(at.saturating_add(HEADER).saturating_add(len))
         }
     }
 }
@@ -544,12 +572,12 @@ mod tests {
             let mut ops = Ops::default();
             ops.insert(Tree::Windows, b"dev-1", b"w1");
             ops.insert(Tree::Retained, b"clean/a", b"r1");
-            j.append(&ops).unwrap();
+            j.append(&mut ops).unwrap();
             let mut ops = Ops::default();
             ops.insert(Tree::Windows, b"dev-1", b"w2");
             ops.remove(Tree::Retained, b"clean/a");
             ops.insert(Tree::Outbox, &5u64.to_be_bytes(), b"record");
-            j.append(&ops).unwrap();
+            j.append(&mut ops).unwrap();
             // A record the crash cut short.
             j.file.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
             // No checkpoint: dropped as a crash would leave it.
@@ -589,7 +617,7 @@ mod tests {
                 .unwrap()
                 .insert(b"dev-1", b"w1".to_vec())
                 .unwrap();
-            j.append(&ops).unwrap();
+            j.append(&mut ops).unwrap();
             j.close().unwrap();
         }
         assert!(files(&dir.path().join("journal")).unwrap().is_empty());
@@ -618,8 +646,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (_db, mut j, _) = open(dir.path());
-            j.append(&record(b"a")).unwrap();
-            j.append(&record(b"b")).unwrap();
+            j.append(&mut record(b"a")).unwrap();
+            j.append(&mut record(b"b")).unwrap();
             j.file.write_all(&[0; 64]).unwrap();
         }
         let (_, _, r) = open(dir.path());
@@ -628,8 +656,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (_db, mut j, _) = open(dir.path());
-            j.append(&record(b"a")).unwrap();
-            j.append(&record(b"b")).unwrap();
+            j.append(&mut record(b"a")).unwrap();
+            j.append(&mut record(b"b")).unwrap();
         }
         let path2 = journal_file(dir.path());
         let mut bytes = std::fs::read(&path2).unwrap();
@@ -650,9 +678,9 @@ mod tests {
         let (_db, mut j, _) = open(dir.path());
         let path = journal_file(dir.path());
         let writable = std::mem::replace(&mut j.file, File::open(&path).unwrap());
-        assert!(j.append(&record(b"a")).is_err());
+        assert!(j.append(&mut record(b"a")).is_err());
         j.file = writable;
-        let err = j.append(&record(b"b")).unwrap_err();
+        let err = j.append(&mut record(b"b")).unwrap_err();
         assert!(err.to_string().contains("restart"), "{err}");
     }
 
@@ -677,11 +705,12 @@ mod tests {
     fn malformed_bodies_are_refused() {
         let mut ops = Ops::default();
         ops.insert(Tree::Outbox, b"k", b"v");
-        assert!(decode(&ops.buf).is_some());
-        for cut in 0..ops.buf.len() - 1 {
-            let _ = decode(&ops.buf[..cut]);
+        let whole = |b: &[u8]| writes(b).all(|w| w.is_some());
+        assert!(whole(ops.body()));
+        for cut in 1..ops.body().len() {
+            assert!(!whole(&ops.body()[..cut]), "cut at {cut}");
         }
-        assert!(decode(&[9, 0, 0, 0, 0, 0]).is_none(), "unknown tree");
-        assert!(decode(&[0, 0, 0, 0, 0, 7]).is_none(), "unknown kind");
+        assert!(!whole(&[9, 0, 0, 0, 0, 0]), "unknown tree");
+        assert!(!whole(&[0, 0, 0, 0, 0, 7]), "unknown kind");
     }
 }

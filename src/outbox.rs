@@ -303,12 +303,21 @@ impl Pending {
     }
 }
 
-/// Where trimming stopped: records keyed below it are gone for good.
-pub(crate) fn trimmed_to(tree: &sled::Tree) -> Result<u64, sled::Error> {
+/// Where trimming stopped (records keyed below it are gone for good), and
+/// the running byte total there.
+fn trim_marker(tree: &sled::Tree) -> Result<(u64, u64), sled::Error> {
     Ok(match tree.get(META_KEY)? {
-        Some(v) if v.len() == 16 => u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
-        _ => 0,
+        Some(v) if v.len() == 16 => (
+            u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+            u64::from_be_bytes(v[8..].try_into().expect("8 bytes")),
+        ),
+        _ => (0, 0),
     })
+}
+
+/// Where trimming stopped: the journal's replay skips records below it.
+pub(crate) fn trimmed_to(tree: &sled::Tree) -> Result<u64, sled::Error> {
+    Ok(trim_marker(tree)?.0)
 }
 
 /// Whether `k` is a record's key below `trimmed_to`: the journal does not
@@ -326,13 +335,7 @@ impl Outbox {
     pub fn open(db: &sled::Db, max_bytes: u64) -> Result<(Arc<Outbox>, Writer), sled::Error> {
         let tree = db.open_tree(Self::TREE)?;
         let retained = db.open_tree(Self::RETAINED_TREE)?;
-        let (trimmed_to, trimmed_total) = match tree.get(META_KEY)? {
-            Some(v) if v.len() == 16 => (
-                u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
-                u64::from_be_bytes(v[8..].try_into().expect("8 bytes")),
-            ),
-            _ => (0, 0),
-        };
+        let (trimmed_to, trimmed_total) = trim_marker(&tree)?;
         let first = match tree.range(key(0)..).next().transpose()? {
             Some((k, v)) => record_header(&k, &v).map(|h| (seq_of(&k).unwrap_or(0), h)),
             None => None,

@@ -5,96 +5,13 @@
 
 mod common;
 
+use common::v5::{Got, Peer as V5};
 use common::*;
-use rumqttc::v5::mqttbytes::v5::{ConnAckProperties, Packet};
+use rumqttc::v5::mqttbytes::v5::ConnAckProperties;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::MqttOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-
-#[derive(Debug)]
-enum Got {
-    ConnAck(Option<ConnAckProperties>),
-    Publish(String, Vec<u8>),
-    SubAck,
-    PubAck,
-    PubComp,
-    Closed(String),
-}
-
-/// An MQTT 5 client whose event loop reports what it saw.
-struct V5 {
-    client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<Got>,
-}
-
-impl V5 {
-    async fn connect(o: MqttOptions) -> (V5, Option<ConnAckProperties>) {
-        let (client, mut el) = AsyncClient::new(o, 1000);
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                let seen = match el.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(a))) => Got::ConnAck(a.properties),
-                    Ok(Event::Incoming(Packet::Publish(p))) => Got::Publish(
-                        String::from_utf8(p.topic.to_vec()).unwrap(),
-                        p.payload.to_vec(),
-                    ),
-                    Ok(Event::Incoming(Packet::SubAck(_))) => Got::SubAck,
-                    Ok(Event::Incoming(Packet::PubAck(_))) => Got::PubAck,
-                    Ok(Event::Incoming(Packet::PubComp(_))) => Got::PubComp,
-                    Ok(_) => continue,
-                    Err(e) => {
-                        let _ = tx.send(Got::Closed(e.to_string()));
-                        return;
-                    }
-                };
-                if tx.send(seen).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut c = V5 { client, rx };
-        match c.next().await {
-            Got::ConnAck(props) => (c, props),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    async fn next(&mut self) -> Got {
-        tokio::time::timeout(WAIT, self.rx.recv())
-            .await
-            .expect("timed out waiting for MQTT traffic")
-            .unwrap_or(Got::Closed("event loop ended".into()))
-    }
-
-    async fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.client.subscribe(filter, qos).await.unwrap();
-        loop {
-            match self.next().await {
-                Got::SubAck => return,
-                Got::Closed(e) => panic!("closed while subscribing: {e}"),
-                _ => {}
-            }
-        }
-    }
-
-    async fn next_publish(&mut self) -> (String, Vec<u8>) {
-        loop {
-            match self.next().await {
-                Got::Publish(t, p) => return (t, p),
-                Got::Closed(e) => panic!("closed while waiting for a publish: {e}"),
-                _ => {}
-            }
-        }
-    }
-
-    async fn disconnect(mut self) {
-        self.client.disconnect().await.unwrap();
-        while !matches!(self.next().await, Got::Closed(_)) {}
-    }
-}
 
 /// The dashboard account's MQTT 5 options.
 fn dash(port: u16, id: &str) -> MqttOptions {
@@ -271,11 +188,11 @@ async fn a_clean_session_never_gets_a_packet_over_its_maximum_size() {
         let mut o = dash(gw.mqtt_port, id);
         o.set_max_packet_size(Some(LIMIT));
         let (mut c, _) = V5::connect(o).await;
-        c.subscribe("clean/#", qos).await;
+        c.subscribe("clean/#", qos, None).await;
         limited.push(c);
     }
     let (mut full, _) = V5::connect(dash(gw.mqtt_port, "full")).await;
-    full.subscribe("clean/#", QoS::AtLeastOnce).await;
+    full.subscribe("clean/#", QoS::AtLeastOnce, None).await;
 
     let mut dev = Client::device(gw.mqtt_port, &creds).await;
     let topic = "sealed/esp32-big/t";
@@ -287,22 +204,22 @@ async fn a_clean_session_never_gets_a_packet_over_its_maximum_size() {
     dev.publish_acked(topic, send(large())).await;
     dev.publish_acked(topic, send(b"small".to_vec())).await;
     for c in &mut limited {
-        assert_eq!(c.next_publish().await.1, b"small");
+        assert_eq!(c.next_publish().await.payload.to_vec(), b"small");
     }
-    assert_eq!(full.next_publish().await.1, large());
-    assert_eq!(full.next_publish().await.1, b"small");
+    assert_eq!(full.next_publish().await.payload.to_vec(), large());
+    assert_eq!(full.next_publish().await.payload.to_vec(), b"small");
 
     for _ in 0..101 {
         dev.publish_acked(topic, send(large())).await;
     }
     dev.publish_acked(topic, send(b"after".to_vec())).await;
     for c in &mut limited {
-        assert_eq!(c.next_publish().await.1, b"after");
+        assert_eq!(c.next_publish().await.payload.to_vec(), b"after");
     }
     for _ in 0..101 {
-        assert_eq!(full.next_publish().await.1, large());
+        assert_eq!(full.next_publish().await.payload.to_vec(), large());
     }
-    assert_eq!(full.next_publish().await.1, b"after");
+    assert_eq!(full.next_publish().await.payload.to_vec(), b"after");
     let dropped = "sealgate_dropped_total{reason=\"too_large_for_client\"}";
     assert_eq!(gw.metric(dropped).await, 2.0 * 102.0);
 }
@@ -323,13 +240,13 @@ async fn a_persistent_session_moves_past_what_is_too_large_for_it() {
         o
     };
     let (mut q1, _) = V5::connect(kept("kept-1", true)).await;
-    q1.subscribe("clean/#", QoS::AtLeastOnce).await;
+    q1.subscribe("clean/#", QoS::AtLeastOnce, None).await;
     let (mut q0, _) = V5::connect(kept("kept-0", true)).await;
-    q0.subscribe("clean/#", QoS::AtMostOnce).await;
+    q0.subscribe("clean/#", QoS::AtMostOnce, None).await;
     let mut o = dash(gw.mqtt_port, "kept-full");
     o.set_session_expiry_interval(Some(3600));
     let (mut full, _) = V5::connect(o).await;
-    full.subscribe("clean/#", QoS::AtLeastOnce).await;
+    full.subscribe("clean/#", QoS::AtLeastOnce, None).await;
 
     let mut dev = Client::device(gw.mqtt_port, &creds).await;
     let topic = "sealed/esp32-big/t";
@@ -340,19 +257,19 @@ async fn a_persistent_session_moves_past_what_is_too_large_for_it() {
     dev.publish_acked(topic, seal(&creds, "t", 4, b"small"))
         .await;
     for c in [&mut q1, &mut q0] {
-        assert_eq!(c.next_publish().await.1, b"small");
+        assert_eq!(c.next_publish().await.payload.to_vec(), b"small");
     }
     for _ in 0..3 {
-        assert_eq!(full.next_publish().await.1, large());
+        assert_eq!(full.next_publish().await.payload.to_vec(), large());
     }
-    assert_eq!(full.next_publish().await.1, b"small");
+    assert_eq!(full.next_publish().await.payload.to_vec(), b"small");
 
     // Offline, one more; on resuming, it is the first thing sent.
     q1.disconnect().await;
     dev.publish_acked(topic, seal(&creds, "t", 5, b"while away"))
         .await;
     let (mut q1, _) = V5::connect(kept("kept-1", false)).await;
-    assert_eq!(q1.next_publish().await.1, b"while away");
+    assert_eq!(q1.next_publish().await.payload.to_vec(), b"while away");
     let dropped = "sealgate_dropped_total{reason=\"too_large_for_client\"}";
     assert_eq!(gw.metric(dropped).await, 6.0);
 }

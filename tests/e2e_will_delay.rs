@@ -323,6 +323,18 @@ fn restored(gw: &Gateway, n: usize) {
     );
 }
 
+/// The watcher gets nothing more (no will twice, no cancelled will): a
+/// marker published now is the next thing it sees.
+async fn nothing_more(gw: &Gateway, watcher: &mut Watcher) {
+    let (mut marker, r) = Client::connect(gw.mqtt_port, "marker", OPS, OPS_PASS).await;
+    r.unwrap();
+    marker.publish_acked("status/m", b"end".to_vec()).await;
+    assert_eq!(
+        seen(&watcher.next_publish().await),
+        received("status/m", "end")
+    );
+}
+
 /// (topic, payload) of a publish.
 fn seen(p: &rumqttc::v5::mqttbytes::v5::Publish) -> (String, Vec<u8>) {
     (
@@ -389,13 +401,7 @@ async fn a_waiting_will_survives_a_graceful_restart() {
     // once.
     let mut late = Client::account_to(gw.mqtt_port, "late", OPS, OPS_PASS, &["status/g"]).await;
     assert_eq!(late.next_publish().await, received("status/g", "g gone"));
-    let (mut marker, r) = Client::connect(gw.mqtt_port, "marker", OPS, OPS_PASS).await;
-    r.unwrap();
-    marker.publish_acked("status/m", b"end".to_vec()).await;
-    assert_eq!(
-        seen(&watcher.next_publish().await),
-        received("status/m", "end")
-    );
+    nothing_more(&gw, &mut watcher).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,13 +469,7 @@ async fn a_will_cancelled_before_a_restart_stays_cancelled() {
         seen(&watcher.next_publish().await),
         received("status/x", "x gone")
     );
-    let (mut marker, r) = Client::connect(gw.mqtt_port, "marker", OPS, OPS_PASS).await;
-    r.unwrap();
-    marker.publish_acked("status/m", b"end".to_vec()).await;
-    assert_eq!(
-        seen(&watcher.next_publish().await),
-        received("status/m", "end")
-    );
+    nothing_more(&gw, &mut watcher).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,13 +492,7 @@ async fn a_client_back_after_a_restart_cancels_its_will() {
         seen(&watcher.next_publish().await),
         received("status/y", "y gone")
     );
-    let (mut marker, r) = Client::connect(gw.mqtt_port, "marker", OPS, OPS_PASS).await;
-    r.unwrap();
-    marker.publish_acked("status/m", b"end".to_vec()).await;
-    assert_eq!(
-        seen(&watcher.next_publish().await),
-        received("status/m", "end")
-    );
+    nothing_more(&gw, &mut watcher).await;
 }
 
 /// Waits until the gateway has logged a line containing `text`, and

@@ -33,6 +33,20 @@ pub(super) const ROUTER_INFLIGHT: usize = 100;
 /// The QoS 1/2 messages a client may have unacknowledged: its MQTT 5
 /// Receive Maximum, within `ours` (what the gateway keeps in flight to it
 /// anyway). 0, a protocol error, is taken as none.
+/// The next packet id from `*next` on that `taken` does not hold, wrapping
+/// to `first`: the ids the front door sends from itself (a persistent
+/// session's from 1, a re-subscription's retained messages above the
+/// router's).
+pub(super) fn free_pkid(next: &mut u16, first: u16, taken: impl Fn(u16) -> bool) -> u16 {
+    loop {
+        let p = *next;
+        *next = p.checked_add(1).unwrap_or(first);
+        if !taken(p) {
+            return p;
+        }
+    }
+}
+
 pub(super) fn window(receive_maximum: Option<u16>, ours: usize) -> usize {
     match receive_maximum {
         Some(n) if n > 0 => ours.min(usize::from(n)),

@@ -297,13 +297,8 @@ impl Feed {
     }
 
     fn take_pkid(&mut self) -> u16 {
-        loop {
-            let p = self.next_pkid;
-            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-            if !self.by_pkid.contains_key(&p) {
-                return p;
-            }
-        }
+        let taken = &self.by_pkid;
+        super::flow::free_pkid(&mut self.next_pkid, 1, |p| taken.contains_key(&p))
     }
 
     fn delivered(&mut self, seq: Option<u64>) {

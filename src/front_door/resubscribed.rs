@@ -75,13 +75,8 @@ impl Resubscribed {
     }
 
     fn take_pkid(&mut self) -> u16 {
-        loop {
-            let p = self.next_pkid;
-            self.next_pkid = p.checked_add(1).unwrap_or(FIRST_PKID);
-            if !self.in_flight.contains_key(&p) {
-                return p;
-            }
-        }
+        let taken = &self.in_flight;
+        flow::free_pkid(&mut self.next_pkid, FIRST_PKID, |p| taken.contains_key(&p))
     }
 }
 

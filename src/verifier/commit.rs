@@ -112,9 +112,9 @@ impl Committer {
 
     fn commit(&mut self, mut job: Job) {
         let promises = job.promises();
-        let committed = if job.outbox_end.is_some() || !job.ops.is_empty() {
+        let committed = if !job.ops.is_empty() {
             let started = Instant::now();
-            let durable = self.make_durable(&job.ops);
+            let durable = self.make_durable(&mut job.ops);
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -195,7 +195,7 @@ impl Committer {
     }
 
     /// Journals the batch, then writes it to sled (which readers see).
-    fn make_durable(&mut self, ops: &crate::journal::Ops) -> bool {
+    fn make_durable(&mut self, ops: &mut crate::journal::Ops) -> bool {
         if let Err(e) = self.journal.append(ops) {
             self.fail("Journal write", &e);
             return false;
