@@ -60,7 +60,14 @@ impl Broker {
                 ..Default::default()
             },
         );
-        let router_tx = router.spawn();
+        // Spawned from a thread of the pipeline's class, which the router
+        // thread inherits (`crate::sched`): rumqttd names and starts it.
+        let router_tx = std::thread::spawn(move || {
+            crate::sched::pipeline_thread();
+            router.spawn()
+        })
+        .join()
+        .expect("start the router thread");
         Broker {
             make_link: Arc::new(move |client_id: &str, clean: bool| {
                 LinkBuilder::new(client_id, router_tx.clone())

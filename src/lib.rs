@@ -63,6 +63,7 @@ pub mod registry;
 pub mod replay;
 pub mod republish;
 pub(crate) mod routed;
+pub mod sched;
 pub mod secrets;
 pub mod sessions;
 pub mod shutdown;

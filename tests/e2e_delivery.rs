@@ -867,19 +867,26 @@ async fn an_mqtt311_resubscription_gets_the_retained_messages_again() {
     }
 }
 
+/// A gateway with device d1 and a connected account `ops` that may publish
+/// under `cmd/`, which devices may subscribe to.
+async fn commanding_d1() -> (Gateway, sealgate::admin::client::Credentials, Client) {
+    let gw = Gateway::start_with_config(
+        "[[users]]\nname = \"ops\"\npassword = \"ops-pw\"\npublish = [\"cmd/#\"]\n",
+        &[("SEALGATE_USERS", "")],
+    );
+    let d = gw.add_device("d1").await;
+    let (ops, r) = Client::connect(gw.mqtt_port, "ops-1", "ops", "ops-pw").await;
+    r.unwrap();
+    (gw, d, ops)
+}
+
 /// The same for a session the router resumed (an MQTT 3.1.1 device with
 /// clean session 0): it holds the filter from before, so its SUBSCRIBE
 /// after a reconnect renews it, and the retained messages come again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_router_sessions_resubscription_gets_the_retained_messages() {
-    let gw = Gateway::start_with_config(
-        "[[users]]\nname = \"ops\"\npassword = \"ops-pw\"\npublish = [\"cmd/#\"]\n",
-        &[("SEALGATE_USERS", "")],
-    );
+    let (gw, d, mut ops) = commanding_d1().await;
     let port = gw.mqtt_port;
-    let d = gw.add_device("d1").await;
-    let (mut ops, r) = Client::connect(port, "ops-1", "ops", "ops-pw").await;
-    r.unwrap();
     let publish = |ops: &mut Client, topic: &'static str, retain: bool| {
         let c = ops.client.clone();
         async move {
@@ -902,6 +909,44 @@ async fn a_resumed_router_sessions_resubscription_gets_the_retained_messages() {
         dev.client.disconnect().await.unwrap();
         while !matches!(dev.next().await, Seen::Closed(_)) {}
     }
+}
+
+/// What a resumed router session's client acknowledged is not sent again
+/// after it reconnects, though the front door hands the router its acks in
+/// batches: the session's end takes the ones held along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_router_session_is_not_sent_again_what_it_acknowledged() {
+    let (gw, d, ops) = commanding_d1().await;
+    let port = gw.mqtt_port;
+    let publish = |topic: &'static str| {
+        let c = ops.client.clone();
+        async move {
+            c.publish(topic, rumqttc::QoS::AtLeastOnce, false, b"x".to_vec())
+                .await
+                .unwrap();
+        }
+    };
+    let persistent = || {
+        let mut o = options(port, "d1", "d1", &d.mqtt_password);
+        o.set_clean_session(false);
+        o
+    };
+    let (mut dev, r) = Client::connect_with(persistent()).await;
+    r.unwrap();
+    dev.subscribe(&["cmd/d1/#"]).await;
+    for n in 0..3 {
+        publish(["cmd/d1/a", "cmd/d1/b", "cmd/d1/c"][n]).await;
+        assert_eq!(
+            dev.next_publish().await.0,
+            ["cmd/d1/a", "cmd/d1/b", "cmd/d1/c"][n]
+        );
+    }
+    dev.client.disconnect().await.unwrap();
+    while !matches!(dev.next().await, Seen::Closed(_)) {}
+    let (mut dev, r) = Client::connect_with(persistent()).await;
+    r.unwrap();
+    publish("cmd/d1/fence").await;
+    assert_eq!(dev.next_publish().await.0, "cmd/d1/fence");
 }
 
 /// A will's MQTT 5 properties go out with it, screened like a PUBLISH's

@@ -137,6 +137,39 @@ pub(super) struct Session<P> {
     pub(super) aliases: super::alias::Aliases,
     /// Retained messages owed to re-subscriptions the router serves.
     pub(super) resubscribed: super::resubscribed::Resubscribed,
+    /// The client's acks for what the router delivered, not yet handed over.
+    held: HeldAcks,
+}
+
+/// The client's PUBACKs and PUBCOMPs for router deliveries, handed to the
+/// router in batches. At fleet rates each one handed over alone wakes the
+/// router thread for one ack, and a wake-up (two context switches) costs
+/// more than the ack. They only free the router's in-flight slots for this
+/// session (at most 100, rumqttd's packet ids), so they are held for at
+/// most [`HOLD_ACKS_FOR`] or [`HOLD_ACKS_MAX`] acks, whichever comes first;
+/// anything else for the router takes them along, in order, and so does
+/// the end of the session.
+#[derive(Default)]
+struct HeldAcks {
+    packets: Vec<Packet>,
+    /// When they must be handed over at the latest.
+    due: Option<Instant>,
+}
+
+/// How long a client's ack may wait for company before the router gets it.
+const HOLD_ACKS_FOR: Duration = Duration::from_millis(5);
+/// How many acks may wait: well below the router's 100 in-flight per link.
+const HOLD_ACKS_MAX: usize = 16;
+
+impl HeldAcks {
+    /// Whether `packets` may wait with the ones held.
+    fn takes(&self, packets: &[Packet]) -> bool {
+        !packets.is_empty()
+            && self.packets.len() + packets.len() < HOLD_ACKS_MAX
+            && packets
+                .iter()
+                .all(|p| matches!(p, Packet::PubAck(..) | Packet::PubComp(..)))
+    }
 }
 
 /// QoS 1 and 2 messages written to the client that it has not acknowledged
@@ -210,6 +243,7 @@ impl<P: Protocol + Clone> Session<P> {
             streams_used: HashSet::new(),
             aliases: super::alias::Aliases::new(alias_max),
             resubscribed: Default::default(),
+            held: HeldAcks::default(),
         }
     }
 }
@@ -318,6 +352,9 @@ impl<P: Protocol> Session<P> {
                 }
                 _ = tokio::time::sleep_until(self.unacked.deadline.unwrap_or_else(Instant::now)), if self.unacked.deadline.is_some() => {
                     return Err(ConnError::Stalled);
+                }
+                _ = tokio::time::sleep_until(self.held.due.unwrap_or_else(Instant::now)), if self.held.due.is_some() => {
+                    self.hand_over_held().await?;
                 }
                 _ = tokio::time::sleep_until(save_due.unwrap_or_else(Instant::now)), if save_due.is_some() => {
                     if let Some(feed) = self.login.feed.as_mut() {
@@ -509,11 +546,35 @@ impl<P: Protocol> Session<P> {
         }
     }
 
-    /// Hands packets to the router with one wake-up.
+    /// Hands packets to the router with one wake-up, after the acks held
+    /// ([`HeldAcks`]), or holds them too if they are acks.
     pub(super) async fn send_to_router(
         &mut self,
         mut packets: Vec<Packet>,
     ) -> Result<(), ConnError> {
+        if packets.is_empty() {
+            return Ok(());
+        }
+        if self.held.takes(&packets) {
+            self.held.packets.append(&mut packets);
+            self.held
+                .due
+                .get_or_insert_with(|| Instant::now() + HOLD_ACKS_FOR);
+            return Ok(());
+        }
+        self.hand_over(packets).await
+    }
+
+    /// Hands the acks held to the router now.
+    async fn hand_over_held(&mut self) -> Result<(), ConnError> {
+        self.hand_over(Vec::new()).await
+    }
+
+    async fn hand_over(&mut self, mut packets: Vec<Packet>) -> Result<(), ConnError> {
+        if !self.held.packets.is_empty() {
+            self.held.due = None;
+            packets.splice(0..0, self.held.packets.drain(..));
+        }
         let Some(last) = packets.pop() else {
             return Ok(());
         };
@@ -539,6 +600,11 @@ impl<P: Protocol> Session<P> {
             };
             let (id, taken_over) = (&self.login.router_client_id, &self.login.taken_over);
             super::wills::publish(&self.ctx, id, taken_over, will).await;
+        }
+        // The acks held back: a resumed session must not get again what its
+        // client acknowledged.
+        if !self.held.packets.is_empty() {
+            let _ = self.hand_over_held().await;
         }
         if let Some((tx, _)) = self.login.link.as_mut() {
             let d = Disconnect {

@@ -7,8 +7,9 @@
 //! `store_unavailable` and the gateway fails closed. Once it is durable, the batch's outbox entries are durable and persistent sessions
 //! may read them; the router gets the batch for clean sessions.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::{reject, AckResult, AckTo, Outcome};
@@ -95,11 +96,26 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    pub fn run(mut self, jobs: std::sync::mpsc::Receiver<Job>) {
+    /// The commit thread: commits what the verifier hands over because it
+    /// found a commit under way, then closes the journal once the verifier
+    /// has stopped (it drops its handle before the channel, so the committer
+    /// is ours alone by then).
+    pub fn run(committer: Arc<Mutex<Committer>>, queued: &AtomicUsize, jobs: Receiver<Job>) {
         for job in jobs {
-            self.commit(job);
+            let mut c = committer.lock().unwrap_or_else(|p| p.into_inner());
+            c.commit(job);
+            queued.fetch_sub(1, Ordering::AcqRel);
         }
-        if let Err(e) = self.journal.close() {
+        // A commit that panicked may have journaled a batch sled lacks: leave
+        // the journal for the next start to replay rather than checkpoint.
+        let Some(c) = Arc::try_unwrap(committer)
+            .ok()
+            .and_then(|m| m.into_inner().ok())
+        else {
+            tracing::error!("A commit did not finish; the next start replays the journal.");
+            return;
+        };
+        if let Err(e) = c.journal.close() {
             tracing::error!(error = %e, "The last journal checkpoint failed; the next start replays the journal.");
         }
     }
@@ -110,7 +126,7 @@ impl Committer {
         }
     }
 
-    fn commit(&mut self, mut job: Job) {
+    pub fn commit(&mut self, mut job: Job) {
         let promises = job.promises();
         let committed = if !job.ops.is_empty() {
             let started = Instant::now();
