@@ -1,8 +1,9 @@
 //! Whether the gateway's own threads are alive.
 //!
-//! The router (rumqttd's thread, which we cannot join), the verifier and the
-//! commit stage each run on one OS thread, and nothing else can do their
-//! work. If one of them panics, the gateway would otherwise go on accepting
+//! The router (rumqttd's thread, which we cannot join), the verifier, the
+//! commit stage and the journal's checkpoints each run on one OS thread,
+//! and nothing else can do their work (without checkpoints every commit
+//! fails closed, and `/readyz` should say why). If one of them panics, the gateway would otherwise go on accepting
 //! connections and refusing or losing everything behind them. Instead it
 //! says so at once (`/readyz` answers 503) and exits non-zero, so that its
 //! supervisor restarts it. A panic in one connection's task is not fatal:
@@ -14,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Names of the threads the gateway cannot live without.
 fn critical(thread: &str) -> bool {
-    thread.starts_with("router-") || thread == "verifier" || thread == "commit"
+    thread.starts_with("router-") || ["verifier", "commit", "checkpoint"].contains(&thread)
 }
 
 /// Cancelled when a critical thread died.
@@ -79,6 +80,7 @@ mod tests {
         assert!(critical("router-0"));
         assert!(critical("verifier"));
         assert!(critical("commit"));
+        assert!(critical("checkpoint"));
         assert!(!critical("tokio-runtime-worker"));
         assert!(!critical("main"));
     }

@@ -209,6 +209,16 @@ const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
 const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 /// The least a new file is given ahead of its writes (power-loss mode).
 const PREALLOCATE_MIN: u64 = 1024 * 1024;
+/// A file is replaced after this long even with space left.
+const KEEP_FILE_AT_MOST: Duration = Duration::from_secs(30);
+
+/// The space a file of `size` was given ahead of its writes.
+fn reserved(durability: Durability, size: u64) -> u64 {
+    match durability {
+        Durability::PowerLoss => size,
+        Durability::ProcessCrash => 0,
+    }
+}
 
 /// The journal's writer; lives on the commit thread.
 pub struct Journal {
@@ -219,6 +229,8 @@ pub struct Journal {
     file: File,
     number: u64,
     bytes: u64,
+    /// The current file's preallocated size (0: none).
+    reserved: u64,
     opened: Instant,
     /// Set by a failed write or sync: what reached the file after it is
     /// unknown (a later sync can report success for pages the failed one
@@ -308,6 +320,7 @@ impl Journal {
                 file,
                 number,
                 bytes: 0,
+                reserved: reserved(durability, PREALLOCATE_MIN),
                 opened: Instant::now(),
                 poisoned: false,
                 checkpoints,
@@ -332,9 +345,7 @@ impl Journal {
             ));
         }
         self.poll_checkpoint()?;
-        if !self.checkpointing
-            && (self.bytes >= CHECKPOINT_BYTES || self.opened.elapsed() >= CHECKPOINT_AFTER)
-        {
+        if !self.checkpointing && self.rotation_due() {
             // Before this batch's record, never after: a file is handed over
             // only once every batch in it is in sled (the commit applies a
             // batch right after its append), so the checkpoint's flush has
@@ -361,18 +372,32 @@ impl Journal {
         Ok(())
     }
 
+    /// Whether to start a new file: at [`CHECKPOINT_BYTES`], or once the file
+    /// is [`CHECKPOINT_AFTER`] old and has used the space it was given (a
+    /// slow fleet would otherwise pay a new file's three syncs every second)
+    /// or is [`KEEP_FILE_AT_MOST`] old (how much a start may have to replay).
+    fn rotation_due(&self) -> bool {
+        let age = self.opened.elapsed();
+        self.bytes >= CHECKPOINT_BYTES
+            || (age >= CHECKPOINT_AFTER
+                && (self.bytes >= self.reserved || age >= KEEP_FILE_AT_MOST))
+    }
+
     /// Starts a new file and hands the old one to the checkpointer, which
     /// deletes it (and any older one a failed checkpoint left) once sled's
     /// state, which holds everything journaled before it, is durable.
     fn rotate(&mut self) -> std::io::Result<()> {
         let next = self.number + 1;
-        let size = (self.bytes + self.bytes / 4).clamp(PREALLOCATE_MIN, CHECKPOINT_BYTES);
+        // About a second and a quarter of the current rate.
+        let per_sec = self.bytes as f64 / self.opened.elapsed().as_secs_f64().max(1e-3);
+        let size = ((per_sec * 1.25) as u64).clamp(PREALLOCATE_MIN, CHECKPOINT_BYTES);
         let file = create(&self.dir, next, self.durability, size)?;
         let path = self.dir.join(file_name(self.number));
         self.checkpoints
             .send((self.number, path))
             .map_err(|_| std::io::Error::other("the checkpoint thread is gone"))?;
         self.file = file;
+        self.reserved = reserved(self.durability, size);
         self.number = next;
         self.bytes = 0;
         self.opened = Instant::now();
@@ -398,8 +423,25 @@ impl Journal {
         }
     }
 
-    /// At shutdown: a last checkpoint, after which the journal is empty.
+    /// After a batch's record was appended but could not be written to
+    /// sled in full: sled now holds part of it, so no checkpoint may delete
+    /// the record; the next start replays it whole.
+    pub fn poison(&mut self) {
+        self.poisoned = true;
+    }
+
+    /// At shutdown: a last checkpoint, after which the journal is empty;
+    /// none for a poisoned journal, which the next start replays.
     pub fn close(mut self) -> std::io::Result<()> {
+        if self.poisoned {
+            drop(self.checkpoints);
+            if let Some(t) = self.checkpointer.take() {
+                let _ = t.join();
+            }
+            return Err(std::io::Error::other(
+                "the journal was poisoned by a failed write",
+            ));
+        }
         if self.checkpointing {
             if let Ok(r) = self.done.recv() {
                 r?;
@@ -722,8 +764,8 @@ mod tests {
             j.append(&mut record(b"a")).unwrap();
             windows.insert(b"a", b"w".to_vec()).unwrap();
             j.opened = Instant::now()
-                .checked_sub(CHECKPOINT_AFTER)
-                .expect("a clock older than a second");
+                .checked_sub(KEEP_FILE_AT_MOST)
+                .expect("a clock older than that");
             // Not applied to sled: the crash comes first.
             j.append(&mut record(b"b")).unwrap();
             assert_eq!(j.done.recv().unwrap().unwrap(), 1, "file 1 checkpointed");
@@ -770,6 +812,39 @@ mod tests {
         j.file = writable;
         let err = j.append(&mut record(b"b")).unwrap_err();
         assert!(err.to_string().contains("restart"), "{err}");
+    }
+
+    /// A file with space left is kept past a second (a slow fleet would pay
+    /// a new file's syncs every second), but not for ever.
+    #[test]
+    fn a_file_is_replaced_once_its_space_is_used_or_it_is_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, mut j, _) = open(dir.path());
+        let ago = |d| Instant::now().checked_sub(d).expect("an old enough clock");
+        j.opened = ago(CHECKPOINT_AFTER);
+        assert!(!j.rotation_due());
+        j.bytes = j.reserved;
+        assert!(j.rotation_due());
+        j.bytes = 1;
+        j.opened = ago(KEEP_FILE_AT_MOST);
+        assert!(j.rotation_due());
+    }
+
+    /// A batch whose writes reached sled only in part poisons the journal,
+    /// and closing it then keeps the record for the next start.
+    #[test]
+    fn a_poisoned_journal_is_not_checkpointed_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_db, mut j, _) = open(dir.path());
+            j.append(&mut record(b"a")).unwrap();
+            j.poison();
+            assert!(j.close().is_err());
+        }
+        let (db, _j, r) = open(dir.path());
+        assert_eq!(r.records, 1);
+        let windows = db.open_tree(Tree::Windows.name()).unwrap();
+        assert!(windows.get(b"a").unwrap().is_some());
     }
 
     /// A successful checkpoint removes older files a failed one left, so

@@ -37,7 +37,7 @@
 //! [`admin`] (HTTP API, health, metrics), [`events`] and `metrics` (every
 //! reason and metric name, once), [`config`], [`secrets`] (the master key
 //! and admin token files), [`app`] (startup and shutdown order),
-//! [`shutdown`], `health` (a dead router, verifier or commit thread ends
+//! [`shutdown`], `health` (a dead router, verifier, commit or checkpoint thread ends
 //! the process) and `failpoint` (faults for tests).
 
 pub mod accounts;

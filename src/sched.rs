@@ -7,9 +7,11 @@
 //! the middle of its work, only to be switched back in a moment later:
 //! measured at 1k msgs/s on one core, 2.4 of the 9.4 context switches per
 //! message were such preemptions. A `SCHED_BATCH` thread is not given that
-//! wake-up preemption; it runs when the core next becomes free, which is
-//! usually microseconds later when the waker blocks, and by then it often
-//! has more to take in one go. Its share of the CPU (its nice value) is
+//! wake-up preemption (the kernel decides by the woken thread's class, so
+//! the front door's tasks they wake still get it); it runs when the core
+//! next becomes free, which is usually microseconds later when the waker
+//! blocks, and by then it often has more to take in one go. sled's I/O
+//! threads inherit the class from whichever of these starts sled's pool. Its share of the CPU (its nice value) is
 //! unchanged, and on an idle core it runs at once as before. Measured
 //! figures are in docs/benchmarks.md. The front door's runtime stays
 //! `SCHED_OTHER`: it answers sockets.

@@ -880,6 +880,35 @@ async fn commanding_d1() -> (Gateway, sealgate::admin::client::Credentials, Clie
     (gw, d, ops)
 }
 
+/// `ops` commands d1 on `topic`, at QoS 1.
+async fn command(ops: &Client, topic: &str) {
+    ops.client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, b"x".to_vec())
+        .await
+        .unwrap();
+}
+
+/// d1 with its persistent session.
+fn persistent_d1(port: u16, d: &sealgate::admin::client::Credentials) -> rumqttc::MqttOptions {
+    let mut o = options(port, "d1", "d1", &d.mqtt_password);
+    o.set_clean_session(false);
+    o
+}
+
+/// Connects d1's persistent session again (taking it over if it is still
+/// connected) and asserts that the first message it gets is a fence sent
+/// now: nothing it acknowledged before comes again.
+async fn resumes_with_nothing_acknowledged(
+    port: u16,
+    d: &sealgate::admin::client::Credentials,
+    ops: &Client,
+) {
+    let (mut dev, r) = Client::connect_with(persistent_d1(port, d)).await;
+    r.unwrap();
+    command(ops, "cmd/d1/fence").await;
+    assert_eq!(dev.next_publish().await.0, "cmd/d1/fence");
+}
+
 /// The same for a session the router resumed (an MQTT 3.1.1 device with
 /// clean session 0): it holds the filter from before, so its SUBSCRIBE
 /// after a reconnect renews it, and the retained messages come again.
@@ -918,35 +947,109 @@ async fn a_resumed_router_sessions_resubscription_gets_the_retained_messages() {
 async fn a_resumed_router_session_is_not_sent_again_what_it_acknowledged() {
     let (gw, d, ops) = commanding_d1().await;
     let port = gw.mqtt_port;
-    let publish = |topic: &'static str| {
-        let c = ops.client.clone();
-        async move {
-            c.publish(topic, rumqttc::QoS::AtLeastOnce, false, b"x".to_vec())
-                .await
-                .unwrap();
-        }
-    };
-    let persistent = || {
-        let mut o = options(port, "d1", "d1", &d.mqtt_password);
-        o.set_clean_session(false);
-        o
-    };
-    let (mut dev, r) = Client::connect_with(persistent()).await;
+    let (mut dev, r) = Client::connect_with(persistent_d1(port, &d)).await;
     r.unwrap();
     dev.subscribe(&["cmd/d1/#"]).await;
-    for n in 0..3 {
-        publish(["cmd/d1/a", "cmd/d1/b", "cmd/d1/c"][n]).await;
-        assert_eq!(
-            dev.next_publish().await.0,
-            ["cmd/d1/a", "cmd/d1/b", "cmd/d1/c"][n]
-        );
+    for topic in ["cmd/d1/a", "cmd/d1/b", "cmd/d1/c"] {
+        command(&ops, topic).await;
+        assert_eq!(dev.next_publish().await.0, topic);
     }
     dev.client.disconnect().await.unwrap();
     while !matches!(dev.next().await, Seen::Closed(_)) {}
-    let (mut dev, r) = Client::connect_with(persistent()).await;
+    resumes_with_nothing_acknowledged(port, &d, &ops).await;
+}
+
+/// A raw MQTT 3.1.1 CONNECT of device d1 (clean session as given).
+fn raw_device_connect(d: &sealgate::admin::client::Credentials, clean: bool) -> Vec<u8> {
+    let mut connect = Vec::new();
+    mqtt_str(b"MQTT", &mut connect);
+    connect.extend_from_slice(&[4, 0b1100_0000 | (u8::from(clean) << 1), 0, 30]);
+    for field in ["d1", "d1", d.mqtt_password.as_str()] {
+        mqtt_str(field.as_bytes(), &mut connect);
+    }
+    framed(0x10, &connect)
+}
+
+/// A SUBSCRIBE sent right behind the CONNECT, in the same write (MQTT lets
+/// a client not wait for the CONNACK), is answered at once: before, it
+/// waited in the read buffer for the client's next packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_sent_with_the_connect_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, d, _ops) = commanding_d1().await;
+    let mut subscribe = vec![0, 1];
+    mqtt_str(b"cmd/d1/#", &mut subscribe);
+    subscribe.push(1);
+    let mut both = raw_device_connect(&d, true);
+    both.extend_from_slice(&framed(0x82, &subscribe));
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", gw.mqtt_port))
+        .await
+        .unwrap();
+    raw.write_all(&both).await.unwrap();
+    let mut acks = [0u8; 9];
+    tokio::time::timeout(WAIT, raw.read_exact(&mut acks))
+        .await
+        .expect("CONNACK and SUBACK")
+        .unwrap();
+    assert_eq!(acks, [0x20, 2, 0, 0, 0x90, 3, 0, 1, 1]);
+}
+
+/// A PUBACK that arrives in the same read as the DISCONNECT after it still
+/// reaches the router: the resumed session is not sent the message again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_read_with_the_disconnect_still_counts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (gw, d, ops) = commanding_d1().await;
+    let port = gw.mqtt_port;
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    raw.write_all(&raw_device_connect(&d, false)).await.unwrap();
+    let mut connack = [0u8; 4];
+    raw.read_exact(&mut connack).await.unwrap();
+    let mut subscribe = vec![0, 1];
+    mqtt_str(b"cmd/d1/#", &mut subscribe);
+    subscribe.push(1);
+    raw.write_all(&framed(0x82, &subscribe)).await.unwrap();
+    let mut suback = [0u8; 5];
+    raw.read_exact(&mut suback).await.unwrap();
+    assert_eq!((connack[0], suback[0], suback[4]), (0x20, 0x90, 1));
+    command(&ops, "cmd/d1/a").await;
+    let mut head = [0u8; 2];
+    raw.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0] & 0xf0, 0x30, "a PUBLISH");
+    let mut body = vec![0u8; usize::from(head[1])];
+    raw.read_exact(&mut body).await.unwrap();
+    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    assert_eq!(&body[2..2 + topic_len], b"cmd/d1/a");
+    let pkid = &body[2 + topic_len..4 + topic_len];
+    // PUBACK and DISCONNECT in one write.
+    raw.write_all(&[0x40, 2, pkid[0], pkid[1], 0xe0, 0])
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = raw.read_to_end(&mut rest).await;
+    resumes_with_nothing_acknowledged(port, &d, &ops).await;
+}
+
+/// The same when a new connection takes the session over while the old
+/// one is still open: the router saves the session at once, so the old
+/// connection must already have handed over what its client acknowledged
+/// (a persistent session's acks are never held back for batching).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_taken_over_is_not_sent_again_what_it_acknowledged() {
+    let (gw, d, ops) = commanding_d1().await;
+    let port = gw.mqtt_port;
+    let (mut dev, r) = Client::connect_with(persistent_d1(port, &d)).await;
     r.unwrap();
-    publish("cmd/d1/fence").await;
-    assert_eq!(dev.next_publish().await.0, "cmd/d1/fence");
+    dev.subscribe(&["cmd/d1/#"]).await;
+    command(&ops, "cmd/d1/a").await;
+    assert_eq!(dev.next_publish().await.0, "cmd/d1/a");
+    // A fence the router never sees: once its PUBACK is back, the gateway
+    // has read the client's PUBACK for cmd/d1/a, which came before it.
+    dev.publish_acked("sealed/d1/t", seal(&d, "t", 1, b"fence"))
+        .await;
+    resumes_with_nothing_acknowledged(port, &d, &ops).await;
 }
 
 /// A will's MQTT 5 properties go out with it, screened like a PUBLISH's

@@ -44,7 +44,7 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// False once the replay store failed: `/readyz` answers 503.
     pub store_ok: Arc<AtomicBool>,
-    /// A dead router, verifier or commit thread: `/readyz` answers 503.
+    /// A dead router, verifier, commit or checkpoint thread: `/readyz` answers 503.
     pub health: Arc<crate::health::Health>,
     pub stopping: CancellationToken,
     /// Read-only view of the persisted windows, for `show` and `list`.

@@ -16,10 +16,24 @@ use crate::events::RejectReason;
 
 impl<P: Protocol> Session<P> {
     /// Decodes every complete packet in the read buffer and acts on it;
-    /// `Some` when the session must end.
+    /// `Some` when the session must end. What the router must see goes to
+    /// it in one wake-up, also when the read ends the session: a PUBACK
+    /// read together with a DISCONNECT still counts (a resumed session is
+    /// not sent again what its client acknowledged).
     pub(super) async fn on_readable(&mut self) -> Result<Option<End>, ConnError> {
+        let mut to_router = Vec::new();
+        let read = self.read_packets(&mut to_router).await;
+        if matches!(read, Ok(None)) || self.login.link.is_some() {
+            self.send_to_router(to_router).await?;
+        }
+        read
+    }
+
+    async fn read_packets(
+        &mut self,
+        to_router: &mut Vec<Packet>,
+    ) -> Result<Option<End>, ConnError> {
         let max = self.ctx.config.mqtt.max_packet_bytes;
-        let mut to_router: Vec<Packet> = Vec::new();
         loop {
             let len = match packet::frame(&self.rbuf) {
                 Frame::Incomplete => break,
@@ -137,20 +151,20 @@ impl<P: Protocol> Session<P> {
                     if super::resubscribed::acked_pkid(&p)
                         .is_some_and(|id| self.resubscribed.owns(id)) =>
                 {
-                    self.retained_acked(p, &mut to_router)?;
+                    self.retained_acked(p, to_router)?;
                 }
                 p @ (Packet::PubAck(..) | Packet::PubRec(..)) => {
                     self.unacked.acked(self.out.timeout());
                     self.quota.acked(&p);
-                    self.stand_in.acked(p, &mut to_router);
-                    self.release(&mut to_router)?;
+                    self.stand_in.acked(p, to_router);
+                    self.release(to_router)?;
                 }
                 Packet::PubComp(comp, props) => {
                     let pkid = comp.pkid;
                     self.quota.completed(pkid);
                     to_router.push(Packet::PubComp(comp, props));
-                    self.stand_in.completed(pkid, &mut to_router);
-                    self.release(&mut to_router)?;
+                    self.stand_in.completed(pkid, to_router);
+                    self.release(to_router)?;
                 }
                 Packet::Unsubscribe(u, _) if self.login.feed.is_some() => {
                     let Some(u) = self.screen_unsubscribe(u)? else {
@@ -204,8 +218,6 @@ impl<P: Protocol> Session<P> {
                 other => to_router.push(other),
             }
         }
-        // One router wake-up for everything.
-        self.send_to_router(to_router).await?;
         Ok(None)
     }
 }

@@ -141,14 +141,16 @@ pub(super) struct Session<P> {
     held: HeldAcks,
 }
 
-/// The client's PUBACKs and PUBCOMPs for router deliveries, handed to the
-/// router in batches. At fleet rates each one handed over alone wakes the
+/// A clean session's PUBACKs and PUBCOMPs for router deliveries, handed to
+/// the router in batches. At fleet rates each one handed over alone wakes the
 /// router thread for one ack, and a wake-up (two context switches) costs
 /// more than the ack. They only free the router's in-flight slots for this
 /// session (at most 100, rumqttd's packet ids), so they are held for at
 /// most [`HOLD_ACKS_FOR`] or [`HOLD_ACKS_MAX`] acks, whichever comes first;
 /// anything else for the router takes them along, in order, and so does
-/// the end of the session.
+/// the end of the session. A persistent session's are never held: they
+/// are its state, which the router saves when a new connection of the
+/// same client takes over, possibly before this one has finished.
 #[derive(Default)]
 struct HeldAcks {
     packets: Vec<Packet>,
@@ -313,6 +315,20 @@ impl<P: Protocol> Session<P> {
             return Ok(End::Revoked);
         }
         self.out.write(connack, &mut self.stream).await?;
+        // What the client sent right behind its CONNECT (MQTT lets it not
+        // wait for the CONNACK) came in the CONNECT's read: serve it now,
+        // not at the next read, which a client waiting for its SUBACK
+        // would never send.
+        if !self.rbuf.is_empty() {
+            match self.on_readable().await {
+                Ok(Some(end)) => return Ok(end),
+                Ok(None) => self.out.flush(&mut self.stream).await?,
+                Err(e) => {
+                    tracing::info!(error = %e, "Closing connection.");
+                    return Ok(End::Lost);
+                }
+            }
+        }
         let keep_alive = self.keep_alive();
         let stop = self.ctx.stop.clone();
         let watched = match &self.login.role {
@@ -555,7 +571,7 @@ impl<P: Protocol> Session<P> {
         if packets.is_empty() {
             return Ok(());
         }
-        if self.held.takes(&packets) {
+        if self.login.clean_session && self.held.takes(&packets) {
             self.held.packets.append(&mut packets);
             self.held
                 .due
@@ -588,6 +604,10 @@ impl<P: Protocol> Session<P> {
     /// Ends the router session: publishes the will when the client vanished,
     /// then tells the router this connection is gone.
     async fn finish(mut self, end: &End) {
+        // First: the will may wait (a held subscriber, the verifier).
+        if !self.held.packets.is_empty() {
+            let _ = self.hand_over_held().await;
+        }
         if let Some(feed) = self.login.feed.take() {
             feed.detach();
         }
@@ -600,11 +620,6 @@ impl<P: Protocol> Session<P> {
             };
             let (id, taken_over) = (&self.login.router_client_id, &self.login.taken_over);
             super::wills::publish(&self.ctx, id, taken_over, will).await;
-        }
-        // The acks held back: a resumed session must not get again what its
-        // client acknowledged.
-        if !self.held.packets.is_empty() {
-            let _ = self.hand_over_held().await;
         }
         if let Some((tx, _)) = self.login.link.as_mut() {
             let d = Disconnect {

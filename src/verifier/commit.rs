@@ -217,8 +217,10 @@ impl Committer {
             return false;
         }
         if let Err(e) = ops.apply(|t| self.trees.get(t)) {
-            // Durable in the journal, so a restart has it; this process no
-            // longer knows what sled holds.
+            // Durable in the journal, so a restart has it, as long as no
+            // checkpoint deletes it: this process no longer knows what sled
+            // holds.
+            self.journal.poison();
             self.fail("Replay store write", &e);
             return false;
         }

@@ -7,8 +7,9 @@
 //! idle, which at fleet rates is nearly always: a hand-off between threads
 //! (a futex wake and two context switches) costs more than verifying a
 //! message. Only when a batch is ready while the previous one is still
-//! being committed does it go to the `commit` thread, so under load a batch
-//! waiting for its fsync still overlaps the verifying of the next. Both
+//! being committed, or more input is already waiting, does it go to the
+//! `commit` thread, so under load a batch waiting for its fsync overlaps
+//! the verifying of the next. Both
 //! block (crypto, sled, the router channel), so neither runs on the async
 //! runtime.
 
@@ -278,8 +279,11 @@ impl Verifier {
                 }
             }
             let (job, close) = stage.process(&mut batch);
+            // Inline only when nothing else waits: with input queued, the
+            // commit thread takes this batch (and its fsync) while this
+            // thread verifies the next.
             let job = match committer.try_lock() {
-                Ok(mut c) if queued.load(Ordering::Acquire) == 0 => {
+                Ok(mut c) if queued.load(Ordering::Acquire) == 0 && rx.is_empty() => {
                     c.commit(job);
                     None
                 }
