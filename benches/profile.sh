@@ -6,6 +6,8 @@
 #
 # usage: benches/profile.sh RATE [OUT.perf]     (release build in target/release)
 # then:  perf report -i OUT.perf --no-children --sort comm,sym --stdio
+#        perf script -i OUT.perf | inferno-collapse-perf | inferno-flamegraph > OUT.svg
+#        (flame graph; `cargo install inferno`)
 set -euo pipefail
 RATE=${1:?rate}; OUT=${2:-/tmp/sealgate.perf}
 SECS=12
