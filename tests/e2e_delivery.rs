@@ -895,6 +895,14 @@ fn persistent_d1(port: u16, d: &sealgate::admin::client::Credentials) -> rumqttc
     o
 }
 
+/// d1's persistent session, connected and subscribed to its commands.
+async fn subscribed_d1(port: u16, d: &sealgate::admin::client::Credentials) -> Client {
+    let (mut dev, r) = Client::connect_with(persistent_d1(port, d)).await;
+    r.unwrap();
+    dev.subscribe(&["cmd/d1/#"]).await;
+    dev
+}
+
 /// Connects d1's persistent session again (taking it over if it is still
 /// connected) and asserts that the first message it gets is a fence sent
 /// now: nothing it acknowledged before comes again.
@@ -947,9 +955,7 @@ async fn a_resumed_router_sessions_resubscription_gets_the_retained_messages() {
 async fn a_resumed_router_session_is_not_sent_again_what_it_acknowledged() {
     let (gw, d, ops) = commanding_d1().await;
     let port = gw.mqtt_port;
-    let (mut dev, r) = Client::connect_with(persistent_d1(port, &d)).await;
-    r.unwrap();
-    dev.subscribe(&["cmd/d1/#"]).await;
+    let mut dev = subscribed_d1(port, &d).await;
     for topic in ["cmd/d1/a", "cmd/d1/b", "cmd/d1/c"] {
         command(&ops, topic).await;
         assert_eq!(dev.next_publish().await.0, topic);
@@ -1040,9 +1046,7 @@ async fn an_ack_read_with_the_disconnect_still_counts() {
 async fn a_session_taken_over_is_not_sent_again_what_it_acknowledged() {
     let (gw, d, ops) = commanding_d1().await;
     let port = gw.mqtt_port;
-    let (mut dev, r) = Client::connect_with(persistent_d1(port, &d)).await;
-    r.unwrap();
-    dev.subscribe(&["cmd/d1/#"]).await;
+    let mut dev = subscribed_d1(port, &d).await;
     command(&ops, "cmd/d1/a").await;
     assert_eq!(dev.next_publish().await.0, "cmd/d1/a");
     // A fence the router never sees: once its PUBACK is back, the gateway

@@ -30,6 +30,15 @@ async fn slow_reader(port: u16, receive_maximum: u16, qos: QoS) -> Peer {
     sub
 }
 
+/// Publishes `m1` to `m{n}` on `topic` at `qos`, then a QoS 0 `marker`,
+/// which no Receive Maximum holds back.
+async fn publish_then_marker(publisher: &mut Peer, topic: &str, qos: QoS, n: usize) {
+    for i in 1..=n {
+        publisher.publish(topic, qos, &format!("m{i}")).await;
+    }
+    publisher.publish(topic, QoS::AtMostOnce, "marker").await;
+}
+
 /// QoS 1, Receive Maximum 2: two go out, the rest wait behind them (the
 /// marker overtakes them), and each PUBACK lets exactly the next one go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,14 +46,7 @@ async fn qos1_deliveries_wait_for_room_in_the_clients_receive_maximum() {
     let gw = Gateway::start_with_dash_and_ops();
     let mut sub = slow_reader(gw.mqtt_port, 2, QoS::AtLeastOnce).await;
     let (mut publisher, _) = Peer::connect(ops(gw.mqtt_port, "publisher")).await;
-    for n in 1..=6 {
-        publisher
-            .publish("status/a", QoS::AtLeastOnce, &format!("m{n}"))
-            .await;
-    }
-    publisher
-        .publish("status/a", QoS::AtMostOnce, "marker")
-        .await;
+    publish_then_marker(&mut publisher, "status/a", QoS::AtLeastOnce, 6).await;
 
     let mut unacked = std::collections::VecDeque::new();
     for expected in ["m1", "m2", "marker"] {
@@ -77,14 +79,7 @@ async fn a_qos2_delivery_holds_its_slot_until_pubcomp() {
     let gw = Gateway::start_with_dash_and_ops();
     let mut sub = slow_reader(gw.mqtt_port, 1, QoS::ExactlyOnce).await;
     let (mut publisher, _) = Peer::connect(ops(gw.mqtt_port, "publisher")).await;
-    for n in 1..=3 {
-        publisher
-            .publish("status/b", QoS::ExactlyOnce, &format!("m{n}"))
-            .await;
-    }
-    publisher
-        .publish("status/b", QoS::AtMostOnce, "marker")
-        .await;
+    publish_then_marker(&mut publisher, "status/b", QoS::ExactlyOnce, 3).await;
 
     let first = sub.next_publish().await;
     assert_eq!((text(&first), first.qos), ("m1".into(), QoS::ExactlyOnce));

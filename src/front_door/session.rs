@@ -320,14 +320,10 @@ impl<P: Protocol> Session<P> {
         // not at the next read, which a client waiting for its SUBACK
         // would never send.
         if !self.rbuf.is_empty() {
-            match self.on_readable().await {
-                Ok(Some(end)) => return Ok(end),
-                Ok(None) => self.out.flush(&mut self.stream).await?,
-                Err(e) => {
-                    tracing::info!(error = %e, "Closing connection.");
-                    return Ok(End::Lost);
-                }
+            if let Some(end) = self.serve_read().await {
+                return Ok(end);
             }
+            self.out.flush(&mut self.stream).await?;
         }
         let keep_alive = self.keep_alive();
         let stop = self.ctx.stop.clone();
@@ -354,13 +350,8 @@ impl<P: Protocol> Session<P> {
                     if read? == 0 {
                         break End::Lost;
                     }
-                    match self.on_readable().await {
-                        Ok(Some(end)) => break end,
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::info!(error = %e, "Closing connection.");
-                            break End::Lost;
-                        }
+                    if let Some(end) = self.serve_read().await {
+                        break end;
                     }
                 }
                 _ = taken_over.cancelled() => {
@@ -460,6 +451,18 @@ impl<P: Protocol> Session<P> {
             }
         };
         Ok(end)
+    }
+
+    /// Acts on what was read; `Some` when the session ends, an error in
+    /// what the client sent ending it as lost.
+    async fn serve_read(&mut self) -> Option<End> {
+        match self.on_readable().await {
+            Ok(end) => end,
+            Err(e) => {
+                tracing::info!(error = %e, "Closing connection.");
+                Some(End::Lost)
+            }
+        }
     }
 
     /// This session's router link, made now if it does not exist yet.

@@ -437,10 +437,7 @@ impl Client {
     }
 
     pub async fn next(&mut self) -> Seen {
-        tokio::time::timeout(WAIT, self.rx.recv())
-            .await
-            .expect("timed out waiting for MQTT traffic")
-            .unwrap_or(Seen::Closed("event loop ended".into()))
+        next_event(&mut self.rx, Seen::Closed).await
     }
 
     /// Publishes at QoS 1 and waits for the PUBACK, which the gateway sends
@@ -469,6 +466,15 @@ impl Client {
             }
         }
     }
+}
+
+/// The next event a test client's event loop passed on (`closed` once the
+/// loop ended), failing the test after [`WAIT`].
+pub async fn next_event<T>(rx: &mut mpsc::UnboundedReceiver<T>, closed: fn(String) -> T) -> T {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("timed out waiting for MQTT traffic")
+        .unwrap_or_else(|| closed("event loop ended".into()))
 }
 
 /// A sealed JSON message for `creds` with the given nonce.

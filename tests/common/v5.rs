@@ -7,8 +7,6 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::mpsc;
 
-use super::WAIT;
-
 /// What the event loop saw.
 #[derive(Debug)]
 pub enum Got {
@@ -59,10 +57,7 @@ impl Peer {
     }
 
     pub async fn next(&mut self) -> Got {
-        tokio::time::timeout(WAIT, self.rx.recv())
-            .await
-            .expect("timed out waiting for MQTT traffic")
-            .unwrap_or(Got::Closed("event loop ended".into()))
+        super::next_event(&mut self.rx, Got::Closed).await
     }
 
     /// Subscribes to one filter, with a subscription identifier if `id`,
