@@ -33,6 +33,10 @@ pub use id::{DeviceId, MAX_DEVICE_ID_LEN, MAX_STREAM_LEN};
 #[cfg(feature = "alloc")]
 pub use keys::connect_token;
 pub use keys::{verify_connect_token, ConnectToken, DeviceKeys, MasterKey, TokenError};
+/// For differential tests of `parse`'s shortcut (unit tests, fuzz corpus).
+#[cfg(feature = "json")]
+#[doc(hidden)]
+pub use open::parse_json_by_serde;
 #[cfg(feature = "json")]
 pub use open::{looks_sealed, parse};
 #[cfg(feature = "alloc")]

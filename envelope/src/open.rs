@@ -119,6 +119,7 @@ mod json {
     use alloc::borrow::Cow;
     use base64::engine::general_purpose::STANDARD as B64;
     use base64::Engine;
+    use data_encoding::HEXLOWER_PERMISSIVE;
     use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
     use serde::Deserialize;
     use serde_json::Value;
@@ -252,7 +253,7 @@ mod json {
     /// Known fields of the JSON form. Each is read as a [`Field`] so that
     /// every rule can be checked and named; serde refuses duplicate keys,
     /// which would otherwise let two readers of one payload disagree.
-    #[derive(Deserialize)]
+    #[derive(Deserialize, Default)]
     struct JsonFields<'a> {
         #[serde(borrow)]
         v: Option<Field<'a>>,
@@ -271,59 +272,191 @@ mod json {
     }
 
     fn parse_json(payload: &[u8]) -> Result<Parsed, Malformed> {
-        let f: JsonFields<'_> = serde_json::from_slice(payload).map_err(|_| Malformed::Json)?;
-        if f.v.as_ref().and_then(Field::num) != Some(1) {
-            return Err(Malformed::Version);
+        match plain::fields(payload) {
+            Some(f) => f.envelope(),
+            None => parse_json_by_serde(payload),
         }
-        let kid = match &f.kid {
-            None => 1,
-            Some(v) => v
-                .num()
-                .and_then(|k| u32::try_from(k).ok())
-                .filter(|k| *k >= 1)
-                .ok_or(Malformed::Kid)?,
-        };
-        let nonce = f
-            .nonce
-            .as_ref()
-            .and_then(Field::num)
-            .filter(|n| *n >= 1)
-            .ok_or(Malformed::Nonce)?;
-        let aes = match f.enc.as_ref().map(Field::str) {
-            None | Some(Some("none")) => false,
-            Some(Some("aes-128-cbc")) => true,
-            Some(_) => return Err(Malformed::Enc),
-        };
-        let enc = match (aes, f.iv.as_ref().map(Field::str)) {
-            (false, None) => Enc::None,
-            (true, Some(Some(s))) => {
-                // Room for any base64 string a 16-byte IV could be, so a
-                // longer one is told by its length, not by the buffer.
-                let mut iv = [0u8; 24];
-                let n = B64.decode_slice(s, &mut iv).map_err(|_| Malformed::Iv)?;
-                Enc::Aes128Cbc(iv[..n].try_into().map_err(|_| Malformed::Iv)?)
+    }
+
+    /// The JSON form read by serde alone, without [`plain`]'s shortcut: the
+    /// reference the shortcut is tested against (unit tests, fuzz corpus).
+    #[doc(hidden)]
+    pub fn parse_json_by_serde(payload: &[u8]) -> Result<Parsed, Malformed> {
+        serde_json::from_slice::<JsonFields<'_>>(payload)
+            .map_err(|_| Malformed::Json)?
+            .envelope()
+    }
+
+    impl JsonFields<'_> {
+        /// The spec's rules for the fields, in the order their verdicts
+        /// are named.
+        fn envelope(&self) -> Result<Parsed, Malformed> {
+            if self.v.as_ref().and_then(Field::num) != Some(1) {
+                return Err(Malformed::Version);
             }
-            _ => return Err(Malformed::Iv),
-        };
-        let body: Vec<u8> = match f.payload.as_ref().and_then(Field::str) {
-            Some(s) => B64.decode(s).map_err(|_| Malformed::Payload)?,
-            None => return Err(Malformed::Payload),
-        };
-        let mac = match f.mac.as_ref().and_then(Field::str) {
-            Some(s) if s.len() == 2 * MAC_LEN => {
-                let mut mac = [0u8; MAC_LEN];
-                hex::decode_to_slice(s, &mut mac).map_err(|_| Malformed::Mac)?;
-                mac
+            let kid = match &self.kid {
+                None => 1,
+                Some(v) => v
+                    .num()
+                    .and_then(|k| u32::try_from(k).ok())
+                    .filter(|k| *k >= 1)
+                    .ok_or(Malformed::Kid)?,
+            };
+            let nonce = self
+                .nonce
+                .as_ref()
+                .and_then(Field::num)
+                .filter(|n| *n >= 1)
+                .ok_or(Malformed::Nonce)?;
+            let aes = match self.enc.as_ref().map(Field::str) {
+                None | Some(Some("none")) => false,
+                Some(Some("aes-128-cbc")) => true,
+                Some(_) => return Err(Malformed::Enc),
+            };
+            let enc = match (aes, self.iv.as_ref().map(Field::str)) {
+                (false, None) => Enc::None,
+                (true, Some(Some(s))) => {
+                    // Room for any base64 string a 16-byte IV could be, so a
+                    // longer one is told by its length, not by the buffer.
+                    let mut iv = [0u8; 24];
+                    let n = B64.decode_slice(s, &mut iv).map_err(|_| Malformed::Iv)?;
+                    Enc::Aes128Cbc(iv[..n].try_into().map_err(|_| Malformed::Iv)?)
+                }
+                _ => return Err(Malformed::Iv),
+            };
+            let body: Vec<u8> = match self.payload.as_ref().and_then(Field::str) {
+                Some(s) => B64.decode(s).map_err(|_| Malformed::Payload)?,
+                None => return Err(Malformed::Payload),
+            };
+            let mac = match self.mac.as_ref().and_then(Field::str) {
+                Some(s) if s.len() == 2 * MAC_LEN => {
+                    let mut mac = [0u8; MAC_LEN];
+                    HEXLOWER_PERMISSIVE
+                        .decode_mut(s.as_bytes(), &mut mac)
+                        .map_err(|_| Malformed::Mac)?;
+                    mac
+                }
+                _ => return Err(Malformed::Mac),
+            };
+            Ok(Envelope {
+                kid,
+                nonce,
+                enc,
+                body,
+                mac,
+            })
+        }
+    }
+
+    /// A one-pass reader for the shape every sealer writes: one flat object
+    /// of the known keys, each once, whose values are ASCII strings without
+    /// escapes, plain non-negative integers or `null`. Anything else (an
+    /// escape, an unknown or repeated key, a nested value, a sign, a
+    /// fraction, a leading zero, a number past `u64`, stray bytes) returns
+    /// `None`, and serde decides. So the shortcut can make a message cheaper
+    /// to read but never read differently: a payload it accepts is one
+    /// serde reads to the same fields.
+    mod plain {
+        use alloc::borrow::Cow;
+
+        use super::{Field, JsonFields};
+
+        /// JSON's four whitespace bytes (not `\x0c`, which Rust's ASCII
+        /// whitespace includes and JSON does not).
+        fn skip_ws(p: &[u8], mut i: usize) -> usize {
+            while matches!(p.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+                i += 1;
             }
-            _ => return Err(Malformed::Mac),
-        };
-        Ok(Envelope {
-            kid,
-            nonce,
-            enc,
-            body,
-            mac,
-        })
+            i
+        }
+
+        /// A string starting at `p[i]` (its opening quote) without escapes
+        /// or control bytes, and the index past its closing quote. Any
+        /// valid UTF-8 is taken, as serde takes it.
+        fn string(p: &[u8], i: usize) -> Option<(&str, usize)> {
+            if p.get(i) != Some(&b'"') {
+                return None;
+            }
+            let rest = p.get(i + 1..)?;
+            let len = memchr::memchr2(b'"', b'\\', rest)?;
+            if rest[len] != b'"' {
+                return None;
+            }
+            let s = &rest[..len];
+            // No early exit, so the check is vectorised.
+            if s.iter().fold(false, |bad, b| bad | (*b < 0x20)) {
+                return None;
+            }
+            Some((core::str::from_utf8(s).ok()?, i + len + 2))
+        }
+
+        /// A value at `p[i]`: `Some(None)` is `null`.
+        fn value(p: &[u8], i: usize) -> Option<(Option<Field<'_>>, usize)> {
+            match *p.get(i)? {
+                b'"' => string(p, i).map(|(s, j)| (Some(Field::Str(Cow::Borrowed(s))), j)),
+                b'n' => (p.get(i..i + 4)? == b"null").then_some((None, i + 4)),
+                b'0' if p.get(i + 1).is_some_and(u8::is_ascii_digit) => None,
+                b'0'..=b'9' => {
+                    let mut n: u64 = 0;
+                    let mut j = i;
+                    while let Some(d) = p.get(j).filter(|d| d.is_ascii_digit()) {
+                        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+                        j += 1;
+                    }
+                    // A fraction or exponent follows as a byte the caller
+                    // does not take after a value.
+                    Some((Some(Field::Num(n)), j))
+                }
+                _ => None,
+            }
+        }
+
+        pub(super) fn fields(p: &[u8]) -> Option<JsonFields<'_>> {
+            let mut f = JsonFields::default();
+            let mut seen = 0u8;
+            let mut i = skip_ws(p, 0);
+            if p.get(i) != Some(&b'{') {
+                return None;
+            }
+            i = skip_ws(p, i + 1);
+            if p.get(i) == Some(&b'}') {
+                i += 1;
+            } else {
+                loop {
+                    let (key, j) = string(p, i)?;
+                    i = skip_ws(p, j);
+                    if p.get(i) != Some(&b':') {
+                        return None;
+                    }
+                    let (value, j) = value(p, skip_ws(p, i + 1))?;
+                    let (bit, slot) = match key {
+                        "v" => (0, &mut f.v),
+                        "kid" => (1, &mut f.kid),
+                        "nonce" => (2, &mut f.nonce),
+                        "enc" => (3, &mut f.enc),
+                        "iv" => (4, &mut f.iv),
+                        "payload" => (5, &mut f.payload),
+                        "mac" => (6, &mut f.mac),
+                        _ => return None,
+                    };
+                    if seen & (1 << bit) != 0 {
+                        return None;
+                    }
+                    seen |= 1 << bit;
+                    *slot = value;
+                    i = skip_ws(p, j);
+                    match p.get(i) {
+                        Some(b',') => i = skip_ws(p, i + 1),
+                        Some(b'}') => {
+                            i += 1;
+                            break;
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            (skip_ws(p, i) == p.len()).then_some(f)
+        }
     }
 
     #[cfg(test)]
@@ -381,6 +514,71 @@ mod json {
             assert_eq!(
                 parse(br#"{"v":1,"nonce":1.5}"#).err(),
                 Some(Malformed::Nonce)
+            );
+        }
+
+        /// The shortcut reads what every sealer writes, so the saving is
+        /// real; and whatever it reads, serde reads the same.
+        #[test]
+        fn the_shortcut_reads_sealed_shapes_as_serde_does() {
+            let mac = "aB".repeat(MAC_LEN);
+            let seeds = [
+                alloc::format!(
+                    r#"{{"v":1,"kid":1,"nonce":10001,"enc":"aes-128-cbc","iv":"AAECAwQFBgcICQoLDA0ODw==","payload":"aGVsbG8gd29ybGQ=","mac":"{mac}"}}"#
+                ),
+                alloc::format!(
+                    " {{ \"v\" : 1 ,\n\t\"nonce\":7, \"payload\":\"aGk=\",\"mac\":\"{mac}\",\"kid\":null }}\r\n"
+                ),
+                alloc::format!(r#"{{"mac":"{mac}","payload":"","nonce":18446744073709551615,"v":1}}"#),
+                alloc::string::String::from("{}"),
+            ];
+            for seed in &seeds {
+                assert!(plain::fields(seed.as_bytes()).is_some(), "{seed}");
+                assert_eq!(parse(seed.as_bytes()), parse_json_by_serde(seed.as_bytes()));
+            }
+            // Every edit of a few bytes, from bytes JSON gives meaning to.
+            let alphabet = b" \t\x0c\"\\{}[],:-+.eE0159nulltrfa\x00\x1f\x7f\xc3\xa9";
+            let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+            let mut next = |n: usize| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % n as u64) as usize
+            };
+            let mut taken = 0;
+            for round in 0..20_000 {
+                let mut p = seeds[round % seeds.len()].clone().into_bytes();
+                for _ in 0..1 + next(3) {
+                    let at = next(p.len() + 1);
+                    let b = alphabet[next(alphabet.len())];
+                    match next(4) {
+                        0 if at < p.len() => p[at] = b,
+                        1 if at < p.len() => {
+                            p.remove(at);
+                        }
+                        2 => {
+                            let end = (at + next(12)).min(p.len());
+                            let copy = p[at..end].to_vec();
+                            p.splice(at..at, copy);
+                        }
+                        _ => p.insert(at, b),
+                    }
+                }
+                if plain::fields(&p).is_some() {
+                    taken += 1;
+                }
+                if p.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+                    assert_eq!(
+                        parse(&p),
+                        parse_json_by_serde(&p),
+                        "{}",
+                        alloc::string::String::from_utf8_lossy(&p)
+                    );
+                }
+            }
+            assert!(
+                taken > 1_000,
+                "the edits must exercise the shortcut: {taken}"
             );
         }
 
