@@ -104,7 +104,7 @@ pub async fn run(
         path: db_path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let windows = db.open_tree(ReplayStore::TREE).map_err(db_err)?;
+    let windows = journal.windows();
     let started = std::time::Instant::now();
     let (outbox, outbox_writer) =
         crate::outbox::Outbox::open(&db, config.sessions.outbox_max_bytes).map_err(db_err)?;

@@ -1,10 +1,11 @@
 //! The per-device nonce window (spec section 6) and its durable home in sled.
 //!
 //! [`Window`] is pure: it decides a verdict and records an acceptance in
-//! memory. [`ReplayStore`] owns every device's window, writes the ones a batch
-//! touched to sled and flushes once per batch (group commit). The verifier
-//! publishes nothing from a batch until [`ReplayStore::commit`] returned `Ok`,
-//! so no crash can let a replay through.
+//! memory. [`ReplayStore`] owns every device's window and stages the ones a
+//! batch touched for the commit journal (`crate::journal`), which makes them
+//! durable with the batch (group commit) and writes them to sled at its
+//! checkpoint. The verifier publishes nothing from a batch until its record
+//! is durable, so no crash can let a replay through.
 
 use std::collections::{HashMap, HashSet};
 
@@ -198,8 +199,8 @@ impl ReplayStore {
     }
 
     /// Reads a device's persisted window summary without loading it.
-    pub fn summary(tree: &sled::Tree, device_id: &str) -> Option<WindowSummary> {
-        let bytes = tree.get(device_id).ok()??;
+    pub fn summary(windows: &crate::journal::Windows, device_id: &str) -> Option<WindowSummary> {
+        let bytes = windows.get(device_id.as_bytes()).ok()??;
         let words = bytes.len().saturating_sub(16) / 8;
         let (w, last_seen_ms) = Window::decode(&bytes, (words as u32 * 64).max(1))?;
         Some(WindowSummary {
@@ -395,9 +396,9 @@ mod tests {
             s.window("d").unwrap().check(10, &mac(2)),
             WindowVerdict::Reject(RejectReason::Duplicate)
         );
-        let tree = db.open_tree(ReplayStore::TREE).unwrap();
+        let windows = crate::journal::Windows::new(db.open_tree(ReplayStore::TREE).unwrap());
         assert_eq!(
-            ReplayStore::summary(&tree, "d"),
+            ReplayStore::summary(&windows, "d"),
             Some(WindowSummary {
                 highest_nonce: 10,
                 last_seen_ms: 5

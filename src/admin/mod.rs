@@ -48,7 +48,7 @@ pub struct AdminState {
     pub health: Arc<crate::health::Health>,
     pub stopping: CancellationToken,
     /// Read-only view of the persisted windows, for `show` and `list`.
-    pub windows: sled::Tree,
+    pub windows: crate::journal::Windows,
     /// Window resets go through the verifier so they are ordered with messages.
     pub verifier: mpsc::Sender<Input>,
     /// SHA-256 of the admin token: compared in constant time, any length.

@@ -8,9 +8,10 @@
 //! stage appends the batch's writes (its outbox records, retained messages
 //! and windows, encoded by the verifier) to this journal as one record,
 //! syncs that one file, and only then writes them to sled, where readers
-//! see them. sled's own state reaches the disk at a checkpoint, about once
-//! a second, on a thread of its own; sled therefore never holds a write
-//! whose record is not durable.
+//! see them; windows wait for the checkpoint instead ([`Windows`]). sled's
+//! own state reaches the disk at a checkpoint, about once a second, on a
+//! thread of its own; sled therefore never holds a write whose record is
+//! not durable.
 //!
 //! Why replaying it is exact: the journal holds every write to the three
 //! trees it covers, in the order they are applied (one writer, the commit
@@ -38,6 +39,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::database::{Database, Durability};
+
+mod windows;
+pub use windows::Windows;
 
 /// The trees the journal covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,11 +138,7 @@ impl Ops {
             let w = w.ok_or_else(|| {
                 sled::Error::Unsupported("a journal record this build cannot read".into())
             })?;
-            let t = tree(w.tree);
-            match w.value {
-                Some(v) => t.insert(w.key, v).map(|_| ())?,
-                None => t.remove(w.key).map(|_| ())?,
-            }
+            w.write_to(tree(w.tree))?;
         }
         Ok(())
     }
@@ -166,6 +166,15 @@ struct Logged<'a> {
     tree: Tree,
     key: &'a [u8],
     value: Option<&'a [u8]>,
+}
+
+impl Logged<'_> {
+    fn write_to(&self, t: &sled::Tree) -> sled::Result<()> {
+        match self.value {
+            Some(v) => t.insert(self.key, v).map(|_| ()),
+            None => t.remove(self.key).map(|_| ()),
+        }
+    }
 }
 
 /// The writes of a record's body, in order; `None` where the body stops
@@ -244,6 +253,8 @@ pub struct Journal {
     checkpointing: bool,
     /// The checkpointer thread, joined by [`Journal::close`].
     checkpointer: Option<std::thread::JoinHandle<()>>,
+    /// Window writes of the files not yet checkpointed.
+    windows: Windows,
 }
 
 /// What recovery found.
@@ -308,10 +319,14 @@ impl Journal {
         let (checkpoints, todo) = mpsc::channel::<(u64, PathBuf)>();
         let (report, done) = mpsc::channel();
         let syncs = db.syncs().clone();
-        let (db, dir_) = (db.clone(), dir.to_path_buf());
+        let windows = Windows::new(
+            db.open_tree(Tree::Windows.name())
+                .map_err(std::io::Error::other)?,
+        );
+        let (db, dir_, windows_) = (db.clone(), dir.to_path_buf(), windows.clone());
         let checkpointer = std::thread::Builder::new()
             .name("checkpoint".into())
-            .spawn(move || checkpoint_loop(&db, &dir_, &todo, &report))?;
+            .spawn(move || checkpoint_loop(&db, &dir_, &windows_, &todo, &report))?;
         Ok((
             Journal {
                 dir: dir.to_path_buf(),
@@ -327,6 +342,7 @@ impl Journal {
                 done,
                 checkpointing: false,
                 checkpointer: Some(checkpointer),
+                windows,
             },
             recovered,
         ))
@@ -372,6 +388,33 @@ impl Journal {
         Ok(())
     }
 
+    /// Writes a batch whose record is durable to sled, except its windows,
+    /// which wait for the checkpoint ([`Windows`]).
+    pub fn apply(&self, ops: &Ops, trees: &Trees) -> sled::Result<()> {
+        if writes(ops.body()).any(|w| w.is_none()) {
+            return Err(sled::Error::Unsupported(
+                "a journal record this build cannot read".into(),
+            ));
+        }
+        for w in writes(ops.body()).flatten() {
+            if w.tree != Tree::Windows {
+                w.write_to(trees.get(w.tree))?;
+            }
+        }
+        self.windows.defer(
+            writes(ops.body())
+                .flatten()
+                .filter(|w| w.tree == Tree::Windows)
+                .map(|w| (w.key, w.value)),
+        );
+        Ok(())
+    }
+
+    /// The windows tree with the writes sled does not have yet.
+    pub fn windows(&self) -> Windows {
+        self.windows.clone()
+    }
+
     /// Whether to start a new file: at [`CHECKPOINT_BYTES`], or once the file
     /// is [`CHECKPOINT_AFTER`] old and has used the space it was given (a
     /// slow fleet would otherwise pay a new file's three syncs every second)
@@ -393,6 +436,7 @@ impl Journal {
         let size = ((per_sec * 1.25) as u64).clamp(PREALLOCATE_MIN, CHECKPOINT_BYTES);
         let file = create(&self.dir, next, self.durability, size)?;
         let path = self.dir.join(file_name(self.number));
+        self.windows.hand_over();
         self.checkpoints
             .send((self.number, path))
             .map_err(|_| std::io::Error::other("the checkpoint thread is gone"))?;
@@ -448,6 +492,7 @@ impl Journal {
             }
         }
         let path = self.dir.join(file_name(self.number));
+        self.windows.hand_over();
         self.checkpoints
             .send((self.number, path))
             .map_err(|_| std::io::Error::other("the checkpoint thread is gone"))?;
@@ -460,8 +505,9 @@ impl Journal {
     }
 }
 
-/// The checkpoint thread: once a sled flush that started after file `n`
-/// was handed over has succeeded, every file up to `n` is deleted (older
+/// The checkpoint thread: writes the windows the files handed over hold
+/// ([`Windows`]); once a sled flush that started after that has succeeded,
+/// every file up to `n` is deleted (older
 /// ones too: a checkpoint that failed leaves its file, and replaying it
 /// after newer ones were deleted would bring old windows back). Between
 /// files, sled is flushed every [`CHECKPOINT_AFTER`] anyway: what is written
@@ -470,6 +516,7 @@ impl Journal {
 fn checkpoint_loop(
     db: &Database,
     dir: &Path,
+    windows: &Windows,
     todo: &mpsc::Receiver<(u64, PathBuf)>,
     report: &mpsc::Sender<std::io::Result<u64>>,
 ) {
@@ -477,10 +524,14 @@ fn checkpoint_loop(
     loop {
         match todo.recv_timeout(CHECKPOINT_AFTER) {
             Ok((number, _)) => {
-                let r = db
-                    .flush()
+                let r = windows
+                    .write_handed()
+                    .and_then(|()| db.flush())
                     .map_err(std::io::Error::other)
-                    .and_then(|()| remove_up_to(dir, number))
+                    .and_then(|()| {
+                        windows.forget_handed();
+                        remove_up_to(dir, number)
+                    })
                     .map(|()| number);
                 if let Err(e) = &r {
                     tracing::error!(error = %e, "Journal checkpoint failed; sealed traffic is refused until it succeeds or the gateway restarts.");
@@ -591,12 +642,8 @@ fn replay(files: &[(u64, PathBuf)], db: &Database) -> std::io::Result<Recovered>
                 if w.tree == Tree::Outbox && crate::outbox::below(w.key, trimmed_to) {
                     continue;
                 }
-                let t = trees.get(w.tree);
-                match w.value {
-                    Some(v) => t.insert(w.key, v).map(|_| ()),
-                    None => t.remove(w.key).map(|_| ()),
-                }
-                .map_err(std::io::Error::other)?;
+                w.write_to(trees.get(w.tree))
+                    .map_err(std::io::Error::other)?;
             }
             out.records += 1;
             out.writes += writes(body).count() as u64;
@@ -693,11 +740,8 @@ mod tests {
             let (db, mut j, _) = open(dir.path());
             let mut ops = Ops::default();
             ops.insert(Tree::Windows, b"dev-1", b"w1");
-            db.open_tree(Tree::Windows.name())
-                .unwrap()
-                .insert(b"dev-1", b"w1".to_vec())
-                .unwrap();
             j.append(&mut ops).unwrap();
+            j.apply(&ops, &Trees::open(&db).unwrap()).unwrap();
             j.close().unwrap();
         }
         assert!(files(&dir.path().join("journal")).unwrap().is_empty());
@@ -705,6 +749,68 @@ mod tests {
         assert_eq!(r, Recovered::default());
         let windows = db.open_tree(Tree::Windows.name()).unwrap();
         assert_eq!(windows.get(b"dev-1").unwrap().unwrap(), b"w1"[..]);
+    }
+
+    /// A window waits for the checkpoint: readable through [`Windows`] at
+    /// once, in sled once a checkpoint wrote it before its flush, and not
+    /// lost in between: a crash replays it from the journal.
+    #[test]
+    fn windows_reach_sled_at_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let commit = |j: &mut Journal, trees: &Trees, ops: &mut Ops| {
+            j.append(ops).unwrap();
+            j.apply(ops, trees).unwrap();
+        };
+        {
+            let (db, mut j, _) = open(dir.path());
+            let trees = Trees::open(&db).unwrap();
+            let in_sled = |key: &[u8]| trees.get(Tree::Windows).get(key).unwrap();
+            let mut ops = Ops::default();
+            ops.insert(Tree::Windows, b"dev-1", b"w1");
+            ops.insert(Tree::Retained, b"clean/a", b"r1");
+            commit(&mut j, &trees, &mut ops);
+            let mut ops = Ops::default();
+            ops.insert(Tree::Windows, b"dev-1", b"w2");
+            ops.insert(Tree::Windows, b"dev-2", b"x1");
+            ops.remove(Tree::Windows, b"dev-2");
+            commit(&mut j, &trees, &mut ops);
+            assert!(trees.get(Tree::Retained).get(b"clean/a").unwrap().is_some());
+            assert_eq!(in_sled(b"dev-1"), None, "not before the checkpoint");
+            let windows = j.windows();
+            assert_eq!(windows.get(b"dev-1").unwrap().unwrap(), b"w2"[..]);
+            assert_eq!(windows.get(b"dev-2").unwrap(), None, "a reset is kept too");
+
+            j.rotate().unwrap();
+            j.done.recv().unwrap().unwrap();
+            j.checkpointing = false;
+            assert_eq!(in_sled(b"dev-1").unwrap(), b"w2"[..]);
+            assert_eq!(files(&dir.path().join("journal")).unwrap().len(), 1);
+
+            let mut ops = Ops::default();
+            ops.remove(Tree::Windows, b"dev-1");
+            ops.insert(Tree::Windows, b"dev-3", b"y1");
+            commit(&mut j, &trees, &mut ops);
+            assert_eq!(windows.get(b"dev-1").unwrap(), None);
+            assert_eq!(in_sled(b"dev-1").unwrap(), b"w2"[..]);
+            // A crash: no checkpoint.
+            drop(j);
+        }
+        let (db, mut j, r) = open(dir.path());
+        assert_eq!(r.records, 1);
+        let trees = Trees::open(&db).unwrap();
+        let in_sled = |key: &[u8]| trees.get(Tree::Windows).get(key).unwrap();
+        assert_eq!(in_sled(b"dev-1"), None);
+        assert_eq!(in_sled(b"dev-3").unwrap(), b"y1"[..]);
+
+        let mut ops = Ops::default();
+        ops.insert(Tree::Windows, b"dev-4", b"z1");
+        commit(&mut j, &trees, &mut ops);
+        j.close().unwrap();
+        assert_eq!(
+            in_sled(b"dev-4").unwrap(),
+            b"z1"[..],
+            "close checkpoints them"
+        );
     }
 
     fn record(key: &[u8]) -> Ops {

@@ -216,7 +216,7 @@ impl Committer {
             self.fail("Journal write", &e);
             return false;
         }
-        if let Err(e) = ops.apply(|t| self.trees.get(t)) {
+        if let Err(e) = self.journal.apply(ops, &self.trees) {
             // Durable in the journal, so a restart has it, as long as no
             // checkpoint deletes it: this process no longer knows what sled
             // holds.
