@@ -28,7 +28,8 @@ fn verify(c: &mut Criterion) {
     let db = sealgate::database::Database::open_default(&dir.path().join("db")).expect("sled");
     let registry = Registry::open(&db).expect("registry");
     registry.add(DEVICE, None, 1).expect("device");
-    let mut store = ReplayStore::open(&db, 64).expect("replay store");
+    let windows = sealgate::journal::Windows::open(&db).expect("windows");
+    let mut store = ReplayStore::new(windows, 64);
     let master = MasterKey::from_bytes([7; 32]);
     let keys = master.device_keys(DEVICE, 1);
     let mut checker = Checker::new(

@@ -100,11 +100,8 @@ pub async fn run(
                 reason: e.to_string(),
             }
         })?;
-    let store = ReplayStore::open(&db, config.verifier.window).map_err(|e| AppError::Database {
-        path: db_path.display().to_string(),
-        reason: e.to_string(),
-    })?;
     let windows = journal.windows();
+    let store = ReplayStore::new(windows.clone(), config.verifier.window);
     let started = std::time::Instant::now();
     let (outbox, outbox_writer) =
         crate::outbox::Outbox::open(&db, config.sessions.outbox_max_bytes).map_err(db_err)?;

@@ -176,7 +176,8 @@ pub struct StoreError(#[from] sled::Error);
 
 /// Every device's window, cached in memory and persisted in one sled tree.
 pub struct ReplayStore {
-    tree: sled::Tree,
+    /// Read through the journal's view: sled lags it until a checkpoint.
+    tree: crate::journal::Windows,
     size: u32,
     windows: HashMap<String, (Window, u64)>,
     dirty: HashSet<String>,
@@ -188,14 +189,16 @@ pub struct ReplayStore {
 impl ReplayStore {
     pub const TREE: &'static str = "windows";
 
-    pub fn open(db: &crate::database::Database, size: u32) -> Result<ReplayStore, StoreError> {
-        Ok(ReplayStore {
-            tree: db.open_tree(Self::TREE)?,
+    /// Over the journal's view of the windows ([`crate::journal::Windows`]),
+    /// never sled's tree alone: that lags until a checkpoint.
+    pub fn new(windows: crate::journal::Windows, size: u32) -> ReplayStore {
+        ReplayStore {
+            tree: windows,
             size,
             windows: HashMap::new(),
             dirty: HashSet::new(),
             ops: Default::default(),
-        })
+        }
     }
 
     /// Reads a device's persisted window summary without loading it.
@@ -217,7 +220,7 @@ impl ReplayStore {
 
     fn load(&mut self, device_id: &str) -> Result<(), StoreError> {
         if !self.windows.contains_key(device_id) {
-            let loaded = match self.tree.get(device_id)? {
+            let loaded = match self.tree.get(device_id.as_bytes())? {
                 Some(bytes) => {
                     Window::decode(&bytes, self.size).unwrap_or_else(|| (Window::new(self.size), 0))
                 }
@@ -384,19 +387,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = crate::database::Database::for_tests(dir.path());
-            let mut s = ReplayStore::open(&db, 64).unwrap();
+            let mut s = ReplayStore::new(crate::journal::Windows::open(&db).unwrap(), 64);
             s.accept("d", 10, &mac(1), 5).unwrap();
             let tree = db.open_tree(ReplayStore::TREE).unwrap();
             s.stage(None).apply(|_| &tree).unwrap();
             db.flush().unwrap();
         }
         let db = crate::test_support::reopen(dir.path());
-        let mut s = ReplayStore::open(&db, 64).unwrap();
+        let windows = crate::journal::Windows::open(&db).unwrap();
+        let mut s = ReplayStore::new(windows.clone(), 64);
         assert_eq!(
             s.window("d").unwrap().check(10, &mac(2)),
             WindowVerdict::Reject(RejectReason::Duplicate)
         );
-        let windows = crate::journal::Windows::new(db.open_tree(ReplayStore::TREE).unwrap());
         assert_eq!(
             ReplayStore::summary(&windows, "d"),
             Some(WindowSummary {

@@ -47,7 +47,8 @@ fn world(kid2: bool) -> World {
             .rotate(sealgate::registry::Scope::All, "esp32-a1", 0, u64::MAX / 2)
             .unwrap();
     }
-    let store = ReplayStore::open(&db, vectors()["window"].as_u64().unwrap() as u32).unwrap();
+    let windows = sealgate::journal::Windows::open(&db).unwrap();
+    let store = ReplayStore::new(windows, vectors()["window"].as_u64().unwrap() as u32);
     let checker = Checker::new(
         master(),
         registry,

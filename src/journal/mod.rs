@@ -319,10 +319,7 @@ impl Journal {
         let (checkpoints, todo) = mpsc::channel::<(u64, PathBuf)>();
         let (report, done) = mpsc::channel();
         let syncs = db.syncs().clone();
-        let windows = Windows::new(
-            db.open_tree(Tree::Windows.name())
-                .map_err(std::io::Error::other)?,
-        );
+        let windows = Windows::open(db).map_err(std::io::Error::other)?;
         let (db, dir_, windows_) = (db.clone(), dir.to_path_buf(), windows.clone());
         let checkpointer = std::thread::Builder::new()
             .name("checkpoint".into())

@@ -293,7 +293,7 @@ mod tests {
         let db = crate::database::Database::for_tests(dir.path());
         let registry = Registry::open_reserving(&db, [], 4).unwrap();
         let master = MasterKey::from_bytes([9; 32]);
-        let mut store = ReplayStore::open(&db, 64).unwrap();
+        let mut store = ReplayStore::new(crate::journal::Windows::open(&db).unwrap(), 64);
         let mut checker = Checker::new(
             master.clone(),
             registry.clone(),
