@@ -337,10 +337,25 @@ impl<P: Protocol> Session<P> {
         // Set once the verifier has drained: close when the router is quiet.
         let mut quiet: Option<Instant> = None;
         let mut hard_stop = Instant::now();
+        // One timer for all of the session's deadlines, moved only when the
+        // earliest one moves (later, it is only marked, not re-registered):
+        // a timer per deadline per turn cost a clock read and a timer
+        // registration each, on every packet.
+        let timer = tokio::time::sleep_until(self.last_packet + keep_alive);
+        tokio::pin!(timer);
 
         let end = 'session: loop {
-            let idle = tokio::time::sleep_until(self.last_packet + keep_alive);
             let save_due = self.login.feed.as_ref().and_then(|f| f.save_due());
+            let idle = (!draining).then(|| self.last_packet + keep_alive);
+            let due = [idle, self.unacked.deadline, self.held.due, save_due, quiet]
+                .into_iter()
+                .flatten()
+                .min();
+            if let Some(due) = due {
+                if timer.is_elapsed() || timer.deadline() != due {
+                    timer.as_mut().reset(due);
+                }
+            }
             let mut router_active = false;
             tokio::select! {
                 // Reading goes on while draining: subscribers' PUBACKs keep the
@@ -357,15 +372,26 @@ impl<P: Protocol> Session<P> {
                 _ = taken_over.cancelled() => {
                     break End::Refused(DisconnectReasonCode::SessionTakenOver);
                 }
-                _ = tokio::time::sleep_until(self.unacked.deadline.unwrap_or_else(Instant::now)), if self.unacked.deadline.is_some() => {
-                    return Err(ConnError::Stalled);
-                }
-                _ = tokio::time::sleep_until(self.held.due.unwrap_or_else(Instant::now)), if self.held.due.is_some() => {
-                    self.hand_over_held().await?;
-                }
-                _ = tokio::time::sleep_until(save_due.unwrap_or_else(Instant::now)), if save_due.is_some() => {
-                    if let Some(feed) = self.login.feed.as_mut() {
-                        feed.save(true).map_err(store_error)?;
+                () = &mut timer, if due.is_some() => {
+                    let now = Instant::now();
+                    let passed = |d: Option<Instant>| d.is_some_and(|d| d <= now);
+                    if passed(self.unacked.deadline) {
+                        return Err(ConnError::Stalled);
+                    }
+                    if passed(idle) {
+                        break End::Lost;
+                    }
+                    if passed(quiet) {
+                        self.out.tell_disconnect(DisconnectReasonCode::ServerShuttingDown, &mut self.stream).await;
+                        break End::Shutdown;
+                    }
+                    if passed(self.held.due) {
+                        self.hand_over_held().await?;
+                    }
+                    if passed(save_due) {
+                        if let Some(feed) = self.login.feed.as_mut() {
+                            feed.save(true).map_err(store_error)?;
+                        }
                     }
                 }
                 _ = feed_ready(&mut self.login.feed) => {
@@ -407,7 +433,6 @@ impl<P: Protocol> Session<P> {
                         }
                     }
                 }
-                _ = idle, if !draining => break End::Lost,
                 r = revoked.recv() => {
                     // A lagged receiver may have missed our name: look again.
                     let mine = match r {
@@ -431,10 +456,6 @@ impl<P: Protocol> Session<P> {
                     let now = Instant::now();
                     hard_stop = now + DRAIN_MAX;
                     quiet = Some(now + DRAIN_QUIET);
-                }
-                _ = tokio::time::sleep_until(quiet.unwrap_or_else(Instant::now)), if quiet.is_some() => {
-                    self.out.tell_disconnect(DisconnectReasonCode::ServerShuttingDown, &mut self.stream).await;
-                    break End::Shutdown;
                 }
             }
             self.out.flush(&mut self.stream).await?;
