@@ -169,6 +169,12 @@ pub async fn run(
         metrics: metrics.clone(),
         store_ok: store_ok.clone(),
         max_batch: config.verifier.max_batch,
+        group_wait: match config.database.durability {
+            crate::database::Durability::PowerLoss => {
+                std::time::Duration::from_micros(config.verifier.group_wait_us)
+            }
+            crate::database::Durability::ProcessCrash => std::time::Duration::ZERO,
+        },
         passthrough: config.verifier.passthrough,
         stopping: stop.clone(),
         accounts: Some(accounts.clone()),

@@ -167,6 +167,9 @@ pub struct Topics {
 pub struct VerifierConfig {
     pub window: u32,
     pub max_batch: usize,
+    /// Microseconds a small batch may wait for company before its sync
+    /// (power-loss mode only); 0 turns it off.
+    pub group_wait_us: u64,
     pub queue: usize,
     pub auto_register: bool,
     pub allow_unsealed: bool,
@@ -484,6 +487,12 @@ impl Config {
         }
         if self.verifier.max_batch == 0 {
             return invalid("verifier.max_batch", "must be at least 1");
+        }
+        if self.verifier.group_wait_us > 10_000 {
+            return invalid(
+                "verifier.group_wait_us",
+                "must be between 0 (off) and 10000 microseconds",
+            );
         }
         if !(self.limits.device_rate >= 0.0 && self.limits.device_rate.is_finite()) {
             return invalid(
@@ -884,6 +893,9 @@ mod tests {
         std::fs::write(&p, "[mqtt]\ntopic_alias_maximum = 65536\n").unwrap();
         let err = Config::load(Some(&p), &[]).unwrap_err().to_string();
         assert!(err.contains("mqtt.topic_alias_maximum"), "{err}");
+        std::fs::write(&p, "[verifier]\ngroup_wait_us = 10001\n").unwrap();
+        let err = Config::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(err.contains("verifier.group_wait_us"), "{err}");
     }
 
     #[test]

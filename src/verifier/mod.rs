@@ -15,6 +15,7 @@
 
 pub mod check;
 mod commit;
+mod company;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -115,6 +116,10 @@ pub struct Verifier {
     /// gateway fails closed until restarted.
     pub store_ok: Arc<AtomicBool>,
     pub max_batch: usize,
+    /// How long a small batch may wait for company ([`company`]); zero
+    /// when batches pay no sync (process-crash mode) or the operator
+    /// turned it off.
+    pub group_wait: std::time::Duration,
     pub passthrough: bool,
     /// Cancelled at shutdown: a full outbox no longer holds the batch, so
     /// draining cannot wait on sessions that are closing.
@@ -228,6 +233,7 @@ impl Verifier {
             metrics,
             store_ok,
             max_batch,
+            group_wait,
             passthrough,
             stopping,
             accounts,
@@ -264,6 +270,15 @@ impl Verifier {
             accounts,
         };
         let mut batch = Vec::with_capacity(max_batch);
+        let mut company = company::Company::new(group_wait);
+        let take_queued = |rx: &mut mpsc::Receiver<Input>, batch: &mut Vec<Input>| {
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+        };
         loop {
             let Some(first) = rx.blocking_recv() else {
                 break;
@@ -272,10 +287,11 @@ impl Verifier {
                 panic!("fail point {}", crate::failpoint::VERIFIER_PANIC);
             }
             batch.push(first);
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
+            take_queued(&mut rx, &mut batch);
+            if let Some(wait) = company.wait_for(batch.len(), Instant::now()) {
+                if !batch.iter().any(|i| matches!(i, Input::Close)) {
+                    std::thread::sleep(wait);
+                    take_queued(&mut rx, &mut batch);
                 }
             }
             let (job, close) = stage.process(&mut batch);
