@@ -288,12 +288,14 @@ impl Verifier {
             }
             batch.push(first);
             take_queued(&mut rx, &mut batch);
-            if let Some(wait) = company.wait_for(batch.len(), Instant::now()) {
+            let busy = queued.load(Ordering::Acquire) > 0;
+            if let Some(wait) = company.wait_for(batch.len(), busy) {
                 if !batch.iter().any(|i| matches!(i, Input::Close)) {
                     std::thread::sleep(wait);
                     take_queued(&mut rx, &mut batch);
                 }
             }
+            company.complete(batch.len(), Instant::now());
             let (job, close) = stage.process(&mut batch);
             // Inline only when nothing else waits: with input queued, the
             // commit thread takes this batch (and its fsync) while this
