@@ -95,7 +95,7 @@ impl Metrics {
         );
         registry.register(
             metric::COMMIT_SECONDS,
-            "Time of one group commit of replay windows to sled",
+            "Time of one group commit: its journal record, synced, then written to sled",
             m.commit_seconds.clone(),
         );
         registry.register(
