@@ -349,8 +349,8 @@ mod json {
     }
 
     /// A one-pass reader for the shape every sealer writes: one flat object
-    /// of the known keys, each once, whose values are ASCII strings without
-    /// escapes, plain non-negative integers or `null`. Anything else (an
+    /// of the known keys, each once, whose values are strings without
+    /// escapes or control bytes, plain non-negative integers or `null`. Anything else (an
     /// escape, an unknown or repeated key, a nested value, a sign, a
     /// fraction, a leading zero, a number past `u64`, stray bytes) returns
     /// `None`, and serde decides. So the shortcut can make a message cheaper

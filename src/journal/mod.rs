@@ -134,11 +134,16 @@ impl Ops {
     /// replaces. The batch is atomic through the journal instead: it is
     /// applied only once its record is durable, and replayed whole.
     pub fn apply<'t>(&self, tree: impl Fn(Tree) -> &'t sled::Tree) -> sled::Result<()> {
+        self.each(|w| w.write_to(tree(w.tree)))
+    }
+
+    /// Runs `f` on every write, in order; a write this build cannot read
+    /// stops it with an error.
+    fn each(&self, mut f: impl FnMut(Logged<'_>) -> sled::Result<()>) -> sled::Result<()> {
         for w in writes(self.body()) {
-            let w = w.ok_or_else(|| {
+            f(w.ok_or_else(|| {
                 sled::Error::Unsupported("a journal record this build cannot read".into())
-            })?;
-            w.write_to(tree(w.tree))?;
+            })?)?;
         }
         Ok(())
     }
@@ -170,10 +175,16 @@ struct Logged<'a> {
 
 impl Logged<'_> {
     fn write_to(&self, t: &sled::Tree) -> sled::Result<()> {
-        match self.value {
-            Some(v) => t.insert(self.key, v).map(|_| ()),
-            None => t.remove(self.key).map(|_| ()),
-        }
+        set(t, self.key, self.value)
+    }
+}
+
+/// Sets `key` to `value` in `t`, or removes it for `None`: what every
+/// journaled write is.
+fn set(t: &sled::Tree, key: &[u8], value: Option<&[u8]>) -> sled::Result<()> {
+    match value {
+        Some(v) => t.insert(key, v).map(|_| ()),
+        None => t.remove(key).map(|_| ()),
     }
 }
 
@@ -388,16 +399,10 @@ impl Journal {
     /// Writes a batch whose record is durable to sled, except its windows,
     /// which wait for the checkpoint ([`Windows`]).
     pub fn apply(&self, ops: &Ops, trees: &Trees) -> sled::Result<()> {
-        if writes(ops.body()).any(|w| w.is_none()) {
-            return Err(sled::Error::Unsupported(
-                "a journal record this build cannot read".into(),
-            ));
-        }
-        for w in writes(ops.body()).flatten() {
-            if w.tree != Tree::Windows {
-                w.write_to(trees.get(w.tree))?;
-            }
-        }
+        ops.each(|w| match w.tree {
+            Tree::Windows => Ok(()),
+            t => w.write_to(trees.get(t)),
+        })?;
         self.windows.defer(
             writes(ops.body())
                 .flatten()

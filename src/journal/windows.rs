@@ -97,13 +97,9 @@ impl Windows {
     /// The checkpoint's part, before its flush: every handed write to sled.
     pub(super) fn write_handed(&self) -> sled::Result<()> {
         let handed = self.0.handed.read().unwrap_or_else(|p| p.into_inner());
-        for (key, value) in handed.iter() {
-            match value {
-                Some(v) => self.0.tree.insert(key.as_slice(), v.as_slice())?,
-                None => self.0.tree.remove(key)?,
-            };
-        }
-        Ok(())
+        handed
+            .iter()
+            .try_for_each(|(key, value)| super::set(&self.0.tree, key, value.as_deref()))
     }
 
     /// After a checkpoint's flush: sled has every handed write for good.

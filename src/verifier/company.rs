@@ -50,12 +50,16 @@ impl Company {
     }
 
     /// Counts a complete batch (what was read, and what came while it
-    /// waited) at `now`. Each gap weighs by its length, so an idle second
-    /// is not outvoted by the burst before it.
-    pub(super) fn complete(&mut self, messages: usize, now: Instant) {
-        if self.wait.is_zero() {
-            return;
+    /// waited). No clock is read when waiting is off.
+    pub(super) fn complete(&mut self, messages: usize) {
+        if !self.wait.is_zero() {
+            self.complete_at(messages, Instant::now());
         }
+    }
+
+    /// [`Company::complete`] at `now`. Each gap weighs by its length, so an
+    /// idle second is not outvoted by the burst before it.
+    fn complete_at(&mut self, messages: usize, now: Instant) {
         if let Some(last) = self.last {
             let gap = now.duration_since(last).as_secs_f64().max(1e-6);
             let weight = 1.0 - (-gap / MEMORY.as_secs_f64()).exp();
@@ -79,7 +83,7 @@ mod tests {
         let steady = |c: &mut Company, now: &mut Instant, every: Duration, size: usize| {
             for _ in 0..2_000 {
                 *now += every;
-                c.complete(size, *now);
+                c.complete_at(size, *now);
             }
         };
         let mut now = Instant::now();
@@ -95,7 +99,7 @@ mod tests {
         steady(&mut c, &mut now, Duration::from_micros(10), 64);
         assert_eq!(c.wait_for(1, false), Some(wait), "a burst");
         now += Duration::from_secs(1);
-        c.complete(1, now);
+        c.complete_at(1, now);
         assert_eq!(c.wait_for(1, false), None, "after an idle second");
 
         let mut c = Company::new(Duration::ZERO);

@@ -295,7 +295,7 @@ impl Verifier {
                     take_queued(&mut rx, &mut batch);
                 }
             }
-            company.complete(batch.len(), Instant::now());
+            company.complete(batch.len());
             let (job, close) = stage.process(&mut batch);
             // Inline only when nothing else waits: with input queued, the
             // commit thread takes this batch (and its fsync) while this
