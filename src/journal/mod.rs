@@ -28,7 +28,8 @@
 //! little-endian, `len` above 0; a body is a run of writes `tree: u8 |
 //! key_len: u32 | key | 0 (remove) or 1 | value_len: u32 | value`. Zeros
 //! after a file's last record are space it was given ahead of its writes
-//! (`create`). A record that does not check is a crash's torn write only at
+//! (`create`, [`prepare_spare`]). `journal/spare`, when present, is the next
+//! file made ready ahead of time; replay never reads it. A record that does not check is a crash's torn write only at
 //! the end of the newest file; anywhere else it is corruption and the start
 //! is refused.
 
@@ -257,9 +258,12 @@ pub struct Journal {
     /// dropped), so nothing more is appended until a restart replays what
     /// checks.
     poisoned: bool,
-    /// Files handed to the checkpointer, and its answers.
-    checkpoints: mpsc::Sender<(u64, PathBuf)>,
-    done: mpsc::Receiver<std::io::Result<u64>>,
+    /// Files handed to the checkpointer (with the size of the spare to
+    /// prepare after it, if any), and its answers.
+    checkpoints: mpsc::Sender<(u64, Option<u64>)>,
+    done: mpsc::Receiver<Checkpointed>,
+    /// The next file, written with zeros ahead of time, and its size.
+    spare: Option<(File, u64)>,
     /// A checkpoint is running (at most one at a time).
     checkpointing: bool,
     /// The checkpointer thread, joined by [`Journal::close`].
@@ -274,6 +278,13 @@ pub struct Recovered {
     pub records: u64,
     pub writes: u64,
 }
+
+/// The checkpointer's answer: the checkpoint's result, and the spare file
+/// it prepared after it, if asked and it could.
+type Checkpointed = (std::io::Result<u64>, Option<(File, u64)>);
+
+/// Where the next file is prepared; not a number, so replay skips it.
+const SPARE: &str = "spare";
 
 fn file_name(number: u64) -> String {
     format!("{number:020}")
@@ -325,9 +336,32 @@ impl Journal {
                 std::fs::remove_file(path)?;
             }
         }
+        // A spare left by the last run holds no record.
+        match std::fs::remove_file(dir.join(SPARE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let number = found.last().map_or(1, |(n, _)| n + 1);
-        let file = create(dir, number, durability, PREALLOCATE_MIN)?;
-        let (checkpoints, todo) = mpsc::channel::<(u64, PathBuf)>();
+        // Power-loss: the first file and the next are written with zeros
+        // here, off the commit path; from then on the checkpointer prepares
+        // each next one. Best effort, as preallocating is.
+        let (file, spare) = match durability {
+            Durability::PowerLoss => {
+                let first = prepare_spare(dir, PREALLOCATE_MIN)
+                    .and_then(|f| take_spare(dir, f, number))
+                    .or_else(|e| {
+                        tracing::warn!(error = %e, "Could not prepare the first journal file; preallocating it instead.");
+                        create(dir, number, durability, PREALLOCATE_MIN)
+                    })?;
+                let spare = prepare_spare(dir, PREALLOCATE_MIN)
+                    .inspect_err(|e| tracing::warn!(error = %e, "Could not prepare the next journal file; the commit will create it."))
+                    .ok()
+                    .map(|f| (f, PREALLOCATE_MIN));
+                (first, spare)
+            }
+            Durability::ProcessCrash => (create(dir, number, durability, 0)?, None),
+        };
+        let (checkpoints, todo) = mpsc::channel::<(u64, Option<u64>)>();
         let (report, done) = mpsc::channel();
         let syncs = db.syncs().clone();
         let windows = Windows::open(db).map_err(std::io::Error::other)?;
@@ -348,6 +382,7 @@ impl Journal {
                 poisoned: false,
                 checkpoints,
                 done,
+                spare,
                 checkpointing: false,
                 checkpointer: Some(checkpointer),
                 windows,
@@ -431,19 +466,30 @@ impl Journal {
     /// Starts a new file and hands the old one to the checkpointer, which
     /// deletes it (and any older one a failed checkpoint left) once sled's
     /// state, which holds everything journaled before it, is durable.
+    ///
+    /// The new file is the spare the checkpointer prepared after its last
+    /// checkpoint, when there is one: its space was written with zeros, so
+    /// a record's `fdatasync` is only the data and the disk's cache flush
+    /// (no extent to convert, no file system journal commit), measured a
+    /// third cheaper again than a preallocated file (docs/benchmarks.md).
+    /// Writing those zeros takes the disk for milliseconds, which is why it
+    /// is not done here, on the commit path.
     fn rotate(&mut self) -> std::io::Result<()> {
         let next = self.number + 1;
         // About a second and a quarter of the current rate.
         let per_sec = self.bytes as f64 / self.opened.elapsed().as_secs_f64().max(1e-3);
         let size = ((per_sec * 1.25) as u64).clamp(PREALLOCATE_MIN, CHECKPOINT_BYTES);
-        let file = create(&self.dir, next, self.durability, size)?;
-        let path = self.dir.join(file_name(self.number));
+        let (file, given) = match self.spare.take() {
+            Some((file, given)) => (take_spare(&self.dir, file, next)?, given),
+            None => (create(&self.dir, next, self.durability, size)?, size),
+        };
         self.windows.hand_over();
+        let spare = (self.durability == Durability::PowerLoss).then_some(size);
         self.checkpoints
-            .send((self.number, path))
+            .send((self.number, spare))
             .map_err(|_| std::io::Error::other("the checkpoint thread is gone"))?;
         self.file = file;
-        self.reserved = reserved(self.durability, size);
+        self.reserved = reserved(self.durability, given);
         self.number = next;
         self.bytes = 0;
         self.opened = Instant::now();
@@ -456,8 +502,9 @@ impl Journal {
     /// a later checkpoint succeeds, which removes every file up to its own.
     fn poll_checkpoint(&mut self) -> std::io::Result<()> {
         match self.done.try_recv() {
-            Ok(r) => {
+            Ok((r, spare)) => {
                 self.checkpointing = false;
+                self.spare = spare;
                 r.map(|_| ())
             }
             Err(mpsc::TryRecvError::Empty) => Ok(()),
@@ -489,21 +536,25 @@ impl Journal {
             ));
         }
         if self.checkpointing {
-            if let Ok(r) = self.done.recv() {
+            if let Ok((r, spare)) = self.done.recv() {
+                self.spare = spare;
                 r?;
             }
         }
-        let path = self.dir.join(file_name(self.number));
         self.windows.hand_over();
         self.checkpoints
-            .send((self.number, path))
+            .send((self.number, None))
             .map_err(|_| std::io::Error::other("the checkpoint thread is gone"))?;
-        let last = self.done.recv().map_err(std::io::Error::other)?;
+        let (last, _) = self.done.recv().map_err(std::io::Error::other)?;
         drop(self.checkpoints);
         if let Some(t) = self.checkpointer.take() {
             let _ = t.join();
         }
-        last.map(|_| ())
+        last?;
+        if self.spare.take().is_some() {
+            std::fs::remove_file(self.dir.join(SPARE))?;
+        }
+        Ok(())
     }
 }
 
@@ -519,13 +570,13 @@ fn checkpoint_loop(
     db: &Database,
     dir: &Path,
     windows: &Windows,
-    todo: &mpsc::Receiver<(u64, PathBuf)>,
-    report: &mpsc::Sender<std::io::Result<u64>>,
+    todo: &mpsc::Receiver<(u64, Option<u64>)>,
+    report: &mpsc::Sender<Checkpointed>,
 ) {
     crate::sched::pipeline_thread();
     loop {
         match todo.recv_timeout(CHECKPOINT_AFTER) {
-            Ok((number, _)) => {
+            Ok((number, spare)) => {
                 let r = windows
                     .write_handed()
                     .and_then(|()| db.flush())
@@ -538,7 +589,17 @@ fn checkpoint_loop(
                 if let Err(e) = &r {
                     tracing::error!(error = %e, "Journal checkpoint failed; sealed traffic is refused until it succeeds or the gateway restarts.");
                 }
-                if report.send(r).is_err() {
+                // After the checkpoint, which the commit waits on to rotate
+                // again; without a spare the next rotation creates a file
+                // itself, as before.
+                let spare = spare.and_then(|size| match prepare_spare(dir, size) {
+                    Ok(file) => Some((file, size)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Could not prepare the next journal file; the commit will create it.");
+                        None
+                    }
+                });
+                if report.send((r, spare)).is_err() {
                     return;
                 }
             }
@@ -565,15 +626,18 @@ fn remove_up_to(dir: &Path, number: u64) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
-/// A new journal file, owner-only (it holds plaintext); one a failed
-/// rotation left behind never got a record, and is emptied.
+/// A new journal file, owner-only (it holds plaintext), made on the commit
+/// path when no spare is ready (process-crash mode, or a spare that could
+/// not be prepared); one a failed rotation left behind never got a record,
+/// and is emptied.
 ///
 /// In power-loss mode it is first given `size` bytes of disk (reading as
-/// zeros), and that is made durable: a record's `fdatasync` then has no
-/// file size to commit, which on ext4 makes it about a third cheaper in
-/// CPU and latency than syncing an append (measured in
-/// docs/benchmarks.md). Where the file system cannot preallocate, records
-/// are appended as usual.
+/// zeros, fast to reserve), and that is made durable: a record's
+/// `fdatasync` then has no file size to commit, which on ext4 makes it
+/// about a third cheaper in CPU and latency than syncing an append
+/// (measured in docs/benchmarks.md), though dearer than a spare's written
+/// zeros. Where the file system cannot preallocate, records are appended
+/// as usual.
 fn create(dir: &Path, number: u64, durability: Durability, size: u64) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = OpenOptions::new()
@@ -588,6 +652,59 @@ fn create(dir: &Path, number: u64, durability: Durability, size: u64) -> std::io
         sync_dir(dir)?;
     }
     Ok(file)
+}
+
+/// The next journal file, `journal/spare`, its `size` bytes written with
+/// zeros and durable (see [`Journal::rotate`] for why). The zeros go out in
+/// slices, each written back before the next, so a commit's sync never
+/// waits behind more than one slice; the one `sync_all` at the end then
+/// only commits the file's size and extents. A spare that could not be
+/// finished is removed (best effort): on a full disk its space is better
+/// left to the journal.
+fn prepare_spare(dir: &Path, size: u64) -> std::io::Result<File> {
+    fill_spare(dir, size).inspect_err(|_| {
+        let _ = std::fs::remove_file(dir.join(SPARE));
+    })
+}
+
+fn fill_spare(dir: &Path, size: u64) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    const SLICE: usize = 256 * 1024;
+    let file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join(SPARE))?;
+    let zeros = vec![0u8; SLICE];
+    let mut at = 0u64;
+    while at < size {
+        let n = usize::try_from(size - at).map_or(SLICE, |left| left.min(SLICE));
+        file.write_all_at(&zeros[..n], at)?;
+        let (Ok(off), Ok(len)) = (libc::off_t::try_from(at), libc::off_t::try_from(n)) else {
+            return Err(std::io::Error::other("journal file size out of range"));
+        };
+        let how = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: the descriptor is `file`'s own and open for the call;
+        // sync_file_range only reads its integer arguments.
+        if unsafe { libc::sync_file_range(file.as_raw_fd(), off, len, how) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        at += n as u64;
+    }
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// The prepared spare as file `number`, durable under that name before any
+/// record relies on it.
+fn take_spare(dir: &Path, spare: File, number: u64) -> std::io::Result<File> {
+    std::fs::rename(dir.join(SPARE), dir.join(file_name(number)))?;
+    sync_dir(dir)?;
+    Ok(spare)
 }
 
 /// Gives `file` its first `size` bytes of disk, best effort.
@@ -783,7 +900,7 @@ mod tests {
             assert_eq!(windows.get(b"dev-2").unwrap(), None, "a reset is kept too");
 
             j.rotate().unwrap();
-            j.done.recv().unwrap().unwrap();
+            j.done.recv().unwrap().0.unwrap();
             j.checkpointing = false;
             assert_eq!(in_sled(b"dev-1").unwrap(), b"w2"[..]);
             assert_eq!(files(&dir.path().join("journal")).unwrap().len(), 1);
@@ -876,7 +993,7 @@ mod tests {
                 .expect("a clock older than that");
             // Not applied to sled: the crash comes first.
             j.append(&mut record(b"b")).unwrap();
-            assert_eq!(j.done.recv().unwrap().unwrap(), 1, "file 1 checkpointed");
+            assert_eq!(j.done.recv().unwrap().0.unwrap(), 1, "file 1 checkpointed");
         }
         let (db, _j, r) = open(dir.path());
         assert_eq!(r.records, 1, "b, from file 2");
@@ -953,6 +1070,69 @@ mod tests {
         assert_eq!(r.records, 1);
         let windows = db.open_tree(Tree::Windows.name()).unwrap();
         assert!(windows.get(b"a").unwrap().is_some());
+    }
+
+    fn zeros_only(path: &Path) {
+        assert!(std::fs::read(path).unwrap().iter().all(|b| *b == 0));
+    }
+
+    /// Takes the checkpointer's answer as `poll_checkpoint` would, waiting.
+    fn settle(j: &mut Journal) {
+        let (r, spare) = j.done.recv().unwrap();
+        r.unwrap();
+        j.spare = spare;
+        j.checkpointing = false;
+    }
+
+    /// After a checkpoint the next file waits as `spare`, written with
+    /// zeros; the next rotation takes it under its number, records in it
+    /// replay after a crash, and replay never reads the spare itself, which
+    /// a start and a clean close remove.
+    #[test]
+    fn a_rotation_takes_the_spare_the_checkpoint_prepared() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("journal");
+        {
+            let (_db, mut j, _) = open(dir.path());
+            let zeros = |what: &str| {
+                let spare = std::fs::read(journal.join(SPARE)).expect(what);
+                assert_eq!(spare.len() as u64, PREALLOCATE_MIN);
+                assert!(spare.iter().all(|b| *b == 0));
+            };
+            zeros("a spare from the start");
+            j.append(&mut record(b"a")).unwrap();
+            j.rotate().unwrap();
+            assert!(!journal.join(SPARE).exists(), "taken by the rotation");
+            settle(&mut j);
+            zeros("a spare after the checkpoint");
+
+            j.rotate().unwrap();
+            assert!(!journal.join(SPARE).exists(), "taken by the rotation");
+            assert_eq!(j.number, 3);
+            assert_eq!(j.reserved, PREALLOCATE_MIN);
+            j.append(&mut record(b"b")).unwrap();
+            assert_eq!(
+                std::fs::metadata(journal_file(dir.path())).unwrap().len(),
+                PREALLOCATE_MIN,
+                "the record went into the spare's space"
+            );
+            settle(&mut j);
+            assert!(journal.join(SPARE).exists(), "the next one");
+            // A crash: the spare stays, with bytes replay must not read.
+            std::fs::write(journal.join(SPARE), b"not a journal file").unwrap();
+        }
+        let (_db, j, r) = open(dir.path());
+        assert_eq!(r.records, 1, "b, from the spare's space: {r:?}");
+        zeros_only(&journal.join(SPARE));
+
+        let mut j = j;
+        j.append(&mut record(b"c")).unwrap();
+        j.rotate().unwrap();
+        settle(&mut j);
+        assert!(journal.join(SPARE).exists());
+        j.close().unwrap();
+        assert!(!journal.join(SPARE).exists(), "removed by a clean close");
+        assert!(files(&journal).unwrap().is_empty());
     }
 
     /// A successful checkpoint removes older files a failed one left, so
