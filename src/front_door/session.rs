@@ -38,6 +38,8 @@ const DRAIN_QUIET: Duration = Duration::from_millis(300);
 const DRAIN_MAX: Duration = Duration::from_secs(5);
 /// The longest the closing handshake of a transport may take.
 const SHUTDOWN_WRITE: Duration = Duration::from_secs(1);
+/// Free buffer space a read is given, at least.
+const READ_ROOM: usize = 1024;
 
 /// How a session ended, which decides whether the will is published.
 #[derive(Debug, PartialEq, Eq)]
@@ -356,6 +358,12 @@ impl<P: Protocol> Session<P> {
                     timer.as_mut().reset(due);
                 }
             }
+            // Room for more than a packet: a read that fills the buffer
+            // leaves the socket marked ready, which costs an extra read
+            // (measured below 1 KiB of room: 1.56 reads per message at 40k).
+            // A no-op while there is room; the idle footprint stays the
+            // CONNECT's 1 KiB.
+            self.rbuf.reserve(READ_ROOM);
             let mut router_active = false;
             tokio::select! {
                 // Reading goes on while draining: subscribers' PUBACKs keep the
