@@ -4,6 +4,7 @@
 //! `mqtt.max_packet_bytes`, ends the session on the header alone, so the
 //! buffer never holds more than one packet and one read.
 
+use bytes::{Buf, BytesMut};
 use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PingResp, Protocol, PubComp, PubCompReason, PubRel, PubRelReason,
     SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
@@ -64,11 +65,18 @@ impl<P: Protocol> Session<P> {
                 break;
             }
             let qos_pkid = packet::publish_qos_pkid(&self.rbuf);
+            // Decoded from a copy of exactly its frame: what the packet
+            // keeps (a publish's topic and payload, passed on to the
+            // router) then holds its own bytes only, and the read buffer is
+            // never shared, so it is reused in place (`Session::run`). Were
+            // the packet cut from the read buffer, a message kept by the
+            // router would pin the whole buffer it was read into.
+            let mut frame = BytesMut::from(&self.rbuf[..len]);
+            self.rbuf.advance(len);
             // The frame is complete: a decoder that still wants bytes, or
-            // panics, was given a malformed packet (rumqttd has already
-            // consumed the frame, so it cannot be read again).
+            // panics, was given a malformed packet.
             let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.proto.read_mut(&mut self.rbuf, max)
+                self.proto.read_mut(&mut frame, max)
             }));
             let pkt = match decoded {
                 Ok(Ok(p)) => p,
