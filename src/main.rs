@@ -27,7 +27,8 @@ fn main() -> ExitCode {
         // span allocation and a formatted field per message, and its few
         // warnings read as well without them.
         .with(tracing_subscriber::filter::filter_fn(|m| {
-            !(m.is_span() && m.target().starts_with("rumqttd"))
+            let t = m.target();
+            !(m.is_span() && (t == "rumqttd" || t.starts_with("rumqttd::")))
         }))
         .with(
             tracing_subscriber::fmt::layer()
