@@ -330,10 +330,7 @@ impl Journal {
         }
         // A spare left by the last run holds no record; on a full disk its
         // space is what the replay's flush may need.
-        match std::fs::remove_file(dir.join(SPARE)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        remove_spare(dir)?;
         let found = files(dir)?;
         let recovered = replay(&found, db)?;
         if !found.is_empty() {
@@ -356,11 +353,7 @@ impl Journal {
                         tracing::warn!(error = %e, "Could not prepare the first journal file; preallocating it instead.");
                         create(dir, number, durability, PREALLOCATE_MIN)
                     })?;
-                let spare = prepare_spare(dir, PREALLOCATE_MIN)
-                    .inspect_err(|e| tracing::warn!(error = %e, "Could not prepare the next journal file; the commit will create it."))
-                    .ok()
-                    .map(|f| (f, PREALLOCATE_MIN));
-                (first, spare)
+                (first, spare_or_none(dir, PREALLOCATE_MIN))
             }
             Durability::ProcessCrash => (create(dir, number, durability, 0)?, None),
         };
@@ -559,11 +552,8 @@ impl Journal {
         // Also one a failed rotation or a discarded answer left: a clean
         // stop leaves nothing to replay or remove. Not a failed checkpoint.
         self.spare = None;
-        match std::fs::remove_file(self.dir.join(SPARE)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(error = %e, "Could not remove the spare journal file; the next start removes it.");
-            }
-            _ => {}
+        if let Err(e) = remove_spare(&self.dir) {
+            tracing::warn!(error = %e, "Could not remove the spare journal file; the next start removes it.");
         }
         Ok(())
     }
@@ -604,13 +594,9 @@ fn checkpoint_loop(
                 // again; without a spare the next rotation creates a file
                 // itself. None after a failed checkpoint, most often a full
                 // disk, which zeros would only fill further.
-                let spare = spare.filter(|_| r.is_ok()).and_then(|size| match prepare_spare(dir, size) {
-                    Ok(file) => Some((file, size)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Could not prepare the next journal file; the commit will create it.");
-                        None
-                    }
-                });
+                let spare = spare
+                    .filter(|_| r.is_ok())
+                    .and_then(|size| spare_or_none(dir, size));
                 if report.send((r, spare)).is_err() {
                     return;
                 }
@@ -651,13 +637,7 @@ fn remove_up_to(dir: &Path, number: u64) -> std::io::Result<()> {
 /// zeros. Where the file system cannot preallocate, records are appended
 /// as usual.
 fn create(dir: &Path, number: u64, durability: Durability, size: u64) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(dir.join(file_name(number)))?;
+    let file = owner_only(&dir.join(file_name(number)))?;
     if durability == Durability::PowerLoss {
         preallocate(&file, size);
         file.sync_all()?;
@@ -675,20 +655,46 @@ fn create(dir: &Path, number: u64, durability: Durability, size: u64) -> std::io
 /// left to the journal.
 fn prepare_spare(dir: &Path, size: u64) -> std::io::Result<File> {
     fill_spare(dir, size).inspect_err(|_| {
-        let _ = std::fs::remove_file(dir.join(SPARE));
+        let _ = remove_spare(dir);
     })
 }
 
-fn fill_spare(dir: &Path, size: u64) -> std::io::Result<File> {
-    use std::os::fd::AsRawFd;
+/// [`prepare_spare`] for a caller that can do without one: the next
+/// rotation then creates its file itself.
+fn spare_or_none(dir: &Path, size: u64) -> Option<(File, u64)> {
+    match prepare_spare(dir, size) {
+        Ok(file) => Some((file, size)),
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not prepare the next journal file; the commit will create it.");
+            None
+        }
+    }
+}
+
+/// Removes `journal/spare`, if there is one.
+fn remove_spare(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(SPARE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Opens `path` for writing, emptied, owner-only: journal files hold
+/// plaintext.
+fn owner_only(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    const SLICE: usize = 256 * 1024;
-    let file = OpenOptions::new()
+    OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(0o600)
-        .open(dir.join(SPARE))?;
+        .open(path)
+}
+
+fn fill_spare(dir: &Path, size: u64) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    const SLICE: usize = 256 * 1024;
+    let file = owner_only(&dir.join(SPARE))?;
     let zeros = vec![0u8; SLICE];
     let mut at = 0u64;
     while at < size {
