@@ -3,6 +3,8 @@
 # load on core 1 (100 devices, 128 B, JSON, AES, QoS 1, one subscriber) at
 # $RATE msgs/s for $SECS s. Sets W (a work directory removed on exit), S (the
 # gateway's pid) and F (the load's); the load's summary goes to $W/load.json.
+# $SIM_ARGS adds options to firmware-sim's, e.g.
+# SIM_ARGS="--latency-timeline /tmp/t.csv" (latency per 10 ms of the run).
 BIN=${BIN:-target/release}
 W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
@@ -16,5 +18,5 @@ for _ in $(seq 100); do curl -sf http://127.0.0.1:18093/healthz > /dev/null && b
 "$BIN/sealgate" device add-bulk --prefix sim- --count 100 --out "$W/fleet.json" > /dev/null
 taskset -c 1 "$BIN/firmware-sim" --mqtt 127.0.0.1:18843 --devices-file "$W/fleet.json" \
   --subscriber dash:pw --rate "$RATE" --duration "${SECS}s" --encrypt --qos 1 --payload-bytes 128 \
-  --json 2> /dev/null | tail -1 > "$W/load.json" &
+  --json ${SIM_ARGS:-} 2> /dev/null | tail -1 > "$W/load.json" &
 F=$!

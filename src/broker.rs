@@ -60,14 +60,9 @@ impl Broker {
                 ..Default::default()
             },
         );
-        // Spawned from a thread of the pipeline's class, which the router
-        // thread inherits (`crate::sched`): rumqttd names and starts it.
-        let router_tx = std::thread::spawn(move || {
-            crate::sched::pipeline_thread();
-            router.spawn()
-        })
-        .join()
-        .expect("start the router thread");
+        // The router keeps the default scheduling class, unlike the rest
+        // of the pipeline (`crate::sched` says why).
+        let router_tx = router.spawn();
         Broker {
             make_link: Arc::new(move |client_id: &str, clean: bool| {
                 LinkBuilder::new(client_id, router_tx.clone())

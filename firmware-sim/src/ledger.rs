@@ -132,9 +132,21 @@ pub struct Tally {
     /// ours: the drain stops when the gateway has gone quiet.
     pub last_activity_us: AtomicU64,
     by_reason: Mutex<BTreeMap<String, u64>>,
-    latency_us: Mutex<Histogram<u64>>,
+    latency_us: Mutex<Latencies>,
     epoch: Instant,
 }
+
+/// Every first delivery's latency, as one histogram and as a timeline.
+struct Latencies {
+    all: Histogram<u64>,
+    /// Per [`TIMELINE_STEP`] of delivery time since the epoch: deliveries
+    /// and the largest latency. Where a tail comes from is a question of
+    /// when: a stall shows as a run of slow steps, noise as scattered ones.
+    timeline: Vec<(u64, u64)>,
+}
+
+/// The timeline's resolution.
+pub const TIMELINE_STEP: Duration = Duration::from_millis(10);
 
 impl Tally {
     pub fn new(epoch: Instant) -> Result<Tally, String> {
@@ -153,7 +165,10 @@ impl Tally {
             publish_errors: AtomicU64::new(0),
             last_activity_us: AtomicU64::new(0),
             by_reason: Mutex::new(BTreeMap::new()),
-            latency_us: Mutex::new(hist),
+            latency_us: Mutex::new(Latencies {
+                all: hist,
+                timeline: Vec::new(),
+            }),
             epoch,
         })
     }
@@ -185,7 +200,20 @@ impl Tally {
                 let us = u64::try_from(latency.as_micros())
                     .unwrap_or(u64::MAX)
                     .max(1);
-                lock(&self.latency_us).saturating_record(us);
+                let step = at.saturating_duration_since(self.epoch).as_micros()
+                    / TIMELINE_STEP.as_micros();
+                let step = usize::try_from(step).unwrap_or(usize::MAX);
+                let mut l = lock(&self.latency_us);
+                l.all.saturating_record(us);
+                // A delivery hours into the run is not worth gigabytes.
+                if step < 1 << 24 {
+                    if l.timeline.len() <= step {
+                        l.timeline.resize(step + 1, (0, 0));
+                    }
+                    let slot = &mut l.timeline[step];
+                    slot.0 += 1;
+                    slot.1 = slot.1.max(us);
+                }
             }
             Delivery::Duplicate => Tally::bump(&self.duplicates),
             Delivery::Unexpected => Tally::bump(&self.unexpected),
@@ -208,7 +236,13 @@ impl Tally {
     }
 
     pub fn latency(&self) -> Histogram<u64> {
-        lock(&self.latency_us).clone()
+        lock(&self.latency_us).all.clone()
+    }
+
+    /// Per [`TIMELINE_STEP`] since the epoch: deliveries and the largest
+    /// latency in microseconds.
+    pub fn timeline(&self) -> Vec<(u64, u64)> {
+        lock(&self.latency_us).timeline.clone()
     }
 }
 

@@ -23,6 +23,8 @@ pub struct LoadPlan {
     pub rate: f64,
     pub duration: Duration,
     pub progress: bool,
+    /// `--latency-timeline`: where to write the latency over time.
+    pub timeline: Option<std::path::PathBuf>,
 }
 
 /// The tail is done when the gateway has been quiet this long...
@@ -166,9 +168,23 @@ pub async fn run(common: &Common, plan: LoadPlan) -> Result<LoadReport, String> 
         stream: common.stream.clone(),
         sealer: common.sealer.name(),
     };
+    if let Some(path) = &plan.timeline {
+        write_timeline(path, &tally.timeline())?;
+    }
     let mut report = LoadReport::new(settings, counts, &tally.latency());
     report.watched_cpu = watched_cpu;
     Ok(report)
+}
+
+/// The CSV of `--latency-timeline`: one line per step with deliveries.
+fn write_timeline(path: &std::path::Path, steps: &[(u64, u64)]) -> Result<(), String> {
+    use std::fmt::Write as _;
+    let step_ms = crate::ledger::TIMELINE_STEP.as_millis();
+    let mut csv = String::from("ms,delivered,max_latency_us\n");
+    for (i, (n, max)) in steps.iter().enumerate().filter(|(_, (n, _))| *n > 0) {
+        let _ = writeln!(csv, "{},{n},{max}", i as u128 * step_ms);
+    }
+    std::fs::write(path, csv).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Connects every device, a bounded number at a time. The first failure ends

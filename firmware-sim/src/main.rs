@@ -149,6 +149,13 @@ struct Cli {
     #[arg(long)]
     no_progress: bool,
 
+    /// After a load run, write its latency over time to FILE as CSV: per
+    /// 10 ms of delivery time since the fleet connected, the deliveries and
+    /// the largest latency in microseconds. For finding where a tail comes
+    /// from: a stall is a run of slow steps.
+    #[arg(long, value_name = "FILE")]
+    latency_timeline: Option<std::path::PathBuf>,
+
     /// Topic prefix devices publish under (gateway `topics.sealed`).
     #[arg(long, default_value = "sealed", value_parser = parse_prefix)]
     sealed_prefix: String,
@@ -405,6 +412,7 @@ async fn run(cli: Cli) -> Result<Option<String>, String> {
                 rate: cli.rate,
                 duration: cli.duration,
                 progress: !(cli.no_progress || cli.json),
+                timeline: cli.latency_timeline.clone(),
             };
             let report = load::run(&common, plan).await?;
             if cli.json {
