@@ -312,4 +312,18 @@ mod tests {
         assert_eq!(t.rejected_by_reason().get("bad_mac"), Some(&2));
         assert_eq!(t.latency().len(), 1);
     }
+
+    #[test]
+    fn the_timeline_keeps_each_steps_count_and_worst_latency() {
+        let t0 = Instant::now();
+        let t = Tally::new(t0).expect("tally");
+        let first = |ms| Delivery::First {
+            latency: Duration::from_millis(ms),
+        };
+        t.delivery(first(2), t0 + Duration::from_millis(3));
+        t.delivery(first(7), t0 + Duration::from_millis(9));
+        t.delivery(first(1), t0 + Duration::from_millis(31));
+        t.delivery(Delivery::Duplicate, t0 + Duration::from_millis(15));
+        assert_eq!(t.timeline(), [(2, 7_000), (0, 0), (0, 0), (1, 1_000)]);
+    }
 }
