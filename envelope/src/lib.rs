@@ -40,7 +40,7 @@ pub use open::parse_json_by_serde;
 #[cfg(feature = "json")]
 pub use open::{looks_sealed, parse};
 #[cfg(feature = "alloc")]
-pub use open::{open_body, Parsed};
+pub use open::{open_body, open_body_keyed, DecKey, Parsed};
 pub use open::{parse_binary, Envelope};
 #[cfg(feature = "alloc")]
 pub use seal::seal;

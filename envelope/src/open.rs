@@ -82,7 +82,7 @@ pub use owned::*;
 
 #[cfg(feature = "alloc")]
 mod owned {
-    use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
+    use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, InnerIvInit, KeyInit};
     use alloc::vec::Vec;
 
     use super::{Enc, Envelope};
@@ -90,14 +90,37 @@ mod owned {
     /// An envelope whose body it owns.
     pub type Parsed = Envelope<Vec<u8>>;
 
+    /// A device's decryption key with AES's key schedule already run. A
+    /// gateway keeps one per device, as it keeps a [`crate::MacKey`]: the
+    /// schedule costs about as much as decrypting a 128-byte body.
+    #[derive(Clone)]
+    pub struct DecKey(aes::Aes128Dec);
+
+    impl DecKey {
+        pub fn new(k_enc: &[u8; 16]) -> DecKey {
+            DecKey(aes::Aes128Dec::new(k_enc.into()))
+        }
+    }
+
+    impl core::fmt::Debug for DecKey {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("DecKey(..)")
+        }
+    }
+
     /// The plaintext of a message whose MAC has already been checked. `None`
     /// means the padding was wrong: the spec's `decrypt_failed`.
     pub fn open_body(parsed: Parsed, k_enc: &[u8; 16]) -> Option<Vec<u8>> {
+        open_body_keyed(parsed, &DecKey::new(k_enc))
+    }
+
+    /// [`open_body`] under a key whose schedule is already run.
+    pub fn open_body_keyed(parsed: Parsed, key: &DecKey) -> Option<Vec<u8>> {
         match parsed.enc {
             Enc::None => Some(parsed.body),
             Enc::Aes128Cbc(iv) => {
                 let mut body = parsed.body;
-                let n = cbc::Decryptor::<aes::Aes128>::new(k_enc.into(), &iv.into())
+                let n = cbc::Decryptor::inner_iv_init(key.0.clone(), &iv.into())
                     .decrypt_padded_mut::<Pkcs7>(&mut body)
                     .ok()?
                     .len();
@@ -166,13 +189,14 @@ mod json {
     }
 
     /// One field of the JSON form, as the rules need it: a non-negative
-    /// integer, a string (borrowed from the payload unless it had escapes),
-    /// or any other value (present, of the wrong type). Read instead of a
+    /// integer, a string (its UTF-8 bytes, borrowed from the payload unless
+    /// it had escapes; every rule reads bytes), or any other value (present,
+    /// of the wrong type). Read instead of a
     /// `serde_json::Value`, so the fields of a message cost no allocation;
     /// `null` reads as absent, as it did through `Option<Value>`.
     enum Field<'a> {
         Num(u64),
-        Str(Cow<'a, str>),
+        Str(Cow<'a, [u8]>),
         Other,
     }
 
@@ -208,15 +232,15 @@ mod json {
         }
 
         fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Field<'de>, E> {
-            Ok(Field::Str(Cow::Borrowed(v)))
+            Ok(Field::Str(Cow::Borrowed(v.as_bytes())))
         }
 
         fn visit_str<E>(self, v: &str) -> Result<Field<'de>, E> {
-            Ok(Field::Str(Cow::Owned(v.into())))
+            Ok(Field::Str(Cow::Owned(v.as_bytes().into())))
         }
 
         fn visit_string<E>(self, v: String) -> Result<Field<'de>, E> {
-            Ok(Field::Str(Cow::Owned(v)))
+            Ok(Field::Str(Cow::Owned(v.into_bytes())))
         }
 
         fn visit_unit<E>(self) -> Result<Field<'de>, E> {
@@ -242,7 +266,7 @@ mod json {
             }
         }
 
-        fn str(&self) -> Option<&str> {
+        fn str(&self) -> Option<&[u8]> {
             match self {
                 Field::Str(s) => Some(s),
                 _ => None,
@@ -309,8 +333,8 @@ mod json {
                 .filter(|n| *n >= 1)
                 .ok_or(Malformed::Nonce)?;
             let aes = match self.enc.as_ref().map(Field::str) {
-                None | Some(Some("none")) => false,
-                Some(Some("aes-128-cbc")) => true,
+                None | Some(Some(b"none")) => false,
+                Some(Some(b"aes-128-cbc")) => true,
                 Some(_) => return Err(Malformed::Enc),
             };
             let enc = match (aes, self.iv.as_ref().map(Field::str)) {
@@ -332,7 +356,7 @@ mod json {
                 Some(s) if s.len() == 2 * MAC_LEN => {
                     let mut mac = [0u8; MAC_LEN];
                     HEXLOWER_PERMISSIVE
-                        .decode_mut(s.as_bytes(), &mut mac)
+                        .decode_mut(s, &mut mac)
                         .map_err(|_| Malformed::Mac)?;
                     mac
                 }
@@ -372,8 +396,10 @@ mod json {
 
         /// A string starting at `p[i]` (its opening quote) without escapes
         /// or control bytes, and the index past its closing quote. Any
-        /// valid UTF-8 is taken, as serde takes it.
-        fn string(p: &[u8], i: usize) -> Option<(&str, usize)> {
+        /// valid UTF-8 is taken, as serde takes it; the UTF-8 check only
+        /// runs on a string with a byte past ASCII, which a sealer never
+        /// writes.
+        fn string(p: &[u8], i: usize) -> Option<(&[u8], usize)> {
             if p.get(i) != Some(&b'"') {
                 return None;
             }
@@ -387,7 +413,10 @@ mod json {
             if s.iter().fold(false, |bad, b| bad | (*b < 0x20)) {
                 return None;
             }
-            Some((core::str::from_utf8(s).ok()?, i + len + 2))
+            if !s.is_ascii() && core::str::from_utf8(s).is_err() {
+                return None;
+            }
+            Some((s, i + len + 2))
         }
 
         /// A value at `p[i]`: `Some(None)` is `null`.
@@ -430,13 +459,13 @@ mod json {
                     }
                     let (value, j) = value(p, skip_ws(p, i + 1))?;
                     let (bit, slot) = match key {
-                        "v" => (0, &mut f.v),
-                        "kid" => (1, &mut f.kid),
-                        "nonce" => (2, &mut f.nonce),
-                        "enc" => (3, &mut f.enc),
-                        "iv" => (4, &mut f.iv),
-                        "payload" => (5, &mut f.payload),
-                        "mac" => (6, &mut f.mac),
+                        b"v" => (0, &mut f.v),
+                        b"kid" => (1, &mut f.kid),
+                        b"nonce" => (2, &mut f.nonce),
+                        b"enc" => (3, &mut f.enc),
+                        b"iv" => (4, &mut f.iv),
+                        b"payload" => (5, &mut f.payload),
+                        b"mac" => (6, &mut f.mac),
                         _ => return None,
                     };
                     if seen & (1 << bit) != 0 {
