@@ -70,6 +70,11 @@ use crate::metrics::Metrics;
 /// bound.
 pub const TICK: Duration = Duration::from_millis(20);
 
+/// How often the monitor looks while no `block` reader is connected: then
+/// nothing waits on it but the `subscriber_lag` gauge and the clean-up of
+/// closed readers, and an idle gateway need not wake 50 times a second.
+pub const IDLE_TICK: Duration = Duration::from_secs(1);
+
 /// Holds are logged at most this often.
 const HOLD_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -82,6 +87,8 @@ pub struct Lag {
     /// `block` readers over the bound; devices wait while it is not 0.
     holding: AtomicUsize,
     released: Notify,
+    /// Wakes a monitor on [`IDLE_TICK`] when a `block` reader arrives.
+    block_joined: Notify,
     max_lag: u64,
     holds: Mutex<Holds>,
     metrics: Arc<Metrics>,
@@ -102,6 +109,7 @@ impl Lag {
             readers: Mutex::default(),
             holding: AtomicUsize::new(0),
             released: Notify::new(),
+            block_joined: Notify::new(),
             max_lag,
             holds: Mutex::new(Holds::new(max_hold)),
             metrics,
@@ -145,6 +153,9 @@ impl Lag {
         let demoted = block && lock(&self.holds).exceeded(name);
         let reader = Arc::new(Reader::new(name, block, HashMap::new(), demoted));
         lock(&self.readers).push(reader.clone());
+        if block {
+            self.block_joined.notify_one();
+        }
         Cursor {
             lag: self.clone(),
             reader,
@@ -179,14 +190,17 @@ impl Lag {
     }
 
     /// Compares every reader's position with what was published, every
-    /// [`TICK`], and holds or releases the devices. At `stop` it releases
-    /// them for good, so shutdown never waits on a subscriber.
+    /// [`TICK`] while a `block` reader is connected (every [`IDLE_TICK`]
+    /// otherwise, and at once when one arrives), and holds or releases the
+    /// devices. At `stop` it releases them for good, so shutdown never
+    /// waits on a subscriber.
     pub async fn monitor(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            let blocking = lock(&self.readers).iter().any(|r| r.block);
+            let next = tokio::time::sleep(if blocking { TICK } else { IDLE_TICK });
             tokio::select! {
-                _ = tick.tick() => self.check(),
+                _ = next => self.check(),
+                _ = self.block_joined.notified() => self.check(),
                 _ = stop.cancelled() => break,
             }
         }
@@ -379,6 +393,27 @@ mod tests {
         }
         lag.check();
         assert_eq!(c.behind(), 5);
+        lag.admitted().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_monitor_idles_until_a_block_reader_arrives_then_ticks() {
+        let lag = lag();
+        let stop = CancellationToken::new();
+        let monitor = tokio::spawn(lag.clone().monitor(stop.clone()));
+        let drop_reader = reader_at(&lag, false, 1, 0);
+        publish(&lag, 20);
+        // Mid-way through the monitor's idle wait.
+        tokio::time::sleep(IDLE_TICK / 2).await;
+        let _c = reader_at(&lag, true, 0, 0);
+        tokio::time::sleep(TICK * 2).await;
+        assert!(
+            pending(lag.admitted()),
+            "a block reader 20 behind is seen within ticks, not at the idle pace"
+        );
+        drop(drop_reader);
+        stop.cancel();
+        monitor.await.unwrap();
         lag.admitted().await;
     }
 
