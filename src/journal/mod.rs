@@ -659,13 +659,28 @@ fn prepare_spare(dir: &Path, size: u64) -> std::io::Result<File> {
     })
 }
 
+/// Whether the last spare could not be prepared. A file system that cannot
+/// (one without `sync_file_range`, say) fails at every checkpoint, about
+/// once a second: it is said once, and again only after a success.
+static SPARE_FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// [`prepare_spare`] for a caller that can do without one: the next
 /// rotation then creates its file itself.
 fn spare_or_none(dir: &Path, size: u64) -> Option<(File, u64)> {
+    use std::sync::atomic::Ordering::Relaxed;
     match prepare_spare(dir, size) {
-        Ok(file) => Some((file, size)),
+        Ok(file) => {
+            if SPARE_FAILING.swap(false, Relaxed) {
+                tracing::info!("The next journal file is prepared ahead again.");
+            }
+            Some((file, size))
+        }
+        Err(e) if SPARE_FAILING.swap(true, Relaxed) => {
+            tracing::debug!(error = %e, "Could not prepare the next journal file.");
+            None
+        }
         Err(e) => {
-            tracing::warn!(error = %e, "Could not prepare the next journal file; the commit will create it.");
+            tracing::warn!(error = %e, "Could not prepare the next journal file; the commit will create it. Said once until it works again.");
             None
         }
     }
